@@ -1,0 +1,158 @@
+//! BatchNorm3d on the CPU: one task per channel, statistics accumulated in f64 in a fixed order.
+
+use crate::ops::batchnorm::BatchNormArgs;
+use crate::tensor::{Element, Shape5};
+use rayon::prelude::*;
+
+/// Visit channel `c` of every sample as contiguous planes.
+fn planes<'a, T>(s: Shape5, v: &'a [T], c: usize) -> impl Iterator<Item = &'a [T]> + 'a {
+    let sp = s.spatial();
+    (0..s.n).map(move |n| &v[(n * s.c + c) * sp..][..sp])
+}
+
+/// Mean and biased variance (two passes) of channel c.
+fn moments<T: Element>(s: Shape5, x: &[T], c: usize) -> (f64, f64) {
+    let m = (s.n * s.spatial()) as f64;
+    let mean = planes(s, x, c)
+        .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
+        .sum::<f64>()
+        / m;
+    let var = planes(s, x, c)
+        .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+        .sum::<f64>()
+        / m;
+    (mean, var)
+}
+
+/// Per-channel (scale, shift) applied as y = x * scale + shift.
+fn apply<T: Element>(s: Shape5, x: &[T], y: &mut [T], coef: &[(f64, f64)]) {
+    let sp = s.spatial();
+    y.par_chunks_mut(sp)
+        .zip(x.par_chunks(sp))
+        .enumerate()
+        .for_each(|(nc, (yp, xp))| {
+            let (a, b) = coef[nc % s.c];
+            let (a, b) = (T::from_f64(a), T::from_f64(b));
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = v * a + b;
+            }
+        });
+}
+
+/// Returns per-channel (mean, invstd, unbiased var) and writes y.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_train<T: Element>(
+    s: Shape5,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    y: &mut [T],
+    mean_out: &mut [T],
+    invstd_out: &mut [T],
+    running: Option<(&mut [T], &mut [T])>,
+    args: BatchNormArgs,
+) {
+    let m = (s.n * s.spatial()) as f64;
+    let stats: Vec<(f64, f64)> = (0..s.c).into_par_iter().map(|c| moments(s, x, c)).collect();
+    let coef: Vec<(f64, f64)> = stats
+        .iter()
+        .enumerate()
+        .map(|(c, &(mean, var))| {
+            let invstd = 1.0 / (var + args.eps).sqrt();
+            let a = gamma[c].to_f64() * invstd;
+            (a, beta[c].to_f64() - mean * a)
+        })
+        .collect();
+    apply(s, x, y, &coef);
+    for (c, &(mean, var)) in stats.iter().enumerate() {
+        mean_out[c] = T::from_f64(mean);
+        invstd_out[c] = T::from_f64(1.0 / (var + args.eps).sqrt());
+    }
+    if let Some((rm, rv)) = running {
+        let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
+        for (c, &(mean, var)) in stats.iter().enumerate() {
+            let mo = args.momentum;
+            rm[c] = T::from_f64((1.0 - mo) * rm[c].to_f64() + mo * mean);
+            rv[c] = T::from_f64((1.0 - mo) * rv[c].to_f64() + mo * var * unbiased);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn forward_infer<T: Element>(
+    s: Shape5,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    rm: &[T],
+    rv: &[T],
+    y: &mut [T],
+    eps: f64,
+) {
+    let coef: Vec<(f64, f64)> = (0..s.c)
+        .map(|c| {
+            let a = gamma[c].to_f64() / (rv[c].to_f64() + eps).sqrt();
+            (a, beta[c].to_f64() - rm[c].to_f64() * a)
+        })
+        .collect();
+    apply(s, x, y, &coef);
+}
+
+/// xhat = (x - mean) * invstd; dbeta = sum dy; dgamma = sum dy * xhat;
+/// dx = gamma * invstd / M * (M dy - dbeta - xhat dgamma).
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Element>(
+    s: Shape5,
+    x: &[T],
+    dy: &[T],
+    gamma: &[T],
+    mean: &[T],
+    invstd: &[T],
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    accumulate: bool,
+) {
+    let m = (s.n * s.spatial()) as f64;
+    let sums: Vec<(f64, f64)> = (0..s.c)
+        .into_par_iter()
+        .map(|c| {
+            let (mu, is) = (mean[c].to_f64(), invstd[c].to_f64());
+            let mut sdy = 0.0;
+            let mut sdyx = 0.0;
+            for (xp, gp) in planes(s, x, c).zip(planes(s, dy, c)) {
+                for (&xv, &g) in xp.iter().zip(gp) {
+                    let g = g.to_f64();
+                    sdy += g;
+                    sdyx += g * (xv.to_f64() - mu) * is;
+                }
+            }
+            (sdy, sdyx)
+        })
+        .collect();
+    let sp = s.spatial();
+    dx.par_chunks_mut(sp).enumerate().for_each(|(nc, dxp)| {
+        let c = nc % s.c;
+        let (sdy, sdyx) = sums[c];
+        let (mu, is) = (mean[c].to_f64(), invstd[c].to_f64());
+        let k = gamma[c].to_f64() * is / m;
+        let xp = &x[nc * sp..][..sp];
+        let gp = &dy[nc * sp..][..sp];
+        // dx = k * (M dy - sdy - xhat * sdyx) = a * dy + b * x + c0
+        let a = T::from_f64(k * m);
+        let b = T::from_f64(-k * sdyx * is);
+        let c0 = T::from_f64(-k * sdy + k * sdyx * is * mu);
+        for ((o, &g), &xv) in dxp.iter_mut().zip(gp).zip(xp) {
+            let v = a * g + b * xv + c0;
+            if accumulate {
+                *o += v;
+            } else {
+                *o = v;
+            }
+        }
+    });
+    for c in 0..s.c {
+        dbeta[c] += T::from_f64(sums[c].0);
+        dgamma[c] += T::from_f64(sums[c].1);
+    }
+}

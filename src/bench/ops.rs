@@ -1,0 +1,214 @@
+//! `revseg bench ops`: GFLOP/s of conv3d forward, input gradient and weight gradient for every
+//! convolution shape of the Superhuman network at a given patch.
+
+use super::time_median;
+use crate::backend::{Backend, Bump, Write};
+use crate::error::Result;
+use crate::json::Json;
+use crate::ops::conv3d::Conv3dGeom;
+use crate::rng::Rng;
+use crate::tensor::Element;
+
+/// Widths of the Superhuman preset (ENGINEERING.md section 1).
+pub const SUPERHUMAN_WIDTHS: [usize; 5] = [28, 36, 48, 64, 80];
+
+/// One convolution shape of the network and how many layers have it.
+#[derive(Clone, Debug)]
+pub struct ConvLayer {
+    pub name: String,
+    pub geom: Conv3dGeom,
+    pub count: usize,
+}
+
+/// The convolutions of the base network (no reversible blocks) at patch (d, h, w), batch 1.
+pub fn superhuman_convs(
+    widths: &[usize],
+    d: usize,
+    h: usize,
+    w: usize,
+    outputs: usize,
+) -> Vec<ConvLayer> {
+    let mut out: Vec<ConvLayer> = Vec::new();
+    let mut add =
+        |name: String, ci: usize, co: usize, k: (usize, usize, usize), s: usize, count: usize| {
+            let geom = Conv3dGeom {
+                n: 1,
+                ci,
+                co,
+                d,
+                h: h >> s,
+                w: w >> s,
+                kd: k.0,
+                kh: k.1,
+                kw: k.2,
+            };
+            if let Some(l) = out.iter_mut().find(|l| l.geom == geom) {
+                l.count += count;
+            } else {
+                out.push(ConvLayer { name, geom, count });
+            }
+        };
+    add("embed_in".into(), 1, widths[0], (1, 5, 5), 0, 1);
+    let last = widths.len() - 1;
+    for (s, &c) in widths.iter().enumerate() {
+        let cin = if s == 0 { widths[0] } else { widths[s - 1] };
+        add(format!("enc{s}.conv1"), cin, c, (1, 3, 3), s, 1);
+        add(
+            format!("res{s}.conv2/3"),
+            c,
+            c,
+            (3, 3, 3),
+            s,
+            if s == last { 2 } else { 4 },
+        );
+        if s != last {
+            add(format!("dec{s}.conv1"), c, c, (1, 3, 3), s, 1);
+        }
+    }
+    add("embed_out".into(), widths[0], widths[0], (1, 5, 5), 0, 1);
+    add("output".into(), widths[0], outputs, (1, 1, 1), 0, 1);
+    out
+}
+
+#[derive(Clone, Debug)]
+pub struct ConvBench {
+    pub layer: ConvLayer,
+    /// Seconds for forward, input gradient, weight gradient.
+    pub secs: [f64; 3],
+}
+
+impl ConvBench {
+    pub fn gflops(&self) -> [f64; 3] {
+        let f = self.layer.geom.flops();
+        self.secs.map(|s| f / s / 1e9)
+    }
+}
+
+pub fn bench_conv<B: Backend>(b: &B, layer: &ConvLayer, min_secs: f64) -> Result<ConvBench> {
+    let g = layer.geom;
+    let mut bump = Bump::default();
+    let x = bump.view(g.input_shape());
+    let w = bump.view(g.weight_shape());
+    let y = bump.view(g.output_shape());
+    let dy = bump.view(g.output_shape());
+    let dx = bump.view(g.input_shape());
+    let dw = bump.view(g.weight_shape());
+    let mut a = b.alloc_arena(bump.len())?;
+    let mut rng = Rng::new(7);
+    for v in [x, w, dy] {
+        let data: Vec<B::Elem> = rng
+            .normals(v.region.len)
+            .into_iter()
+            .map(B::Elem::from_f64)
+            .collect();
+        b.upload(&mut a, v.region, &data)?;
+    }
+    let mut err = None;
+    let mut keep = |r: Result<()>| {
+        if let Err(e) = r {
+            err.get_or_insert(e);
+        }
+    };
+    let f = time_median(2, min_secs, || {
+        keep(b.conv3d_forward(&mut a, x, w, None, y))
+    });
+    let bi = time_median(2, min_secs, || {
+        keep(b.conv3d_backward_input(&mut a, dy, w, dx, Write::Overwrite))
+    });
+    let bw = time_median(2, min_secs, || {
+        keep(b.conv3d_backward_weight(&mut a, x, dy, dw, Write::Overwrite))
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    Ok(ConvBench {
+        layer: layer.clone(),
+        secs: [f, bi, bw],
+    })
+}
+
+pub fn run<B: Backend>(
+    b: &B,
+    patch: (usize, usize, usize),
+    min_secs: f64,
+    mut progress: impl FnMut(&ConvBench),
+) -> Result<Vec<ConvBench>> {
+    let layers = superhuman_convs(&SUPERHUMAN_WIDTHS, patch.0, patch.1, patch.2, 3);
+    let mut out = Vec::new();
+    for l in &layers {
+        let r = bench_conv(b, l, min_secs)?;
+        progress(&r);
+        out.push(r);
+    }
+    Ok(out)
+}
+
+pub fn shape_str(g: &Conv3dGeom) -> String {
+    format!(
+        "{}->{} {}x{}x{} @ {}x{}x{}",
+        g.ci, g.co, g.kd, g.kh, g.kw, g.d, g.h, g.w
+    )
+}
+
+pub fn markdown(results: &[ConvBench]) -> String {
+    let mut s = String::from("| layer | shape | count | fwd GFLOP/s | bwd-input GFLOP/s | bwd-weight GFLOP/s | fwd ms |\n|---|---|---|---|---|---|---|\n");
+    for r in results {
+        let g = r.gflops();
+        s += &format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |\n",
+            r.layer.name,
+            shape_str(&r.layer.geom),
+            r.layer.count,
+            g[0],
+            g[1],
+            g[2],
+            r.secs[0] * 1e3
+        );
+    }
+    let (fl, t) = totals(results);
+    s += &format!("\nAll convolutions of one training step (forward + both backward passes, weighted by layer count): {:.1} GFLOP in {:.3} s = {:.1} GFLOP/s\n", fl / 1e9, t, fl / t / 1e9);
+    s
+}
+
+/// FLOPs and seconds of every convolution pass of one training step of the base network.
+pub fn totals(results: &[ConvBench]) -> (f64, f64) {
+    let fl: f64 = results
+        .iter()
+        .map(|r| 3.0 * r.layer.geom.flops() * r.layer.count as f64)
+        .sum();
+    let t: f64 = results
+        .iter()
+        .map(|r| r.secs.iter().sum::<f64>() * r.layer.count as f64)
+        .sum();
+    (fl, t)
+}
+
+pub fn json(results: &[ConvBench], device: &str) -> Json {
+    let (fl, t) = totals(results);
+    Json::obj([
+        ("device", Json::from(device)),
+        (
+            "layers",
+            Json::Arr(
+                results
+                    .iter()
+                    .map(|r| {
+                        let g = r.gflops();
+                        Json::obj([
+                            ("layer", Json::from(r.layer.name.clone())),
+                            ("shape", Json::from(shape_str(&r.layer.geom))),
+                            ("count", Json::from(r.layer.count)),
+                            ("flops", Json::from(r.layer.geom.flops())),
+                            ("forward_gflops", Json::from(g[0])),
+                            ("backward_input_gflops", Json::from(g[1])),
+                            ("backward_weight_gflops", Json::from(g[2])),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+        ("step_conv_gflop", Json::from(fl / 1e9)),
+        ("step_conv_seconds", Json::from(t)),
+        ("step_conv_gflops", Json::from(fl / t / 1e9)),
+    ])
+}

@@ -1,0 +1,86 @@
+//! `revseg gradcheck`: the finite-difference checks of every op, as a table or JSON.
+
+use crate::error::Result;
+use crate::gradcheck::{self, CheckResult, F32_TOL, FD_TOL};
+use crate::json::Json;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct GradcheckArgs {
+    /// Check one op family only (conv3d, conv_transpose, maxpool, elu, add, coupling, batchnorm, bce_loss).
+    #[arg(long)]
+    pub op: Option<String>,
+    /// Device whose backward is checked.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed of the random shapes and values.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Returns whether every check passed.
+pub fn run(args: &GradcheckArgs) -> Result<bool> {
+    super::check_device(&args.device)?;
+    let results = gradcheck::run(args.op.as_deref(), args.seed, 1.0)?;
+    if args.json {
+        println!("{}", to_json(&results));
+    } else {
+        print!("{}", table(&results));
+    }
+    Ok(results.iter().all(|r| r.passed))
+}
+
+pub fn table(results: &[CheckResult]) -> String {
+    let mut s = format!(
+        "{:<15} {:<24} {:<44} {:>11} {:>11}  {}\n",
+        "op", "variant", "shape", "fd err", "f32 err", "result"
+    );
+    for r in results {
+        s += &format!(
+            "{:<15} {:<24} {:<44} {:>11.2e} {:>11.2e}  {}\n",
+            r.op,
+            r.variant,
+            r.shape,
+            r.fd_err,
+            r.f32_err,
+            if r.passed { "pass" } else { "FAIL" }
+        );
+    }
+    let failed = results.iter().filter(|r| !r.passed).count();
+    s += &format!(
+        "{} checks, {} failed (limits: finite differences in f64 <= {FD_TOL:e}, f32 vs f64 <= {F32_TOL:e})\n",
+        results.len(),
+        failed
+    );
+    s
+}
+
+pub fn to_json(results: &[CheckResult]) -> Json {
+    Json::obj([
+        ("fd_tolerance", Json::from(FD_TOL)),
+        ("f32_tolerance", Json::from(F32_TOL)),
+        ("passed", Json::from(results.iter().all(|r| r.passed))),
+        (
+            "checks",
+            Json::Arr(
+                results
+                    .iter()
+                    .map(|r| {
+                        Json::obj([
+                            ("op", Json::from(r.op.clone())),
+                            ("variant", Json::from(r.variant.clone())),
+                            ("shape", Json::from(r.shape.clone())),
+                            ("max_rel_err", Json::from(r.fd_err)),
+                            ("f32_vs_f64_rel_err", Json::from(r.f32_err)),
+                            ("elements_checked", Json::from(r.evaluated)),
+                            ("passed", Json::from(r.passed)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ),
+    ])
+}

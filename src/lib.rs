@@ -1,0 +1,17 @@
+//! revseg: the reversible residual symmetric U-Net for EM neuron segmentation, with its own kernels.
+//!
+//! Map of the crate: docs/ARCHITECTURE.md.
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod gradcheck;
+pub mod json;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+
+pub use backend::{cpu::CpuBackend, Backend, Region, View, Write};
+pub use error::{Error, Result};
+pub use tensor::{Element, Shape5, Tensor};

@@ -1,0 +1,39 @@
+use clap::{Parser, Subcommand};
+use revseg::cli;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "revseg",
+    version,
+    about = "Reversible residual U-Net for EM neuron segmentation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Check every op's backward against finite differences (exit code 1 on any failure).
+    Gradcheck(cli::gradcheck::GradcheckArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCmd),
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let res = match &args.cmd {
+        Cmd::Gradcheck(a) => cli::gradcheck::run(a),
+        Cmd::Bench(b) => cli::bench::run(b).map(|_| true),
+    };
+    match res {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

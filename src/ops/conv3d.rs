@@ -1,0 +1,73 @@
+//! conv3d: stride 1, "same" zero padding, odd kernel in every dimension, optional bias.
+//! x (N, Ci, D, H, W), w (Co, Ci, kD, kH, kW), y (N, Co, D, H, W).
+
+use crate::error::{Error, Result};
+use crate::tensor::Shape5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv3dGeom {
+    pub n: usize,
+    pub ci: usize,
+    pub co: usize,
+    pub d: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kd: usize,
+    pub kh: usize,
+    pub kw: usize,
+}
+
+impl Conv3dGeom {
+    pub fn check(x: Shape5, w: Shape5, y: Shape5) -> Result<Self> {
+        const OP: &str = "conv3d";
+        if w.d % 2 == 0 || w.h % 2 == 0 || w.w % 2 == 0 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "kernel {}x{}x{} must be odd in every dimension",
+                    w.d, w.h, w.w
+                ),
+            ));
+        }
+        if w.c != x.c {
+            return Err(Error::shape(
+                OP,
+                format!("input has {} channels, weight expects {}", x.c, w.c),
+            ));
+        }
+        let want = Shape5::new(x.n, w.n, x.d, x.h, x.w);
+        if y != want {
+            return Err(Error::shape(OP, format!("output is {y}, expected {want}")));
+        }
+        Ok(Conv3dGeom {
+            n: x.n,
+            ci: x.c,
+            co: w.n,
+            d: x.d,
+            h: x.h,
+            w: x.w,
+            kd: w.d,
+            kh: w.h,
+            kw: w.w,
+        })
+    }
+    pub fn taps(&self) -> usize {
+        self.kd * self.kh * self.kw
+    }
+    pub fn spatial(&self) -> usize {
+        self.d * self.h * self.w
+    }
+    /// Multiply-adds times two, for one pass (forward, input gradient and weight gradient cost the same).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.co * self.ci * self.taps()) as f64 * self.spatial() as f64
+    }
+    pub fn weight_shape(&self) -> Shape5 {
+        Shape5::new(self.co, self.ci, self.kd, self.kh, self.kw)
+    }
+    pub fn input_shape(&self) -> Shape5 {
+        Shape5::new(self.n, self.ci, self.d, self.h, self.w)
+    }
+    pub fn output_shape(&self) -> Shape5 {
+        Shape5::new(self.n, self.co, self.d, self.h, self.w)
+    }
+}
