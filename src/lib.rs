@@ -8,8 +8,10 @@ pub mod cli;
 pub mod error;
 pub mod gradcheck;
 pub mod json;
+pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod scheduler;
 pub mod tensor;
 
 pub use backend::{cpu::CpuBackend, Backend, Region, View, Write};

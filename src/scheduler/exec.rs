@@ -1,0 +1,354 @@
+//! The executor: allocates the plan's arena once and runs its instructions on a backend, step after
+//! step, with no allocation inside a step. In checking mode (tests, debug builds) it poisons every
+//! freed buffer with NaN, so a read after free shows up in the results.
+
+use super::instr::{Instr, Opd, Phase};
+use super::plan::Plan;
+use crate::backend::{Backend, BnRunning, BnStats, Region, View};
+use crate::error::{Error, Result};
+use crate::model::{ParamKind, Program};
+use crate::ops::batchnorm::BatchNormArgs;
+use crate::ops::optim::AdamParams;
+use crate::rng::Rng;
+use crate::tensor::Element;
+use std::cell::Cell;
+
+pub struct Executor<B: Backend> {
+    pub plan: Plan,
+    arena: B::Arena,
+    pub step: u64,
+    pub adam: AdamParams,
+    pub bn: BatchNormArgs,
+    /// Fill freed buffers with NaN after their last use.
+    pub poison: bool,
+    /// Largest arena offset (elements) any instruction touched: the measured high-water mark.
+    pub high_water: Cell<usize>,
+    /// Max relative error of each checked reconstruction in the last step.
+    pub recon_errors: Vec<f64>,
+}
+
+/// One training example: image (1 channel) and targets/mask shaped like the logits.
+pub struct Batch<'a, T> {
+    pub image: &'a [T],
+    pub target: &'a [T],
+    pub mask: &'a [T],
+}
+
+impl<B: Backend> Executor<B> {
+    /// Allocate the arena and initialise the parameters (Kaiming-normal weights with ELU's ~ReLU
+    /// gain, zero biases, BN gamma 1 and beta 0, running mean 0 and variance 1, Adam moments 0).
+    pub fn new(b: &B, prog: &Program, plan: Plan, seed: u64) -> Result<Self> {
+        if plan.arena_len == 0 {
+            return Err(Error::Invalid(
+                "plan has no memory assignment (call memory::assign)".into(),
+            ));
+        }
+        let arena = b.alloc_arena(plan.arena_len)?;
+        let mut ex = Executor {
+            plan,
+            arena,
+            step: 0,
+            adam: AdamParams::default(),
+            bn: BatchNormArgs::default(),
+            poison: cfg!(debug_assertions),
+            high_water: Cell::new(0),
+            recon_errors: vec![],
+        };
+        let mut rng = Rng::new(seed);
+        for (i, p) in prog.params.iter().enumerate() {
+            let vals: Vec<f64> = match p.kind {
+                ParamKind::ConvWeight { fan_in } => {
+                    let std = (2.0 / fan_in as f64).sqrt();
+                    rng.normals(p.shape.len())
+                        .into_iter()
+                        .map(|v| v * std)
+                        .collect()
+                }
+                ParamKind::Bias | ParamKind::BnBeta => vec![0.0; p.shape.len()],
+                ParamKind::BnGamma => vec![1.0; p.shape.len()],
+            };
+            ex.set_param(b, i, &vals)?;
+            let pb = ex.plan.params[i];
+            for o in [pb.m, pb.v] {
+                let r = ex.region(o);
+                b.fill(&mut ex.arena, r, B::Elem::ZERO)?;
+            }
+        }
+        for k in 0..ex.plan.running.len() {
+            let (m, v) = ex.plan.running[k];
+            let (rm, rv) = (ex.region(m), ex.region(v));
+            b.fill(&mut ex.arena, rm, B::Elem::ZERO)?;
+            b.fill(&mut ex.arena, rv, B::Elem::ONE)?;
+        }
+        Ok(ex)
+    }
+
+    fn region(&self, o: Opd) -> Region {
+        Region::new(self.plan.bufs[o.buf].offset + o.at, o.shape.len())
+    }
+
+    fn view(&self, o: Opd) -> View {
+        let r = self.region(o);
+        self.high_water.set(self.high_water.get().max(r.end()));
+        View {
+            region: r,
+            shape: o.shape,
+        }
+    }
+
+    pub fn set_param(&mut self, b: &B, i: usize, vals: &[f64]) -> Result<()> {
+        let o = self.plan.params[i].value;
+        if vals.len() != o.shape.len() {
+            return Err(Error::shape(
+                "set_param",
+                format!("{} values for a parameter of {}", vals.len(), o.shape.len()),
+            ));
+        }
+        let d: Vec<B::Elem> = vals.iter().map(|&v| B::Elem::from_f64(v)).collect();
+        let r = self.region(o);
+        b.upload(&mut self.arena, r, &d)
+    }
+
+    pub fn read(&self, b: &B, o: Opd) -> Result<Vec<f64>> {
+        let mut d = vec![B::Elem::ZERO; o.shape.len()];
+        b.download(&self.arena, self.region(o), &mut d)?;
+        Ok(d.iter().map(|v| v.to_f64()).collect())
+    }
+
+    pub fn param(&self, b: &B, i: usize) -> Result<Vec<f64>> {
+        self.read(b, self.plan.params[i].value)
+    }
+
+    pub fn grad(&self, b: &B, i: usize) -> Result<Vec<f64>> {
+        self.read(b, self.plan.params[i].grad)
+    }
+
+    fn upload(&mut self, b: &B, o: Opd, data: &[B::Elem], what: &str) -> Result<()> {
+        if data.len() != o.shape.len() {
+            return Err(Error::shape(
+                "train_step",
+                format!(
+                    "{what} has {} values, the plan expects {} ({})",
+                    data.len(),
+                    o.shape.len(),
+                    o.shape
+                ),
+            ));
+        }
+        let v = self.view(o);
+        b.upload(&mut self.arena, v.region, data)
+    }
+
+    /// Forward, loss, backward and (with `update`) Adam. Returns the loss.
+    pub fn train_step(&mut self, b: &B, batch: &Batch<B::Elem>, update: bool) -> Result<f64> {
+        self.run(
+            b,
+            batch,
+            if update {
+                Phase::Update
+            } else {
+                Phase::Backward
+            },
+        )
+    }
+
+    /// Forward and loss only (parameters untouched; running statistics move).
+    pub fn loss(&mut self, b: &B, batch: &Batch<B::Elem>) -> Result<f64> {
+        self.run(b, batch, Phase::Loss)
+    }
+
+    fn run(&mut self, b: &B, batch: &Batch<B::Elem>, last_phase: Phase) -> Result<f64> {
+        let (input, target, mask) = (self.plan.input, self.plan.target, self.plan.mask);
+        self.upload(b, input, batch.image, "image")?;
+        self.upload(b, target, batch.target, "target")?;
+        self.upload(b, mask, batch.mask, "mask")?;
+        if last_phase == Phase::Update {
+            self.step += 1;
+        }
+        self.recon_errors.clear();
+        let order = [Phase::Forward, Phase::Loss, Phase::Backward, Phase::Update];
+        let stop = order.iter().position(|p| *p == last_phase).unwrap();
+        let mut checks = self.plan.recon_checks.clone().into_iter().peekable();
+        for i in 0..self.plan.instrs.len() {
+            let (phase, ins) = self.plan.instrs[i].clone();
+            if order.iter().position(|p| *p == phase).unwrap() > stop {
+                break;
+            }
+            self.exec(b, &ins)?;
+            while checks.peek().is_some_and(|c| c.after == i) {
+                let c = checks.next().unwrap();
+                let saved = self.read(b, c.saved)?;
+                let rebuilt = self.read(b, c.rebuilt)?;
+                self.recon_errors
+                    .push(crate::gradcheck::normwise_err(&rebuilt, &saved));
+            }
+            if self.poison {
+                for k in 0..self.plan.free_after[i].len() {
+                    let buf = self.plan.free_after[i][k];
+                    let r = Region::new(self.plan.bufs[buf].offset, self.plan.bufs[buf].len);
+                    b.fill(&mut self.arena, r, B::Elem::NAN)?;
+                }
+            }
+        }
+        let loss = self.read(b, self.plan.loss)?[0];
+        if !loss.is_finite() {
+            return Err(Error::Value {
+                what: "loss".into(),
+                detail: format!("not finite ({loss}) at step {}", self.step),
+            });
+        }
+        Ok(loss)
+    }
+
+    fn exec(&mut self, b: &B, ins: &Instr) -> Result<()> {
+        use Instr::*;
+        match *ins {
+            Zero { dst } => {
+                let r = self.view(dst).region;
+                b.fill(&mut self.arena, r, B::Elem::ZERO)
+            }
+            Copy { src, dst } => {
+                let (s, d) = (self.view(src).region, self.view(dst).region);
+                b.copy(&mut self.arena, s, d)
+            }
+            Conv { x, w, b: bias, y } => {
+                let bias = bias.map(|o| self.view(o).region);
+                let (x, w, y) = (self.view(x), self.view(w), self.view(y));
+                b.conv3d_forward(&mut self.arena, x, w, bias, y)
+            }
+            ConvBwdInput { dy, w, dx, mode } => {
+                let (dy, w, dx) = (self.view(dy), self.view(w), self.view(dx));
+                b.conv3d_backward_input(&mut self.arena, dy, w, dx, mode)
+            }
+            ConvBwdWeight { x, dy, dw, mode } => {
+                let (x, dy, dw) = (self.view(x), self.view(dy), self.view(dw));
+                b.conv3d_backward_weight(&mut self.arena, x, dy, dw, mode)
+            }
+            BiasBwd { dy, db, mode } => {
+                let (dy, db) = (self.view(dy), self.view(db).region);
+                b.conv3d_backward_bias(&mut self.arena, dy, db, mode)
+            }
+            ConvT { x, w, b: bias, y } => {
+                let (x, w, bias, y) = (
+                    self.view(x),
+                    self.view(w),
+                    self.view(bias).region,
+                    self.view(y),
+                );
+                b.conv_transpose_forward(&mut self.arena, x, w, Some(bias), y)
+            }
+            ConvTBwdInput { dy, w, dx, mode } => {
+                let (dy, w, dx) = (self.view(dy), self.view(w), self.view(dx));
+                b.conv_transpose_backward_input(&mut self.arena, dy, w, dx, mode)
+            }
+            ConvTBwdWeight { x, dy, dw, mode } => {
+                let (x, dy, dw) = (self.view(x), self.view(dy), self.view(dw));
+                b.conv_transpose_backward_weight(&mut self.arena, x, dy, dw, mode)
+            }
+            Pool { x, y } => {
+                let (x, y) = (self.view(x), self.view(y));
+                b.maxpool_forward(&mut self.arena, x, y)
+            }
+            PoolBwd { x, dy, dx, mode } => {
+                let (x, dy, dx) = (self.view(x), self.view(dy), self.view(dx));
+                b.maxpool_backward(&mut self.arena, x, dy, dx, mode)
+            }
+            Elu { x, y } => {
+                let (x, y) = (self.view(x), self.view(y));
+                b.elu_forward(&mut self.arena, x, y)
+            }
+            EluBwd { y, dy, dx, mode } => {
+                let (y, dy, dx) = (self.view(y), self.view(dy), self.view(dx));
+                b.elu_backward(&mut self.arena, y, dy, dx, mode)
+            }
+            Add { p, q, out } => {
+                let (p, q, out) = (self.view(p), self.view(q), self.view(out));
+                b.add(&mut self.arena, p, q, out)
+            }
+            AddAssign { dst, src } => {
+                let (d, s) = (self.view(dst), self.view(src));
+                b.add_assign(&mut self.arena, d, s)
+            }
+            SubAssign { dst, src } => {
+                let (d, s) = (self.view(dst), self.view(src));
+                b.sub_assign(&mut self.arena, d, s)
+            }
+            BnTrain {
+                x,
+                gamma,
+                beta,
+                y,
+                mean,
+                invstd,
+                running,
+            } => {
+                let (x, y) = (self.view(x), self.view(y));
+                let (g, be) = (self.view(gamma).region, self.view(beta).region);
+                let stats = BnStats {
+                    mean: self.view(mean).region,
+                    invstd: self.view(invstd).region,
+                };
+                let running = running.map(|(m, v)| BnRunning {
+                    mean: self.view(m).region,
+                    var: self.view(v).region,
+                });
+                b.batchnorm_forward_train(&mut self.arena, x, g, be, y, stats, running, self.bn)
+            }
+            BnBwd {
+                x,
+                dy,
+                gamma,
+                mean,
+                invstd,
+                dx,
+                dgamma,
+                dbeta,
+                mode,
+            } => {
+                let (x, dy, dx) = (self.view(x), self.view(dy), self.view(dx));
+                let g = self.view(gamma).region;
+                let stats = BnStats {
+                    mean: self.view(mean).region,
+                    invstd: self.view(invstd).region,
+                };
+                let (dg, db) = (self.view(dgamma).region, self.view(dbeta).region);
+                b.batchnorm_backward(&mut self.arena, x, dy, g, stats, dx, dg, db, mode)
+            }
+            BceWeights {
+                target,
+                mask,
+                weight,
+            } => {
+                let (t, m, w) = (self.view(target), self.view(mask), self.view(weight));
+                b.bce_weights(&mut self.arena, t, m, w)
+            }
+            Bce {
+                z,
+                target,
+                weight,
+                mask,
+                loss,
+                dz,
+            } => {
+                let (z, t, w, m) = (
+                    self.view(z),
+                    self.view(target),
+                    self.view(weight),
+                    self.view(mask),
+                );
+                let l = self.view(loss).region;
+                let dz = dz.map(|o| self.view(o));
+                b.bce_loss(&mut self.arena, z, t, w, m, l, dz)
+            }
+            Adam { p, g, m, v } => {
+                let (p, g, m, v) = (
+                    self.view(p).region,
+                    self.view(g).region,
+                    self.view(m).region,
+                    self.view(v).region,
+                );
+                b.adam_step(&mut self.arena, p, g, m, v, self.adam, self.step.max(1))
+            }
+        }
+    }
+}

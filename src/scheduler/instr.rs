@@ -1,0 +1,260 @@
+//! The instructions of a plan: backend calls over buffers, before offsets are known.
+
+use crate::backend::Write;
+use crate::tensor::Shape5;
+
+pub type BufId = usize;
+
+/// A tensor-shaped span of a buffer: `at` elements into it (channel halves of reversible chains).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opd {
+    pub buf: BufId,
+    pub at: usize,
+    pub shape: Shape5,
+}
+
+impl Opd {
+    pub fn whole(buf: BufId, shape: Shape5) -> Self {
+        Opd { buf, at: 0, shape }
+    }
+    /// Channel half 0 or 1 (contiguous because the batch is 1).
+    pub fn half(&self, i: usize) -> Self {
+        debug_assert_eq!(self.shape.n, 1);
+        let s = self.shape.with_c(self.shape.c / 2);
+        Opd {
+            buf: self.buf,
+            at: self.at + i * s.len(),
+            shape: s,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Forward,
+    Loss,
+    Backward,
+    Update,
+}
+
+#[derive(Clone, Debug)]
+pub enum Instr {
+    Zero {
+        dst: Opd,
+    },
+    Copy {
+        src: Opd,
+        dst: Opd,
+    },
+    Conv {
+        x: Opd,
+        w: Opd,
+        b: Option<Opd>,
+        y: Opd,
+    },
+    ConvBwdInput {
+        dy: Opd,
+        w: Opd,
+        dx: Opd,
+        mode: Write,
+    },
+    ConvBwdWeight {
+        x: Opd,
+        dy: Opd,
+        dw: Opd,
+        mode: Write,
+    },
+    BiasBwd {
+        dy: Opd,
+        db: Opd,
+        mode: Write,
+    },
+    ConvT {
+        x: Opd,
+        w: Opd,
+        b: Opd,
+        y: Opd,
+    },
+    ConvTBwdInput {
+        dy: Opd,
+        w: Opd,
+        dx: Opd,
+        mode: Write,
+    },
+    ConvTBwdWeight {
+        x: Opd,
+        dy: Opd,
+        dw: Opd,
+        mode: Write,
+    },
+    Pool {
+        x: Opd,
+        y: Opd,
+    },
+    PoolBwd {
+        x: Opd,
+        dy: Opd,
+        dx: Opd,
+        mode: Write,
+    },
+    Elu {
+        x: Opd,
+        y: Opd,
+    },
+    EluBwd {
+        y: Opd,
+        dy: Opd,
+        dx: Opd,
+        mode: Write,
+    },
+    Add {
+        p: Opd,
+        q: Opd,
+        out: Opd,
+    },
+    AddAssign {
+        dst: Opd,
+        src: Opd,
+    },
+    SubAssign {
+        dst: Opd,
+        src: Opd,
+    },
+    /// `running` is None when recomputing: running statistics move once per step.
+    BnTrain {
+        x: Opd,
+        gamma: Opd,
+        beta: Opd,
+        y: Opd,
+        mean: Opd,
+        invstd: Opd,
+        running: Option<(Opd, Opd)>,
+    },
+    BnBwd {
+        x: Opd,
+        dy: Opd,
+        gamma: Opd,
+        mean: Opd,
+        invstd: Opd,
+        dx: Opd,
+        dgamma: Opd,
+        dbeta: Opd,
+        mode: Write,
+    },
+    BceWeights {
+        target: Opd,
+        mask: Opd,
+        weight: Opd,
+    },
+    Bce {
+        z: Opd,
+        target: Opd,
+        weight: Opd,
+        mask: Opd,
+        loss: Opd,
+        dz: Option<Opd>,
+    },
+    Adam {
+        p: Opd,
+        g: Opd,
+        m: Opd,
+        v: Opd,
+    },
+}
+
+impl Instr {
+    /// Every operand, read or written: the planner derives buffer lifetimes from these.
+    pub fn operands(&self) -> Vec<Opd> {
+        use Instr::*;
+        match self {
+            Zero { dst } => vec![*dst],
+            Copy { src, dst } => vec![*src, *dst],
+            Conv { x, w, b, y } => [Some(*x), Some(*w), *b, Some(*y)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ConvBwdInput { dy, w, dx, .. } | ConvTBwdInput { dy, w, dx, .. } => vec![*dy, *w, *dx],
+            ConvBwdWeight { x, dy, dw, .. } | ConvTBwdWeight { x, dy, dw, .. } => {
+                vec![*x, *dy, *dw]
+            }
+            BiasBwd { dy, db, .. } => vec![*dy, *db],
+            ConvT { x, w, b, y } => vec![*x, *w, *b, *y],
+            Pool { x, y } | Elu { x, y } => vec![*x, *y],
+            PoolBwd { x, dy, dx, .. } => vec![*x, *dy, *dx],
+            EluBwd { y, dy, dx, .. } => vec![*y, *dy, *dx],
+            Add { p, q, out } => vec![*p, *q, *out],
+            AddAssign { dst, src } | SubAssign { dst, src } => vec![*dst, *src],
+            BnTrain {
+                x,
+                gamma,
+                beta,
+                y,
+                mean,
+                invstd,
+                running,
+            } => {
+                let mut v = vec![*x, *gamma, *beta, *y, *mean, *invstd];
+                if let Some((m, r)) = running {
+                    v.extend([*m, *r]);
+                }
+                v
+            }
+            BnBwd {
+                x,
+                dy,
+                gamma,
+                mean,
+                invstd,
+                dx,
+                dgamma,
+                dbeta,
+                ..
+            } => vec![*x, *dy, *gamma, *mean, *invstd, *dx, *dgamma, *dbeta],
+            BceWeights {
+                target,
+                mask,
+                weight,
+            } => vec![*target, *mask, *weight],
+            Bce {
+                z,
+                target,
+                weight,
+                mask,
+                loss,
+                dz,
+            } => {
+                let mut v = vec![*z, *target, *weight, *mask, *loss];
+                v.extend(dz.iter().copied());
+                v
+            }
+            Adam { p, g, m, v } => vec![*p, *g, *m, *v],
+        }
+    }
+
+    /// The op family name, as used in `ops::` and `kernels/` (for profiles and reports).
+    pub fn op_name(&self) -> &'static str {
+        use Instr::*;
+        match self {
+            Zero { .. } | Copy { .. } => "copy",
+            Conv { .. } => "conv3d_forward",
+            ConvBwdInput { .. } => "conv3d_backward_input",
+            ConvBwdWeight { .. } => "conv3d_backward_weight",
+            BiasBwd { .. } => "conv3d_backward_bias",
+            ConvT { .. } => "conv_transpose_forward",
+            ConvTBwdInput { .. } => "conv_transpose_backward_input",
+            ConvTBwdWeight { .. } => "conv_transpose_backward_weight",
+            Pool { .. } => "maxpool_forward",
+            PoolBwd { .. } => "maxpool_backward",
+            Elu { .. } => "elu_forward",
+            EluBwd { .. } => "elu_backward",
+            Add { .. } => "add",
+            AddAssign { .. } => "add_assign",
+            SubAssign { .. } => "sub_assign",
+            BnTrain { .. } => "batchnorm_forward_train",
+            BnBwd { .. } => "batchnorm_backward",
+            BceWeights { .. } => "bce_weights",
+            Bce { .. } => "bce_loss",
+            Adam { .. } => "adam_step",
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! The scheduler: plans every buffer of a training step before it runs (plan.rs), assigns arena
+//! offsets (memory.rs) and executes the plan on a backend (exec.rs).
+
+pub mod exec;
+pub mod instr;
+pub mod memory;
+pub mod plan;
+
+pub use exec::{Batch, Executor};
+pub use plan::{Plan, PlanOptions, Strategy};
+
+use crate::error::Result;
+use crate::model::Program;
+
+/// The training plan of a program with offsets assigned.
+pub fn training_plan(
+    prog: &Program,
+    strategy: Strategy,
+    check_reconstruction: bool,
+) -> Result<Plan> {
+    let mut plan = plan::build_training(
+        prog,
+        &PlanOptions {
+            strategy,
+            check_reconstruction,
+        },
+    )?;
+    memory::assign(&mut plan);
+    Ok(plan)
+}
