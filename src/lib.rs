@@ -10,6 +10,7 @@ pub mod gradcheck;
 pub mod json;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod rng;
 pub mod scheduler;
 pub mod tensor;

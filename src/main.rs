@@ -17,6 +17,8 @@ struct Cli {
 enum Cmd {
     /// Check every op's backward against finite differences (exit code 1 on any failure).
     Gradcheck(cli::gradcheck::GradcheckArgs),
+    /// Plan a training step: parameters, FLOPs, peak memory by kind, live bytes over the steps.
+    Plan(cli::plan::PlanArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cli::bench::BenchCmd),
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     let res = match &args.cmd {
         Cmd::Gradcheck(a) => cli::gradcheck::run(a),
+        Cmd::Plan(a) => cli::plan::run(a).map(|_| true),
         Cmd::Bench(b) => cli::bench::run(b).map(|_| true),
     };
     match res {

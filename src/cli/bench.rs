@@ -2,7 +2,10 @@
 
 use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
-use crate::bench::ops;
+use crate::bench::{ops, step};
+use crate::cli::net::NetArgs;
+use crate::model::{self, NetConfig};
+use crate::scheduler::Strategy;
 use crate::error::Result;
 use clap::{Args, Subcommand};
 
@@ -10,6 +13,38 @@ use clap::{Args, Subcommand};
 pub enum BenchCmd {
     /// GFLOP/s of conv3d forward and both backward passes for each convolution of the network.
     Ops(OpsArgs),
+    /// Median time of full training steps (forward, backward, Adam) and the measured peak.
+    Step(StepArgs),
+    /// The paper's table on this engine: params, step time and peak memory for the base network
+    /// and 1-4 reversible blocks.
+    Table(TableArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StepArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    #[arg(long)]
+    pub store_all: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed steps after one warm-up step.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct TableArgs {
+    #[arg(long, default_value = "18,160,160")]
+    pub patch: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -57,6 +92,47 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
                     patch.2
                 );
                 print!("{}", ops::markdown(&res));
+            }
+            Ok(())
+        }
+        BenchCmd::Step(a) => {
+            super::check_device(&a.device)?;
+            let prog = a.net.program()?;
+            let b = CpuBackend::<f32>::new();
+            let strategy = if a.store_all { Strategy::StoreAll } else { Strategy::Recompute };
+            let label = format!("{} rev blocks, {strategy:?}", prog.config.rev_blocks);
+            let r = step::bench_step(&b, &prog, strategy, &label, a.steps)?;
+            if a.json {
+                println!("{}", step::json(&[r], &b.name()));
+            } else {
+                println!("device: {}, patch {}\n", b.name(), a.net.patch);
+                print!("{}", step::markdown(&[r]));
+            }
+            Ok(())
+        }
+        BenchCmd::Table(a) => {
+            super::check_device(&a.device)?;
+            let patch = super::parse_patch(&a.patch)?;
+            let b = CpuBackend::<f32>::new();
+            let rows_spec: Vec<(usize, Strategy, String)> = [(0, Strategy::StoreAll, "base, store-all".to_string()), (0, Strategy::Recompute, "base, recompute".into())]
+                .into_iter()
+                .chain((1..=4).map(|n| (n, Strategy::Recompute, format!("RevNet n={n}"))))
+                .chain([(2, Strategy::StoreAll, "RevNet n=2, store-all".to_string())])
+                .collect();
+            let mut rows = Vec::new();
+            for (n, strategy, label) in rows_spec {
+                let prog = model::build(&NetConfig::superhuman(n), patch)?;
+                let r = step::bench_step(&b, &prog, strategy, &label, a.steps)?;
+                if !a.json {
+                    eprintln!("  {label}: {:.2} s/step, peak {:.1} MiB", r.step_secs, r.arena_bytes as f64 / (1 << 20) as f64);
+                }
+                rows.push(r);
+            }
+            if a.json {
+                println!("{}", step::json(&rows, &b.name()));
+            } else {
+                println!("device: {}, patch {}x{}x{}\n", b.name(), patch.0, patch.1, patch.2);
+                print!("{}", step::markdown(&rows));
             }
             Ok(())
         }

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod gradcheck;
+pub mod net;
+pub mod plan;
 
 use crate::error::{Error, Result};
 

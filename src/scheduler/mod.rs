@@ -5,6 +5,7 @@ pub mod exec;
 pub mod instr;
 pub mod memory;
 pub mod plan;
+pub mod report;
 
 pub use exec::{Batch, Executor};
 pub use plan::{Plan, PlanOptions, Strategy};

@@ -130,8 +130,6 @@ struct Builder<'a> {
     params: Vec<ParamBufs>,
     stats: Vec<(Opd, Opd)>,
     running: Vec<(Opd, Opd)>,
-    /// For a tensor y = ELU(BN(a)): (a, bn).
-    recipe: Vec<Option<(TensorId, BnId)>>,
     recon_checks: Vec<ReconCheck>,
     /// Per chain (by its output tensor) the saved copy of its input.
     recon_saved: Vec<Option<Opd>>,
@@ -216,26 +214,81 @@ impl<'a> Builder<'a> {
         g
     }
 
-    /// The value of t for a backward step: rebuilt if the strategy rebuilds it, else the forward's.
+    /// The value of t for a backward step: rebuilt if the strategy rebuilds it (and kept for the
+    /// rest of the backward), else the forward's.
     fn need(&mut self, t: TensorId) -> Opd {
+        self.value(t, true)
+    }
+
+    /// Inputs of a rebuild are not cached: they die right after it, however late their own next
+    /// backward use comes.
+    fn value(&mut self, t: TensorId, cache: bool) -> Opd {
         if let Some(o) = self.bwd[t] {
             return o;
         }
         if self.recompute() {
-            if let Some((a, bn)) = self.recipe[t] {
-                let src = self.need(a);
-                let o = self.tmp(
-                    format!("recompute:{}", self.prog.tensors[t].name),
-                    self.shape(t),
-                    Class::Activations,
-                );
-                self.bn_forward(bn, src, o, false);
-                self.emit(Instr::Elu { x: o, y: o });
-                self.bwd[t] = Some(o);
+            if let Some(o) = self.rebuild(t) {
+                if cache {
+                    self.bwd[t] = Some(o);
+                }
                 return o;
             }
         }
         self.fwd[t].expect("forward value of a tensor the plan did not keep")
+    }
+
+    /// Recompute t from kept tensors where that is cheap (see docs/ARCHITECTURE.md):
+    /// ELU(BN(a)) from a and the batch statistics; ELU(conv(image)) of a one-channel input conv;
+    /// the decoder's join convT(x) + skip from x and the skip, themselves rebuilt.
+    fn rebuild(&mut self, t: TensorId) -> Option<Opd> {
+        let name = format!("recompute:{}", self.prog.tensors[t].name);
+        match self.producer(t)? {
+            Node::Elu { x, .. } => match self.producer(*x)? {
+                Node::BatchNorm { x: a, bn, .. } => {
+                    let (a, bn) = (*a, *bn);
+                    let src = self.value(a, false);
+                    let o = self.tmp(name, self.shape(t), Class::Activations);
+                    self.bn_forward(bn, src, o, false);
+                    self.emit(Instr::Elu { x: o, y: o });
+                    Some(o)
+                }
+                Node::Conv { x: img, w, b, .. } if self.shape(*img).c == 1 => {
+                    let (img, w, b) = (*img, *w, *b);
+                    let src = self.value(img, false);
+                    let o = self.tmp(name, self.shape(t), Class::Activations);
+                    let bo = b.map(|b| self.pv(b));
+                    self.emit(Instr::Conv { x: src, w: self.pv(w), b: bo, y: o });
+                    self.emit(Instr::Elu { x: o, y: o });
+                    Some(o)
+                }
+                _ => None,
+            },
+            Node::Add { a, b: skip, .. } => match self.producer(*a)? {
+                Node::ConvTranspose { x, w, b, .. } => {
+                    let (x, w, b, skip) = (*x, *w, *b, *skip);
+                    let o = self.tmp(name, self.shape(t), Class::Activations);
+                    let src = self.value(x, false);
+                    self.emit(Instr::ConvT { x: src, w: self.pv(w), b: self.pv(b), y: o });
+                    let sk = self.value(skip, false);
+                    self.emit(Instr::AddAssign { dst: o, src: sk });
+                    Some(o)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn producer(&self, t: TensorId) -> Option<&'a Node> {
+        self.prog.nodes.iter().find(|n| match n {
+            Node::Conv { y, .. }
+            | Node::ConvTranspose { y, .. }
+            | Node::MaxPool { y, .. }
+            | Node::BatchNorm { y, .. }
+            | Node::Elu { y, .. }
+            | Node::Add { y, .. }
+            | Node::Rev { y, .. } => *y == t,
+        })
     }
 
     fn bn_forward(&mut self, bn: BnId, x: Opd, y: Opd, update_running: bool) {
@@ -709,7 +762,6 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
         params: vec![],
         stats: vec![],
         running: vec![],
-        recipe: vec![None; nt],
         recon_checks: vec![],
         recon_saved: vec![None; nt],
         store_all_saved: vec![],
@@ -744,18 +796,6 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
             true,
         );
         b.stats.push((mean, invstd));
-    }
-    // y = ELU(BN(a)) can be rebuilt from a and the batch statistics.
-    for n in &prog.nodes {
-        if let Node::Elu { x, y } = n {
-            for m in &prog.nodes {
-                if let Node::BatchNorm { x: a, bn, y: yb } = m {
-                    if yb == x {
-                        b.recipe[*y] = Some((*a, *bn));
-                    }
-                }
-            }
-        }
     }
     let out_shape = prog.tensors[prog.output].shape;
     let input = b.act(prog.input);
