@@ -8,12 +8,16 @@ pub mod cli;
 pub mod error;
 pub mod gradcheck;
 pub mod json;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod plot;
 pub mod rng;
 pub mod scheduler;
+pub mod segment;
+pub mod synth;
 pub mod tensor;
+pub mod volume;
 
 pub use backend::{cpu::CpuBackend, Backend, Region, View, Write};
 pub use error::{Error, Result};

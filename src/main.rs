@@ -19,6 +19,12 @@ enum Cmd {
     Gradcheck(cli::gradcheck::GradcheckArgs),
     /// Plan a training step: parameters, FLOPs, peak memory by kind, live bytes over the steps.
     Plan(cli::plan::PlanArgs),
+    /// Synthesize an EM-like volume with its labels (neurites, membranes, section artefacts).
+    Synth(cli::synth::SynthArgs),
+    /// Segment affinities: watershed fragments, then agglomeration at each threshold.
+    Segment(cli::segment::SegmentArgs),
+    /// Compare a segmentation with ground truth (adapted Rand error, VOI, boundary accuracy).
+    Eval(cli::eval::EvalArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cli::bench::BenchCmd),
@@ -29,6 +35,9 @@ fn main() -> ExitCode {
     let res = match &args.cmd {
         Cmd::Gradcheck(a) => cli::gradcheck::run(a),
         Cmd::Plan(a) => cli::plan::run(a).map(|_| true),
+        Cmd::Synth(a) => cli::synth::run(a).map(|_| true),
+        Cmd::Segment(a) => cli::segment::run(a).map(|_| true),
+        Cmd::Eval(a) => cli::eval::run(a).map(|_| true),
         Cmd::Bench(b) => cli::bench::run(b).map(|_| true),
     };
     match res {

@@ -1,7 +1,7 @@
-//! Line plots as PNG (loss curves, memory timelines), with no dependency: a small raster canvas,
-//! a 5x7 bitmap font, and a PNG writer that uses stored (uncompressed) deflate blocks.
+//! Line plots as PNG (loss curves, memory timelines): a small raster canvas and a 5x7 bitmap font;
+//! the PNG encoding is `volume::png`'s.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use std::path::Path;
 
 pub type Rgb = [u8; 3];
@@ -38,7 +38,11 @@ struct Canvas {
 
 impl Canvas {
     fn new(w: usize, h: usize) -> Self {
-        Canvas { w, h, px: vec![255; w * h * 3] }
+        Canvas {
+            w,
+            h,
+            px: vec![255; w * h * 3],
+        }
     }
     fn set(&mut self, x: i64, y: i64, c: Rgb) {
         if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
@@ -153,15 +157,24 @@ fn glyph(c: char) -> [u8; 7] {
 fn tick_step(span: f64, n: f64) -> f64 {
     let raw = (span / n).max(1e-300);
     let p = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * p).find(|s| *s >= raw).unwrap_or(10.0 * p)
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * p)
 }
 
 fn fmt_tick(v: f64, step: f64) -> String {
-    let decimals = if step >= 1.0 { 0 } else { (-step.log10().floor()) as usize };
+    let decimals = if step >= 1.0 {
+        0
+    } else {
+        (-step.log10().floor()) as usize
+    };
     format!("{v:.decimals$}")
 }
 
 impl LinePlot {
+    /// RGB8 pixels, row-major.
     pub fn render(&self, w: usize, h: usize) -> Vec<u8> {
         let mut c = Canvas::new(w, h);
         let (l, r, t, b) = (70i64, 20i64, 30i64, 45i64);
@@ -186,7 +199,14 @@ impl LinePlot {
             y1 = y0 + 1.0;
         }
         let pad = 0.05 * (y1 - y0);
-        let (y0, y1) = (if self.y_from_zero && y0 >= 0.0 { y0 } else { y0 - pad }, y1 + pad);
+        let (y0, y1) = (
+            if self.y_from_zero && y0 >= 0.0 {
+                y0
+            } else {
+                y0 - pad
+            },
+            y1 + pad,
+        );
         let (pw, ph) = ((w as i64 - l - r) as f64, (h as i64 - t - b) as f64);
         let sx = |x: f64| l + ((x - x0) / (x1 - x0) * pw).round() as i64;
         let sy = |y: f64| t + ph as i64 - ((y - y0) / (y1 - y0) * ph).round() as i64;
@@ -204,7 +224,12 @@ impl LinePlot {
             let px = sx(v);
             c.line((px, t + ph as i64), (px, t + ph as i64 + 4), BLACK, false);
             let label = fmt_tick(v, xs);
-            c.text(px - 3 * label.len() as i64, t + ph as i64 + 8, &label, BLACK);
+            c.text(
+                px - 3 * label.len() as i64,
+                t + ph as i64 + 8,
+                &label,
+                BLACK,
+            );
             v += xs;
         }
         for (k, (x, label)) in self.markers.iter().enumerate() {
@@ -213,7 +238,12 @@ impl LinePlot {
             c.text(px + 3, t + 2 + 10 * (k as i64 % 2), label, GREY);
         }
         c.line((l, t), (l, t + ph as i64), BLACK, false);
-        c.line((l, t + ph as i64), (w as i64 - r, t + ph as i64), BLACK, false);
+        c.line(
+            (l, t + ph as i64),
+            (w as i64 - r, t + ph as i64),
+            BLACK,
+            false,
+        );
         for s in &self.series {
             let mut prev: Option<(i64, i64)> = None;
             for &(x, y) in &s.points {
@@ -231,79 +261,30 @@ impl LinePlot {
             }
         }
         c.text(l, 10, &self.title, BLACK);
-        c.text(l + pw as i64 / 2 - 3 * self.x_label.len() as i64, h as i64 - 14, &self.x_label, BLACK);
-        c.text_vertical(2, t + ph as i64 / 2 + 3 * self.y_label.len() as i64, &self.y_label, BLACK);
+        c.text(
+            l + pw as i64 / 2 - 3 * self.x_label.len() as i64,
+            h as i64 - 14,
+            &self.x_label,
+            BLACK,
+        );
+        c.text_vertical(
+            2,
+            t + ph as i64 / 2 + 3 * self.y_label.len() as i64,
+            &self.y_label,
+            BLACK,
+        );
         for (k, s) in self.series.iter().enumerate() {
             let y = t + 8 + 12 * k as i64;
             let x = w as i64 - r - 8 * 6 - 6 * s.name.len() as i64;
             c.line((x, y + 3), (x + 20, y + 3), s.color, true);
             c.text(x + 26, y, &s.name, BLACK);
         }
-        encode_png(w, h, &c.px)
+        c.px
     }
 
-    /// Render and write atomically (temporary file, then rename).
+    /// Render to PNG and write atomically (temporary file, then rename).
     pub fn save(&self, path: &Path) -> Result<()> {
-        atomic_write(path, &self.render(900, 500))
+        let (w, h) = (900, 500);
+        crate::volume::png::write(path, w, h, 3, &self.render(w, h))
     }
-}
-
-/// Write a file through a temporary sibling and a rename, so a reader never sees half a file.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("{}.tmp", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::Io(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io(format!("cannot rename {} to {}: {e}", tmp.display(), path.display())))
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut table = [0u32; 256];
-    for (i, t) in table.iter_mut().enumerate() {
-        let mut c = i as u32;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-        *t = c;
-    }
-    !data.iter().fold(!0u32, |c, &b| table[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8))
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend((data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend(kind);
-    out.extend(data);
-    let crc = crc32(&out[start..]);
-    out.extend(crc.to_be_bytes());
-}
-
-/// An RGB8 PNG whose zlib stream holds stored deflate blocks (valid for every decoder).
-pub fn encode_png(w: usize, h: usize, rgb: &[u8]) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(h * (w * 3 + 1));
-    for row in rgb.chunks(w * 3) {
-        raw.push(0);
-        raw.extend(row);
-    }
-    let mut z = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65535).collect();
-    for (i, blk) in blocks.iter().enumerate() {
-        z.push((i + 1 == blocks.len()) as u8);
-        z.extend((blk.len() as u16).to_le_bytes());
-        z.extend((!(blk.len() as u16)).to_le_bytes());
-        z.extend(*blk);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in &raw {
-        a = (a + x as u32) % 65521;
-        b = (b + a) % 65521;
-    }
-    z.extend(((b << 16) | a).to_be_bytes());
-    let mut out = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
-    let mut ihdr = Vec::new();
-    ihdr.extend((w as u32).to_be_bytes());
-    ihdr.extend((h as u32).to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &z);
-    chunk(&mut out, b"IEND", &[]);
-    out
 }

@@ -332,15 +332,33 @@ fn superhuman_memory_plan_at_18x160x160() {
         PlanSummary::new(&plan, prog.param_count(), 4)
     };
     let base = summary(0, Strategy::StoreAll);
-    let rev: Vec<PlanSummary> = [1, 2, 3, 4, 16].iter().map(|&n| summary(n, Strategy::Recompute)).collect();
+    let rev: Vec<PlanSummary> = [1, 2, 3, 4, 16]
+        .iter()
+        .map(|&n| summary(n, Strategy::Recompute))
+        .collect();
     let acts: Vec<f64> = rev.iter().map(|s| s.activation_bytes() as f64).collect();
-    let (lo, hi) = (acts.iter().cloned().fold(f64::MAX, f64::min), acts.iter().cloned().fold(0.0, f64::max));
-    assert!(hi <= 1.02 * lo, "activation peaks {acts:?} vary by more than 2%");
+    let (lo, hi) = (
+        acts.iter().cloned().fold(f64::MAX, f64::min),
+        acts.iter().cloned().fold(0.0, f64::max),
+    );
+    assert!(
+        hi <= 1.02 * lo,
+        "activation peaks {acts:?} vary by more than 2%"
+    );
     let n2 = &rev[1];
     let ratio = n2.arena_bytes as f64 / base.arena_bytes as f64;
-    assert!(ratio <= 0.45, "N=2 peak {} is {:.1}% of the store-all base {}", n2.arena_bytes, 100.0 * ratio, base.arena_bytes);
+    assert!(
+        ratio <= 0.45,
+        "N=2 peak {} is {:.1}% of the store-all base {}",
+        n2.arena_bytes,
+        100.0 * ratio,
+        base.arena_bytes
+    );
     // Depth costs parameters only: 16 blocks add their weights, gradients and Adam moments.
     let extra = rev[4].arena_bytes - rev[0].arena_bytes;
     let params = (rev[4].params - rev[0].params) * 16;
-    assert!(extra <= params + params / 50, "16 blocks cost {extra} bytes beyond 1 block; their parameters take {params}");
+    assert!(
+        extra <= params + params / 50,
+        "16 blocks cost {extra} bytes beyond 1 block; their parameters take {params}"
+    );
 }

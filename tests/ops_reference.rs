@@ -421,3 +421,79 @@ fn fresh_arena_reads_as_nan() {
     let a = b.alloc_arena(4).unwrap();
     assert!(a.data.iter().all(|v| v.is_nan()));
 }
+
+#[test]
+fn fast_exp_matches_libm() {
+    let mut worst = 0.0f64;
+    for i in 0..200_000 {
+        let x = -(i as f32) * 1e-4 * (1.0 + (i % 7) as f32);
+        let got = revseg::tensor::exp_nonpositive_f32(x) as f64;
+        let want = (x as f64).exp();
+        if want > 1e-37 {
+            worst = worst.max((got - want).abs() / want);
+        }
+    }
+    assert!(worst < 3e-7, "relative error {worst:e}");
+    assert_eq!(revseg::tensor::exp_nonpositive_f32(0.0), 1.0);
+    assert!(revseg::tensor::exp_nonpositive_f32(-200.0) < 1e-37);
+}
+
+#[test]
+fn conv_transpose_matches_naive_loops_over_many_tiles() {
+    let mut rng = Rng::new(5);
+    let (n, ci, co, d, h, w) = (2, 3, 2, 3, 37, 30);
+    let xs = Shape5::new(n, ci, d, h, w);
+    let ws = Shape5::new(ci, co, 1, 2, 2);
+    let ys = Shape5::new(n, co, d, 2 * h, 2 * w);
+    let (b, v, mut a) = setup(&[xs, ws, Shape5::vector(co), ys, ys, xs, ws]);
+    let (x, wt, bias, dy) = (
+        rng.normals(xs.len()),
+        rng.normals(ws.len()),
+        rng.normals(co),
+        rng.normals(ys.len()),
+    );
+    for (k, data) in [(0, &x), (1, &wt), (2, &bias), (4, &dy)] {
+        b.upload(&mut a, v[k].region, data).unwrap();
+    }
+    b.conv_transpose_forward(&mut a, v[0], v[1], Some(v[2].region), v[3])
+        .unwrap();
+    b.conv_transpose_backward_input(&mut a, v[4], v[1], v[5], Write::Overwrite)
+        .unwrap();
+    b.conv_transpose_backward_weight(&mut a, v[0], v[4], v[6], Write::Overwrite)
+        .unwrap();
+    let xi = |nn: usize, c: usize, z: usize, yy: usize, xx: usize| {
+        (((nn * ci + c) * d + z) * h + yy) * w + xx
+    };
+    let yi = |nn: usize, c: usize, z: usize, yy: usize, xx: usize| {
+        (((nn * co + c) * d + z) * 2 * h + yy) * 2 * w + xx
+    };
+    let wi = |c: usize, o: usize, i: usize, j: usize| ((c * co + o) * 2 + i) * 2 + j;
+    let mut y = vec![0.0; ys.len()];
+    let mut dx = vec![0.0; xs.len()];
+    let mut dw = vec![0.0; ws.len()];
+    for nn in 0..n {
+        for o in 0..co {
+            for z in 0..d {
+                for yy in 0..2 * h {
+                    for xx in 0..2 * w {
+                        let (i, j) = (yy % 2, xx % 2);
+                        let mut s = bias[o];
+                        for c in 0..ci {
+                            s += x[xi(nn, c, z, yy / 2, xx / 2)] * wt[wi(c, o, i, j)];
+                            dx[xi(nn, c, z, yy / 2, xx / 2)] +=
+                                dy[yi(nn, o, z, yy, xx)] * wt[wi(c, o, i, j)];
+                            dw[wi(c, o, i, j)] +=
+                                dy[yi(nn, o, z, yy, xx)] * x[xi(nn, c, z, yy / 2, xx / 2)];
+                        }
+                        y[yi(nn, o, z, yy, xx)] = s;
+                    }
+                }
+            }
+        }
+    }
+    for (k, want) in [(3, &y), (5, &dx), (6, &dw)] {
+        for (g, w) in get(&b, &a, v[k]).iter().zip(want.iter()) {
+            assert_relative_eq!(g, w, epsilon = 1e-9, max_relative = 1e-9);
+        }
+    }
+}

@@ -23,7 +23,27 @@ pub struct StepBench {
     pub activation_bytes: usize,
 }
 
-pub fn bench_step<B: Backend>(b: &B, prog: &Program, strategy: Strategy, label: &str, steps: usize) -> Result<StepBench> {
+pub fn bench_step<B: Backend>(
+    b: &B,
+    prog: &Program,
+    strategy: Strategy,
+    label: &str,
+    steps: usize,
+) -> Result<StepBench> {
+    bench_step_profiled(b, prog, strategy, label, steps, false).map(|r| r.0)
+}
+
+/// Time per op name over the timed steps, largest first.
+pub type OpProfile = Vec<(&'static str, f64, usize)>;
+
+pub fn bench_step_profiled<B: Backend>(
+    b: &B,
+    prog: &Program,
+    strategy: Strategy,
+    label: &str,
+    steps: usize,
+    profile: bool,
+) -> Result<(StepBench, OpProfile)> {
     let plan = scheduler::training_plan(prog, strategy, false)?;
     let elem = std::mem::size_of::<B::Elem>();
     let summary = PlanSummary::new(&plan, prog.param_count(), elem);
@@ -32,11 +52,25 @@ pub fn bench_step<B: Backend>(b: &B, prog: &Program, strategy: Strategy, label: 
     let mut rng = Rng::new(3);
     let n_in = prog.tensors[prog.input].shape.len();
     let n_out = prog.tensors[prog.output].shape.len();
-    let image: Vec<B::Elem> = rng.normals(n_in).into_iter().map(B::Elem::from_f64).collect();
-    let target: Vec<B::Elem> = (0..n_out).map(|_| B::Elem::from_f64((rng.uniform() < 0.7) as u8 as f64)).collect();
+    let image: Vec<B::Elem> = rng
+        .normals(n_in)
+        .into_iter()
+        .map(B::Elem::from_f64)
+        .collect();
+    let target: Vec<B::Elem> = (0..n_out)
+        .map(|_| B::Elem::from_f64((rng.uniform() < 0.7) as u8 as f64))
+        .collect();
     let mask = vec![B::Elem::ONE; n_out];
-    let batch = Batch { image: &image, target: &target, mask: &mask };
+    let batch = Batch {
+        image: &image,
+        target: &target,
+        mask: &mask,
+    };
     let mut err = None;
+    ex.train_step(b, &batch, true)?;
+    if profile {
+        ex.profile = Some(Default::default());
+    }
     let secs = time_median(steps.max(1), 0.0, || {
         if let Err(e) = ex.train_step(b, &batch, true) {
             err.get_or_insert(e);
@@ -45,7 +79,15 @@ pub fn bench_step<B: Backend>(b: &B, prog: &Program, strategy: Strategy, label: 
     if let Some(e) = err {
         return Err(e);
     }
-    Ok(StepBench {
+    let mut prof: OpProfile = ex
+        .profile
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, (t, n))| (k, t, n))
+        .collect();
+    prof.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    let bench = StepBench {
         label: label.to_string(),
         params: prog.param_count(),
         step_secs: secs,
@@ -53,7 +95,8 @@ pub fn bench_step<B: Backend>(b: &B, prog: &Program, strategy: Strategy, label: 
         arena_bytes: summary.arena_bytes,
         measured_bytes: ex.high_water.get() * elem,
         activation_bytes: summary.activation_bytes(),
-    })
+    };
+    Ok((bench, prof))
 }
 
 pub fn json(rows: &[StepBench], device: &str) -> Json {

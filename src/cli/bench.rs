@@ -4,9 +4,9 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::bench::{ops, step};
 use crate::cli::net::NetArgs;
+use crate::error::Result;
 use crate::model::{self, NetConfig};
 use crate::scheduler::Strategy;
-use crate::error::Result;
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand, Debug)]
@@ -18,6 +18,8 @@ pub enum BenchCmd {
     /// The paper's table on this engine: params, step time and peak memory for the base network
     /// and 1-4 reversible blocks.
     Table(TableArgs),
+    /// Time and peak memory of watershed + agglomeration on a synthetic affinity volume.
+    Segment(crate::bench::segment::SegmentBenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -31,6 +33,9 @@ pub struct StepArgs {
     /// Timed steps after one warm-up step.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Also print the time spent in each op.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -99,39 +104,74 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
             super::check_device(&a.device)?;
             let prog = a.net.program()?;
             let b = CpuBackend::<f32>::new();
-            let strategy = if a.store_all { Strategy::StoreAll } else { Strategy::Recompute };
+            let strategy = if a.store_all {
+                Strategy::StoreAll
+            } else {
+                Strategy::Recompute
+            };
             let label = format!("{} rev blocks, {strategy:?}", prog.config.rev_blocks);
-            let r = step::bench_step(&b, &prog, strategy, &label, a.steps)?;
+            let (r, prof) =
+                step::bench_step_profiled(&b, &prog, strategy, &label, a.steps, a.profile)?;
             if a.json {
                 println!("{}", step::json(&[r], &b.name()));
             } else {
                 println!("device: {}, patch {}\n", b.name(), a.net.patch);
                 print!("{}", step::markdown(&[r]));
+                if a.profile {
+                    let total: f64 = prof.iter().map(|p| p.1).sum();
+                    println!(
+                        "\n| op | calls per step | seconds per step | share |\n|---|---|---|---|"
+                    );
+                    // time_median runs one untimed warm-up before the timed steps; the profile saw them all.
+                    let steps = a.steps.max(1) as f64 + 1.0;
+                    for (name, t, n) in &prof {
+                        println!(
+                            "| {name} | {:.0} | {:.3} | {:.1}% |",
+                            *n as f64 / steps,
+                            t / steps,
+                            100.0 * t / total
+                        );
+                    }
+                }
             }
             Ok(())
         }
+        BenchCmd::Segment(a) => crate::bench::segment::run_cli(a),
         BenchCmd::Table(a) => {
             super::check_device(&a.device)?;
             let patch = super::parse_patch(&a.patch)?;
             let b = CpuBackend::<f32>::new();
-            let rows_spec: Vec<(usize, Strategy, String)> = [(0, Strategy::StoreAll, "base, store-all".to_string()), (0, Strategy::Recompute, "base, recompute".into())]
-                .into_iter()
-                .chain((1..=4).map(|n| (n, Strategy::Recompute, format!("RevNet n={n}"))))
-                .chain([(2, Strategy::StoreAll, "RevNet n=2, store-all".to_string())])
-                .collect();
+            let rows_spec: Vec<(usize, Strategy, String)> = [
+                (0, Strategy::StoreAll, "base, store-all".to_string()),
+                (0, Strategy::Recompute, "base, recompute".into()),
+            ]
+            .into_iter()
+            .chain((1..=4).map(|n| (n, Strategy::Recompute, format!("RevNet n={n}"))))
+            .chain([(2, Strategy::StoreAll, "RevNet n=2, store-all".to_string())])
+            .collect();
             let mut rows = Vec::new();
             for (n, strategy, label) in rows_spec {
                 let prog = model::build(&NetConfig::superhuman(n), patch)?;
                 let r = step::bench_step(&b, &prog, strategy, &label, a.steps)?;
                 if !a.json {
-                    eprintln!("  {label}: {:.2} s/step, peak {:.1} MiB", r.step_secs, r.arena_bytes as f64 / (1 << 20) as f64);
+                    eprintln!(
+                        "  {label}: {:.2} s/step, peak {:.1} MiB",
+                        r.step_secs,
+                        r.arena_bytes as f64 / (1 << 20) as f64
+                    );
                 }
                 rows.push(r);
             }
             if a.json {
                 println!("{}", step::json(&rows, &b.name()));
             } else {
-                println!("device: {}, patch {}x{}x{}\n", b.name(), patch.0, patch.1, patch.2);
+                println!(
+                    "device: {}, patch {}x{}x{}\n",
+                    b.name(),
+                    patch.0,
+                    patch.1,
+                    patch.2
+                );
                 print!("{}", step::markdown(&rows));
             }
             Ok(())

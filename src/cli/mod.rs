@@ -1,9 +1,12 @@
 //! Command-line front end: one module per subcommand.
 
 pub mod bench;
+pub mod eval;
 pub mod gradcheck;
 pub mod net;
 pub mod plan;
+pub mod segment;
+pub mod synth;
 
 use crate::error::{Error, Result};
 

@@ -30,14 +30,22 @@ impl NetArgs {
     pub fn config(&self) -> Result<NetConfig> {
         let mut c = match self.preset.as_str() {
             "superhuman" => NetConfig::superhuman(self.rev_blocks),
-            p => return Err(Error::Invalid(format!("unknown preset '{p}'; known: superhuman"))),
+            p => {
+                return Err(Error::Invalid(format!(
+                    "unknown preset '{p}'; known: superhuman"
+                )))
+            }
         };
         if let Some(w) = &self.widths {
             c.widths = w
                 .split(',')
                 .map(|s| s.trim().parse::<usize>())
                 .collect::<std::result::Result<_, _>>()
-                .map_err(|_| Error::Invalid(format!("widths '{w}': expected positive integers like 28,36,48,64,80")))?;
+                .map_err(|_| {
+                    Error::Invalid(format!(
+                        "widths '{w}': expected positive integers like 28,36,48,64,80"
+                    ))
+                })?;
         }
         c.norm = match self.norm.as_str() {
             "batch" => Norm::Batch,
@@ -45,7 +53,10 @@ impl NetArgs {
             n => return Err(Error::Invalid(format!("norm '{n}': choose batch or none"))),
         };
         if self.outputs != 3 && self.outputs != 12 {
-            return Err(Error::Invalid(format!("outputs {}: choose 3 or 12", self.outputs)));
+            return Err(Error::Invalid(format!(
+                "outputs {}: choose 3 or 12",
+                self.outputs
+            )));
         }
         c.outputs = self.outputs;
         Ok(c)

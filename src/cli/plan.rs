@@ -28,17 +28,28 @@ pub struct PlanArgs {
 
 pub fn run(a: &PlanArgs) -> Result<()> {
     let prog = a.net.program()?;
-    let strategy = if a.store_all { Strategy::StoreAll } else { Strategy::Recompute };
+    let strategy = if a.store_all {
+        Strategy::StoreAll
+    } else {
+        Strategy::Recompute
+    };
     let plan = scheduler::training_plan(&prog, strategy, false)?;
     let elem = 4;
     let s = PlanSummary::new(&plan, prog.param_count(), elem);
     let (pts, phases) = live_curve(&plan, elem);
     if let Some(path) = &a.plot {
         let p = LinePlot {
-            title: format!("live memory of one training step: {} rev blocks, patch {}, {strategy:?}", prog.config.rev_blocks, a.net.patch),
+            title: format!(
+                "live memory of one training step: {} rev blocks, patch {}, {strategy:?}",
+                prog.config.rev_blocks, a.net.patch
+            ),
             x_label: "plan step".into(),
             y_label: "MiB".into(),
-            series: vec![Series { name: "live".into(), color: BLUE, points: pts.clone() }],
+            series: vec![Series {
+                name: "live".into(),
+                color: BLUE,
+                points: pts.clone(),
+            }],
             markers: phases.iter().map(|(n, i)| (*i as f64, n.clone())).collect(),
             y_from_zero: true,
         };
@@ -47,22 +58,47 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     if a.json {
         let mut j = s.json();
         if let Json::Obj(f) = &mut j {
-            f.push(("live_mib".into(), Json::Arr(pts.iter().map(|p| Json::from(p.1)).collect())));
-            f.push(("phases".into(), Json::obj(phases.iter().map(|(n, i)| (n.clone(), Json::from(*i))))));
+            f.push((
+                "live_mib".into(),
+                Json::Arr(pts.iter().map(|p| Json::from(p.1)).collect()),
+            ));
+            f.push((
+                "phases".into(),
+                Json::obj(phases.iter().map(|(n, i)| (n.clone(), Json::from(*i)))),
+            ));
         }
         println!("{j}");
     } else {
-        println!("network: {} scales, widths {:?}, {} rev blocks, patch {} (f32)", prog.config.widths.len(), prog.config.widths, prog.config.rev_blocks, a.net.patch);
+        println!(
+            "network: {} scales, widths {:?}, {} rev blocks, patch {} (f32)",
+            prog.config.widths.len(),
+            prog.config.widths,
+            prog.config.rev_blocks,
+            a.net.patch
+        );
         print!("{}", s.text());
         if a.verbose {
             let (i, ins) = (plan.peak_index, &plan.instrs[plan.peak_index]);
-            println!("peak at step {i} ({:?} {}); live buffers:", ins.0, ins.1.op_name());
+            println!(
+                "peak at step {i} ({:?} {}); live buffers:",
+                ins.0,
+                ins.1.op_name()
+            );
             let life = scheduler::memory::lifetimes(&plan);
-            let mut live: Vec<_> = plan.bufs.iter().zip(&life).filter(|(b, l)| !b.persistent && l.is_some_and(|(f, z)| f <= i && i <= z)).collect();
+            let mut live: Vec<_> = plan
+                .bufs
+                .iter()
+                .zip(&life)
+                .filter(|(b, l)| !b.persistent && l.is_some_and(|(f, z)| f <= i && i <= z))
+                .collect();
             live.sort_by_key(|(b, _)| std::cmp::Reverse(b.len));
             for (b, l) in live {
                 let (f, z) = l.unwrap();
-                println!("  {:>9.1} MiB  {:<40} steps {f}..{z}", (b.len * elem) as f64 / (1 << 20) as f64, b.name);
+                println!(
+                    "  {:>9.1} MiB  {:<40} steps {f}..{z}",
+                    (b.len * elem) as f64 / (1 << 20) as f64,
+                    b.name
+                );
             }
         }
         if let Some(p) = &a.plot {

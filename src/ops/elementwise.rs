@@ -4,12 +4,15 @@
 
 use crate::tensor::Element;
 
+/// Branch-free so that loops over it vectorise: both sides are computed, one is selected.
 #[inline(always)]
 pub fn elu<T: Element>(x: T) -> T {
+    let neg = if x > T::ZERO { T::ZERO } else { x };
+    let e = neg.exp_nonpositive() - T::ONE;
     if x > T::ZERO {
         x
     } else {
-        x.exp() - T::ONE
+        e
     }
 }
 

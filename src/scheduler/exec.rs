@@ -12,6 +12,8 @@ use crate::ops::optim::AdamParams;
 use crate::rng::Rng;
 use crate::tensor::Element;
 use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 pub struct Executor<B: Backend> {
     pub plan: Plan,
@@ -25,6 +27,8 @@ pub struct Executor<B: Backend> {
     pub high_water: Cell<usize>,
     /// Max relative error of each checked reconstruction in the last step.
     pub recon_errors: Vec<f64>,
+    /// When set, wall time and count per op name (synchronous backends only).
+    pub profile: Option<BTreeMap<&'static str, (f64, usize)>>,
 }
 
 /// One training example: image (1 channel) and targets/mask shaped like the logits.
@@ -53,6 +57,7 @@ impl<B: Backend> Executor<B> {
             poison: cfg!(debug_assertions),
             high_water: Cell::new(0),
             recon_errors: vec![],
+            profile: None,
         };
         let mut rng = Rng::new(seed);
         for (i, p) in prog.params.iter().enumerate() {
@@ -174,7 +179,13 @@ impl<B: Backend> Executor<B> {
             if order.iter().position(|p| *p == phase).unwrap() > stop {
                 break;
             }
+            let t0 = self.profile.is_some().then(Instant::now);
             self.exec(b, &ins)?;
+            if let (Some(p), Some(t0)) = (self.profile.as_mut(), t0) {
+                let e = p.entry(ins.op_name()).or_insert((0.0, 0));
+                e.0 += t0.elapsed().as_secs_f64();
+                e.1 += 1;
+            }
             while checks.peek().is_some_and(|c| c.after == i) {
                 let c = checks.next().unwrap();
                 let saved = self.read(b, c.saved)?;

@@ -257,7 +257,12 @@ impl<'a> Builder<'a> {
                     let src = self.value(img, false);
                     let o = self.tmp(name, self.shape(t), Class::Activations);
                     let bo = b.map(|b| self.pv(b));
-                    self.emit(Instr::Conv { x: src, w: self.pv(w), b: bo, y: o });
+                    self.emit(Instr::Conv {
+                        x: src,
+                        w: self.pv(w),
+                        b: bo,
+                        y: o,
+                    });
                     self.emit(Instr::Elu { x: o, y: o });
                     Some(o)
                 }
@@ -268,7 +273,12 @@ impl<'a> Builder<'a> {
                     let (x, w, b, skip) = (*x, *w, *b, *skip);
                     let o = self.tmp(name, self.shape(t), Class::Activations);
                     let src = self.value(x, false);
-                    self.emit(Instr::ConvT { x: src, w: self.pv(w), b: self.pv(b), y: o });
+                    self.emit(Instr::ConvT {
+                        x: src,
+                        w: self.pv(w),
+                        b: self.pv(b),
+                        y: o,
+                    });
                     let sk = self.value(skip, false);
                     self.emit(Instr::AddAssign { dst: o, src: sk });
                     Some(o)

@@ -12,13 +12,22 @@ pub fn step_flops(plan: &Plan) -> f64 {
     plan.instrs
         .iter()
         .map(|(_, i)| match i {
-            Instr::Conv { x, w, y, .. } => Conv3dGeom::check(x.shape, w.shape, y.shape).map_or(0.0, |g| g.flops()),
-            Instr::ConvBwdInput { dy, w, dx, .. } => Conv3dGeom::check(dx.shape, w.shape, dy.shape).map_or(0.0, |g| g.flops()),
-            Instr::ConvBwdWeight { x, dy, dw, .. } => Conv3dGeom::check(x.shape, dw.shape, dy.shape).map_or(0.0, |g| g.flops()),
-            Instr::ConvT { x, w, y, .. } | Instr::ConvTBwdWeight { x, dw: w, dy: y, .. } => {
-                ConvTransposeGeom::check(x.shape, w.shape, y.shape).map_or(0.0, |g| g.flops())
+            Instr::Conv { x, w, y, .. } => {
+                Conv3dGeom::check(x.shape, w.shape, y.shape).map_or(0.0, |g| g.flops())
             }
-            Instr::ConvTBwdInput { dy, w, dx, .. } => ConvTransposeGeom::check(dx.shape, w.shape, dy.shape).map_or(0.0, |g| g.flops()),
+            Instr::ConvBwdInput { dy, w, dx, .. } => {
+                Conv3dGeom::check(dx.shape, w.shape, dy.shape).map_or(0.0, |g| g.flops())
+            }
+            Instr::ConvBwdWeight { x, dy, dw, .. } => {
+                Conv3dGeom::check(x.shape, dw.shape, dy.shape).map_or(0.0, |g| g.flops())
+            }
+            Instr::ConvT { x, w, y, .. }
+            | Instr::ConvTBwdWeight {
+                x, dw: w, dy: y, ..
+            } => ConvTransposeGeom::check(x.shape, w.shape, y.shape).map_or(0.0, |g| g.flops()),
+            Instr::ConvTBwdInput { dy, w, dx, .. } => {
+                ConvTransposeGeom::check(dx.shape, w.shape, dy.shape).map_or(0.0, |g| g.flops())
+            }
             _ => 0.0,
         })
         .sum()
@@ -43,7 +52,10 @@ impl PlanSummary {
             flops: step_flops(plan),
             arena_bytes: plan.arena_len * elem,
             peak_live_bytes: plan.live.get(plan.peak_index).copied().unwrap_or(0) * elem,
-            breakdown: breakdown_at(plan, plan.peak_index, elem).into_iter().map(|(c, b)| (c.name(), b)).collect(),
+            breakdown: breakdown_at(plan, plan.peak_index, elem)
+                .into_iter()
+                .map(|(c, b)| (c.name(), b))
+                .collect(),
             instructions: plan.instrs.len(),
             buffers: plan.bufs.len(),
         }
@@ -51,7 +63,11 @@ impl PlanSummary {
 
     /// Activations and workspace at the peak: the part that depends on depth and patch.
     pub fn activation_bytes(&self) -> usize {
-        self.breakdown.iter().filter(|(n, _)| *n == "activations" || *n == "workspace").map(|(_, b)| b).sum()
+        self.breakdown
+            .iter()
+            .filter(|(n, _)| *n == "activations" || *n == "workspace")
+            .map(|(_, b)| b)
+            .sum()
     }
 
     pub fn json(&self) -> Json {
@@ -62,7 +78,10 @@ impl PlanSummary {
             ("arena_bytes", Json::from(self.arena_bytes)),
             ("peak_live_bytes", Json::from(self.peak_live_bytes)),
             ("peak_activation_bytes", Json::from(self.activation_bytes())),
-            ("peak_breakdown_bytes", Json::obj(self.breakdown.iter().map(|(n, b)| (*n, Json::from(*b))))),
+            (
+                "peak_breakdown_bytes",
+                Json::obj(self.breakdown.iter().map(|(n, b)| (*n, Json::from(*b)))),
+            ),
             ("instructions", Json::from(self.instructions)),
             ("buffers", Json::from(self.buffers)),
         ])
@@ -78,7 +97,11 @@ impl PlanSummary {
             self.instructions,
             self.buffers
         );
-        s += &format!("arena {:.1} MiB (peak live {:.1} MiB)\n", mib(self.arena_bytes), mib(self.peak_live_bytes));
+        s += &format!(
+            "arena {:.1} MiB (peak live {:.1} MiB)\n",
+            mib(self.arena_bytes),
+            mib(self.peak_live_bytes)
+        );
         for (n, b) in &self.breakdown {
             s += &format!("  {:<12} {:>9.1} MiB\n", n, mib(*b));
         }
@@ -88,7 +111,15 @@ impl PlanSummary {
 
 /// Live bytes after each instruction, with the phase boundaries, for plots.
 pub fn live_curve(plan: &Plan, elem: usize) -> (Vec<(f64, f64)>, Vec<(String, usize)>) {
-    let pts = plan.live.iter().enumerate().map(|(i, l)| (i as f64, (*l * elem) as f64 / (1 << 20) as f64)).collect();
-    let phases = phase_ranges(plan).into_iter().map(|(p, a, _)| (format!("{p:?}"), a)).collect();
+    let pts = plan
+        .live
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as f64, (*l * elem) as f64 / (1 << 20) as f64))
+        .collect();
+    let phases = phase_ranges(plan)
+        .into_iter()
+        .map(|(p, a, _)| (format!("{p:?}"), a))
+        .collect();
     (pts, phases)
 }

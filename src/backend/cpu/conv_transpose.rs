@@ -1,11 +1,79 @@
-//! conv_transpose (1x2x2, stride 1x2x2) on the CPU. Each output voxel has one input voxel, so these
-//! are direct loops: their cost is a few percent of the network's 3x3x3 convolutions.
+//! conv_transpose (1x2x2, stride 1x2x2) on the CPU. Kernel equals stride, so the op is one GEMM
+//! per tile of input voxels, Z (4 Co x P) = W^T (4 Co x Ci) X (Ci x P), and a scatter of Z's four
+//! row groups (i, j) into the interleaved output; the backward passes gather dy the same way.
 
+use super::gemm::matmul;
+use super::mem::SendPtr;
 use crate::ops::conv_transpose::ConvTransposeGeom;
 use crate::tensor::Element;
 use rayon::prelude::*;
 
-/// y[n, co, d, 2h+i, 2w+j] = bias[co] + sum_ci x[n, ci, d, h, w] * w[ci, co, 0, i, j].
+/// Input rows (z, y) per tile.
+fn tile_rows(g: &ConvTransposeGeom) -> usize {
+    (512 / g.w).clamp(1, g.d * g.h)
+}
+
+struct Tile {
+    n: usize,
+    row0: usize,
+    rows: usize,
+}
+
+fn tiles(g: &ConvTransposeGeom) -> Vec<Tile> {
+    let r = tile_rows(g);
+    let total = g.d * g.h;
+    (0..g.n)
+        .flat_map(|n| {
+            (0..total.div_ceil(r)).map(move |t| Tile {
+                n,
+                row0: t * r,
+                rows: r.min(total - t * r),
+            })
+        })
+        .collect()
+}
+
+/// Offset in one output channel plane of output (2h + i, 2w + j) for input row `row` = (d, h).
+#[inline(always)]
+fn out_index(g: &ConvTransposeGeom, row: usize, i: usize) -> usize {
+    let (d, h) = (row / g.h, row % g.h);
+    (d * 2 * g.h + 2 * h + i) * 2 * g.w
+}
+
+/// z (4 Co x P), row (co, i, j) <-> y[n, co, d, 2h + i, 2w + j]; `to_y` scatters, else gathers.
+fn exchange<T: Element>(
+    g: &ConvTransposeGeom,
+    t: &Tile,
+    z: &mut [T],
+    y: *mut T,
+    to_y: bool,
+    bias: Option<&[T]>,
+) {
+    let p = t.rows * g.w;
+    let sy = 4 * g.d * g.h * g.w;
+    for co in 0..g.co {
+        let b = bias.map_or(T::ZERO, |b| b[co]);
+        for ij in 0..4 {
+            let (i, j) = (ij / 2, ij % 2);
+            let zr = &mut z[(co * 4 + ij) * p..][..p];
+            for r in 0..t.rows {
+                let base = (t.n * g.co + co) * sy + out_index(g, t.row0 + r, i) + j;
+                for w in 0..g.w {
+                    // SAFETY: tiles cover disjoint input rows, hence disjoint output voxels.
+                    unsafe {
+                        let q = y.add(base + 2 * w);
+                        if to_y {
+                            *q += zr[r * g.w + w] + b;
+                        } else {
+                            zr[r * g.w + w] = *q;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub fn forward<T: Element>(
     g: &ConvTransposeGeom,
     x: &[T],
@@ -14,37 +82,40 @@ pub fn forward<T: Element>(
     y: &mut [T],
     accumulate: bool,
 ) {
+    if !accumulate {
+        y.fill(T::ZERO);
+    }
     let sx = g.d * g.h * g.w;
-    let sy = 4 * sx;
-    let (h2, w2) = (2 * g.h, 2 * g.w);
-    y.par_chunks_mut(sy).enumerate().for_each(|(nco, yp)| {
-        let (n, co) = (nco / g.co, nco % g.co);
-        let b = bias.map_or(T::ZERO, |b| b[co]);
-        if accumulate {
-            yp.iter_mut().for_each(|v| *v += b);
-        } else {
-            yp.fill(b);
-        }
-        for ci in 0..g.ci {
-            let k = &w[(ci * g.co + co) * 4..][..4];
-            let xp = &x[(n * g.ci + ci) * sx..][..sx];
-            for dh in 0..g.d * g.h {
-                let (d, h) = (dh / g.h, dh % g.h);
-                let xr = &xp[dh * g.w..][..g.w];
-                for i in 0..2 {
-                    let yr = &mut yp[(d * h2 + 2 * h + i) * w2..][..w2];
-                    let (k0, k1) = (k[2 * i], k[2 * i + 1]);
-                    for (wi, &xv) in xr.iter().enumerate() {
-                        yr[2 * wi] += k0 * xv;
-                        yr[2 * wi + 1] += k1 * xv;
-                    }
-                }
-            }
-        }
-    });
+    let m = 4 * g.co;
+    let yp = SendPtr(y.as_mut_ptr());
+    tiles(g).par_iter().for_each_init(
+        || vec![T::ZERO; m * tile_rows(g) * g.w],
+        |z, t| {
+            let yp = yp;
+            let p = t.rows * g.w;
+            let b = x[t.n * g.ci * sx + t.row0 * g.w..].as_ptr();
+            unsafe {
+                matmul(
+                    m,
+                    p,
+                    g.ci,
+                    z.as_mut_ptr(),
+                    p as isize,
+                    1,
+                    false,
+                    w.as_ptr(),
+                    1,
+                    m as isize,
+                    b,
+                    sx as isize,
+                    1,
+                )
+            };
+            exchange(g, t, z, yp.0, true, bias);
+        },
+    );
 }
 
-/// dx[n, ci, d, h, w] = sum_co sum_ij w[ci, co, 0, i, j] * dy[n, co, d, 2h+i, 2w+j].
 pub fn backward_input<T: Element>(
     g: &ConvTransposeGeom,
     dy: &[T],
@@ -53,32 +124,37 @@ pub fn backward_input<T: Element>(
     accumulate: bool,
 ) {
     let sx = g.d * g.h * g.w;
-    let sy = 4 * sx;
-    let (h2, w2) = (2 * g.h, 2 * g.w);
-    dx.par_chunks_mut(sx).enumerate().for_each(|(nci, xp)| {
-        let (n, ci) = (nci / g.ci, nci % g.ci);
-        if !accumulate {
-            xp.fill(T::ZERO);
-        }
-        for co in 0..g.co {
-            let k = &w[(ci * g.co + co) * 4..][..4];
-            let yp = &dy[(n * g.co + co) * sy..][..sy];
-            for dh in 0..g.d * g.h {
-                let (d, h) = (dh / g.h, dh % g.h);
-                let xr = &mut xp[dh * g.w..][..g.w];
-                for i in 0..2 {
-                    let yr = &yp[(d * h2 + 2 * h + i) * w2..][..w2];
-                    let (k0, k1) = (k[2 * i], k[2 * i + 1]);
-                    for (wi, xv) in xr.iter_mut().enumerate() {
-                        *xv += k0 * yr[2 * wi] + k1 * yr[2 * wi + 1];
-                    }
-                }
-            }
-        }
-    });
+    let m = 4 * g.co;
+    let dxp = SendPtr(dx.as_mut_ptr());
+    let dyp = SendPtr(dy.as_ptr() as *mut T);
+    tiles(g).par_iter().for_each_init(
+        || vec![T::ZERO; m * tile_rows(g) * g.w],
+        |z, t| {
+            let (dxp, dyp) = (dxp, dyp);
+            let p = t.rows * g.w;
+            exchange(g, t, z, dyp.0, false, None);
+            let c = unsafe { dxp.0.add(t.n * g.ci * sx + t.row0 * g.w) };
+            unsafe {
+                matmul(
+                    g.ci,
+                    p,
+                    m,
+                    c,
+                    sx as isize,
+                    1,
+                    accumulate,
+                    w.as_ptr(),
+                    m as isize,
+                    1,
+                    z.as_ptr(),
+                    p as isize,
+                    1,
+                )
+            };
+        },
+    );
 }
 
-/// dw[ci, co, 0, i, j] = sum over n, d, h, w of x[n, ci, d, h, w] * dy[n, co, d, 2h+i, 2w+j].
 pub fn backward_weight<T: Element>(
     g: &ConvTransposeGeom,
     x: &[T],
@@ -87,35 +163,49 @@ pub fn backward_weight<T: Element>(
     accumulate: bool,
 ) {
     let sx = g.d * g.h * g.w;
-    let sy = 4 * sx;
-    let (h2, w2) = (2 * g.h, 2 * g.w);
-    dw.par_chunks_mut(4).enumerate().for_each(|(cico, out)| {
-        let (ci, co) = (cico / g.co, cico % g.co);
-        let mut s = [T::ZERO; 4];
-        for n in 0..g.n {
-            let xp = &x[(n * g.ci + ci) * sx..][..sx];
-            let yp = &dy[(n * g.co + co) * sy..][..sy];
-            for dh in 0..g.d * g.h {
-                let (d, h) = (dh / g.h, dh % g.h);
-                let xr = &xp[dh * g.w..][..g.w];
-                for i in 0..2 {
-                    let yr = &yp[(d * h2 + 2 * h + i) * w2..][..w2];
-                    let (mut s0, mut s1) = (T::ZERO, T::ZERO);
-                    for (wi, &xv) in xr.iter().enumerate() {
-                        s0 += xv * yr[2 * wi];
-                        s1 += xv * yr[2 * wi + 1];
-                    }
-                    s[2 * i] += s0;
-                    s[2 * i + 1] += s1;
-                }
+    let m = 4 * g.co;
+    let all = tiles(g);
+    let parts = 8.min(all.len()).max(1);
+    let per = all.len().div_ceil(parts);
+    let dyp = SendPtr(dy.as_ptr() as *mut T);
+    // Fixed partial sums added in a fixed order: deterministic whatever the thread timing.
+    let partials: Vec<Vec<T>> = all
+        .par_chunks(per)
+        .map(|chunk| {
+            let dyp = dyp;
+            let mut acc = vec![T::ZERO; g.ci * m];
+            let mut z = vec![T::ZERO; m * tile_rows(g) * g.w];
+            for t in chunk {
+                let p = t.rows * g.w;
+                exchange(g, t, &mut z, dyp.0, false, None);
+                let a = x[t.n * g.ci * sx + t.row0 * g.w..].as_ptr();
+                unsafe {
+                    matmul(
+                        g.ci,
+                        m,
+                        p,
+                        acc.as_mut_ptr(),
+                        m as isize,
+                        1,
+                        true,
+                        a,
+                        sx as isize,
+                        1,
+                        z.as_ptr(),
+                        1,
+                        p as isize,
+                    )
+                };
             }
+            acc
+        })
+        .collect();
+    if !accumulate {
+        dw.fill(T::ZERO);
+    }
+    for part in &partials {
+        for (d, &v) in dw.iter_mut().zip(part) {
+            *d += v;
         }
-        for (o, v) in out.iter_mut().zip(s) {
-            if accumulate {
-                *o += v;
-            } else {
-                *o = v;
-            }
-        }
-    });
+    }
 }

@@ -1,0 +1,268 @@
+//! `revseg bench segment`: time and peak memory of watershed + agglomeration on a synthetic
+//! affinity volume (SNEMI3D's 100 x 1024 x 1024 by default).
+//!
+//! The volume: a jittered-grid Voronoi partition (one seed per cell of 5 x 64 x 64 voxels, z
+//! distances weighted by 5 for EM's anisotropy, each voxel choosing among the seeds of the 27
+//! cells around it). Like a network's output, the affinities fall smoothly towards borders: with
+//! b the distance margin between a voxel's nearest and second-nearest seed, scaled to reach 1 at
+//! 12 units, an edge inside a region gets min(b) * (0.9 + 0.1u) and one across a border 0.1u
+//! (u uniform in [0, 1)). The watershed runs with Watershed.jl's thresholds taken as absolute
+//! values (low 0.1, high 0.8, merge (800, 0.2), dust 600).
+
+use crate::error::{Error, Result};
+use crate::json::Json;
+use crate::rng::Rng;
+use crate::segment::agglomerate::{agglomerate, Score};
+use crate::segment::watershed::{watershed, Params};
+use crate::segment::{fits_u32, Dims};
+use clap::Args;
+use std::time::Instant;
+
+#[derive(Args, Debug, Clone)]
+pub struct SegmentBenchArgs {
+    /// Volume Z,Y,X.
+    #[arg(long, default_value = "100,1024,1024")]
+    pub size: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Agglomeration thresholds.
+    #[arg(long, default_value = "0.1,0.3,0.5")]
+    pub thresholds: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SegmentBench {
+    pub dims: Dims,
+    pub regions: usize,
+    pub fragments: usize,
+    pub edges: usize,
+    pub seconds_generate: f64,
+    pub seconds_watershed: f64,
+    pub seconds_agglomerate: f64,
+    /// Peak resident memory while segmenting (VmHWM reset after the volume was made), bytes.
+    pub peak_segment_bytes: Option<u64>,
+    /// Peak resident memory of the whole process, generation included, bytes.
+    pub peak_process_bytes: Option<u64>,
+    pub affinity_bytes: u64,
+}
+
+/// VmHWM of this process in bytes, when /proc tells it.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets VmHWM to the current RSS (Linux: "5" to clear_refs); false where that is not allowed.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Jittered-grid Voronoi labels 1.. and border margins (see module doc); also the region count.
+pub fn voronoi_labels(d: Dims, cell: [usize; 3], rng: &mut Rng) -> (Vec<u32>, Vec<f32>, usize) {
+    let g = [
+        d.z.div_ceil(cell[0]),
+        d.y.div_ceil(cell[1]),
+        d.x.div_ceil(cell[2]),
+    ];
+    let seeds: Vec<[f64; 3]> = (0..g[0] * g[1] * g[2])
+        .map(|k| {
+            let c = [k / (g[1] * g[2]), k / g[2] % g[1], k % g[2]];
+            std::array::from_fn(|a| (c[a] as f64 + rng.uniform()) * cell[a] as f64)
+        })
+        .collect();
+    let mut labels = vec![0u32; d.voxels()];
+    let mut margin = vec![0f32; d.voxels()];
+    let mut i = 0;
+    for z in 0..d.z {
+        for y in 0..d.y {
+            for x in 0..d.x {
+                let (k, d1, d2) = nearest_seeds(&seeds, g, cell, [z, y, x]);
+                labels[i] = k as u32 + 1;
+                margin[i] = ((d2.sqrt() - d1.sqrt()) / 12.0).min(1.0) as f32;
+                i += 1;
+            }
+        }
+    }
+    (labels, margin, seeds.len())
+}
+
+/// The nearest seed and the squared distances to the nearest and the second nearest.
+fn nearest_seeds(
+    seeds: &[[f64; 3]],
+    g: [usize; 3],
+    cell: [usize; 3],
+    p: [usize; 3],
+) -> (usize, f64, f64) {
+    let c: [usize; 3] = std::array::from_fn(|a| p[a] / cell[a]);
+    let range = |a: usize| c[a].saturating_sub(1)..=(c[a] + 1).min(g[a] - 1);
+    let (mut best, mut d1, mut d2) = (0, f64::INFINITY, f64::INFINITY);
+    for cz in range(0) {
+        for cy in range(1) {
+            for cx in range(2) {
+                let k = (cz * g[1] + cy) * g[2] + cx;
+                let s = seeds[k];
+                let dz = (s[0] - p[0] as f64) * 5.0;
+                let (dy, dx) = (s[1] - p[1] as f64, s[2] - p[2] as f64);
+                let dist = dz * dz + dy * dy + dx * dx;
+                if dist < d1 {
+                    (best, d2, d1) = (k, d1, dist);
+                } else if dist < d2 {
+                    d2 = dist;
+                }
+            }
+        }
+    }
+    (best, d1, d2)
+}
+
+/// Affinities of a label volume with smooth border dips and noise (see module doc), channel 0 = z.
+pub fn noisy_affinities(labels: &[u32], margin: &[f32], d: Dims, rng: &mut Rng) -> Vec<f32> {
+    let n = d.voxels();
+    let mut aff = vec![0f32; 3 * n];
+    let steps = [d.y * d.x, d.x, 1];
+    for (c, &s) in steps.iter().enumerate() {
+        for i in 0..n {
+            let has = match c {
+                0 => i >= s,
+                1 => !(i / d.x).is_multiple_of(d.y),
+                _ => !i.is_multiple_of(d.x),
+            };
+            if has {
+                let u = rng.uniform() as f32;
+                aff[c * n + i] = if labels[i] == labels[i - s] {
+                    margin[i].min(margin[i - s]) * (0.9 + 0.1 * u)
+                } else {
+                    0.1 * u
+                };
+            }
+        }
+    }
+    aff
+}
+
+fn bench_params() -> Params {
+    Params {
+        relative: false,
+        ..Params::watershed_jl()
+    }
+}
+
+pub fn run(d: Dims, seed: u64, thresholds: &[f64]) -> Result<SegmentBench> {
+    if !fits_u32(d.voxels()) {
+        return Err(Error::Invalid(format!(
+            "bench volume of {} voxels is beyond the u32 watershed this bench runs",
+            d.voxels()
+        )));
+    }
+    let t0 = Instant::now();
+    let mut rng = Rng::new(seed);
+    let (labels, margin, regions) = voronoi_labels(d, [5, 64, 64], &mut rng);
+    let aff = noisy_affinities(&labels, &margin, d, &mut rng);
+    drop((labels, margin));
+    let seconds_generate = t0.elapsed().as_secs_f64();
+    let peak_process_before = peak_rss();
+    let reset = reset_peak_rss();
+    let t1 = Instant::now();
+    let (frag, ws) = watershed::<u32>(&aff, d, &bench_params())?;
+    let t2 = Instant::now();
+    let agg = agglomerate(&aff, &frag, d, thresholds, Score::OneMinusMean)?;
+    let t3 = Instant::now();
+    let peak = peak_rss();
+    Ok(SegmentBench {
+        dims: d,
+        regions,
+        fragments: ws.segments,
+        edges: agg.edges,
+        seconds_generate,
+        seconds_watershed: (t2 - t1).as_secs_f64(),
+        seconds_agglomerate: (t3 - t2).as_secs_f64(),
+        peak_segment_bytes: if reset { peak } else { None },
+        peak_process_bytes: peak.max(peak_process_before),
+        affinity_bytes: (aff.len() * 4) as u64,
+    })
+}
+
+pub fn json(b: &SegmentBench) -> Json {
+    let opt = |v: Option<u64>| v.map(Json::from).unwrap_or(Json::Null);
+    Json::obj([
+        ("bench", Json::from("segment")),
+        (
+            "shape",
+            Json::Arr(vec![b.dims.z.into(), b.dims.y.into(), b.dims.x.into()]),
+        ),
+        ("regions", Json::from(b.regions)),
+        ("fragments", Json::from(b.fragments)),
+        ("region_graph_edges", Json::from(b.edges)),
+        ("seconds_generate", Json::from(b.seconds_generate)),
+        ("seconds_watershed", Json::from(b.seconds_watershed)),
+        ("seconds_agglomerate", Json::from(b.seconds_agglomerate)),
+        ("peak_segment_bytes", opt(b.peak_segment_bytes)),
+        ("peak_process_bytes", opt(b.peak_process_bytes)),
+        ("affinity_bytes", Json::from(b.affinity_bytes)),
+    ])
+}
+
+/// `revseg bench segment`.
+pub fn run_cli(a: &SegmentBenchArgs) -> Result<()> {
+    let v: Vec<usize> = a
+        .size
+        .split(',')
+        .map(|p| p.trim().parse().ok().filter(|&n| n > 0))
+        .collect::<Option<_>>()
+        .filter(|v: &Vec<usize>| v.len() == 3)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "size '{}': expected Z,Y,X, e.g. 100,1024,1024",
+                a.size
+            ))
+        })?;
+    let thresholds = crate::cli::segment::parse_thresholds(&a.thresholds)?;
+    let b = run(Dims::new(v[0], v[1], v[2]), a.seed, &thresholds)?;
+    if a.json {
+        println!("{}", json(&b));
+        return Ok(());
+    }
+    let gb = |v: Option<u64>| v.map_or("n/a".into(), |v| format!("{:.2} GB", v as f64 / 1e9));
+    println!(
+        "volume {}x{}x{} ({} regions): {} fragments, {} region-graph edges",
+        b.dims.z, b.dims.y, b.dims.x, b.regions, b.fragments, b.edges
+    );
+    println!(
+        "watershed {:.2} s, agglomeration {:.2} s (volume made in {:.2} s)",
+        b.seconds_watershed, b.seconds_agglomerate, b.seconds_generate
+    );
+    println!(
+        "peak memory while segmenting {}, whole process {}; affinities {:.2} GB",
+        gb(b.peak_segment_bytes),
+        gb(b.peak_process_bytes),
+        b.affinity_bytes as f64 / 1e9
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_volume_has_its_regions_and_a_small_run_works() {
+        let d = Dims::new(10, 128, 128);
+        let mut rng = Rng::new(3);
+        let (labels, margin, regions) = voronoi_labels(d, [5, 64, 64], &mut rng);
+        assert!(margin.iter().all(|m| (0.0..=1.0).contains(m)));
+        assert_eq!(regions, 2 * 2 * 2);
+        let distinct: std::collections::HashSet<u32> = labels.iter().copied().collect();
+        assert!(
+            distinct.len() >= 6 && distinct.len() <= 8,
+            "{}",
+            distinct.len()
+        );
+        let b = run(d, 3, &[0.3, 0.5]).unwrap();
+        assert!(b.fragments > 0 && b.edges > 0);
+        assert!(peak_rss().unwrap() > 0);
+    }
+}

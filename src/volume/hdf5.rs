@@ -1,0 +1,523 @@
+//! HDF5 datasets in and out, through `hdf5-metno` linked against the system HDF5 library.
+//!
+//! Reading converts from the stored type only where no value changes (checked value by value for
+//! integer narrowing, so an int64 label volume with small ids still reads as u32); writing goes to a
+//! temporary file beside the target that is renamed over it only once every dataset is written, so
+//! a failure never leaves a half-written output behind.
+
+use crate::error::{Error, Result};
+use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
+use std::path::{Path, PathBuf};
+
+/// A dataset read in its stored type, before conversion to what the caller asked for.
+pub enum Stored {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Stored {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Stored::U8(_) => "uint8",
+            Stored::U16(_) => "uint16",
+            Stored::U32(_) => "uint32",
+            Stored::U64(_) => "uint64",
+            Stored::I8(_) => "int8",
+            Stored::I16(_) => "int16",
+            Stored::I32(_) => "int32",
+            Stored::I64(_) => "int64",
+            Stored::F32(_) => "float32",
+            Stored::F64(_) => "float64",
+        }
+    }
+}
+
+/// Why a stored dataset could not become the requested element type.
+#[derive(Debug)]
+pub enum ConvertError {
+    /// No conversion keeps values exactly (float to integer, float64 to float32).
+    Type,
+    /// The conversion is exact for most values but not this one (index, value).
+    Value(usize, String),
+}
+
+/// An element type the readers and writers handle.
+pub trait Element: Copy + Send + Sync + 'static + hdf5::H5Type {
+    const NAME: &'static str;
+    fn from_stored(s: Stored) -> std::result::Result<Vec<Self>, ConvertError>;
+}
+
+/// Converts with `f`, reporting the first value it refuses.
+fn convert<S: Copy + std::fmt::Display, T>(
+    v: Vec<S>,
+    f: impl Fn(S) -> Option<T>,
+) -> std::result::Result<Vec<T>, ConvertError> {
+    let mut out = Vec::with_capacity(v.len());
+    for (i, &x) in v.iter().enumerate() {
+        out.push(f(x).ok_or_else(|| ConvertError::Value(i, x.to_string()))?);
+    }
+    Ok(out)
+}
+
+macro_rules! int_element {
+    ($t:ty, $name:expr) => {
+        impl Element for $t {
+            const NAME: &'static str = $name;
+            fn from_stored(s: Stored) -> std::result::Result<Vec<Self>, ConvertError> {
+                match s {
+                    Stored::U8(v) => convert(v, |x| <$t>::try_from(x).ok()),
+                    Stored::U16(v) => convert(v, |x| <$t>::try_from(x).ok()),
+                    Stored::U32(v) => convert(v, |x| <$t>::try_from(x).ok()),
+                    Stored::U64(v) => convert(v, |x| <$t>::try_from(x).ok()),
+                    Stored::I8(v) => convert(v, |x| <$t>::try_from(x).ok()),
+                    Stored::I16(v) => convert(v, |x| <$t>::try_from(x).ok()),
+                    Stored::I32(v) => convert(v, |x| <$t>::try_from(x).ok()),
+                    Stored::I64(v) => convert(v, |x| <$t>::try_from(x).ok()),
+                    Stored::F32(_) | Stored::F64(_) => Err(ConvertError::Type),
+                }
+            }
+        }
+    };
+}
+
+int_element!(u8, "uint8");
+int_element!(u16, "uint16");
+int_element!(u32, "uint32");
+int_element!(u64, "uint64");
+
+/// Integer to float is exact only while the integer fits the mantissa; checked per value.
+macro_rules! exact_float {
+    ($t:ty, $v:expr) => {
+        convert($v, |x| {
+            let f = x as $t;
+            (f as i128 == x as i128).then_some(f)
+        })
+    };
+}
+
+impl Element for f32 {
+    const NAME: &'static str = "float32";
+    fn from_stored(s: Stored) -> std::result::Result<Vec<Self>, ConvertError> {
+        match s {
+            Stored::F32(v) => Ok(v),
+            Stored::F64(_) => Err(ConvertError::Type),
+            Stored::U8(v) => Ok(v.into_iter().map(f32::from).collect()),
+            Stored::U16(v) => Ok(v.into_iter().map(f32::from).collect()),
+            Stored::I8(v) => Ok(v.into_iter().map(f32::from).collect()),
+            Stored::I16(v) => Ok(v.into_iter().map(f32::from).collect()),
+            Stored::U32(v) => exact_float!(f32, v),
+            Stored::U64(v) => exact_float!(f32, v),
+            Stored::I32(v) => exact_float!(f32, v),
+            Stored::I64(v) => exact_float!(f32, v),
+        }
+    }
+}
+
+impl Element for f64 {
+    const NAME: &'static str = "float64";
+    fn from_stored(s: Stored) -> std::result::Result<Vec<Self>, ConvertError> {
+        match s {
+            Stored::F64(v) => Ok(v),
+            Stored::F32(v) => Ok(v.into_iter().map(f64::from).collect()),
+            Stored::U8(v) => Ok(v.into_iter().map(f64::from).collect()),
+            Stored::U16(v) => Ok(v.into_iter().map(f64::from).collect()),
+            Stored::U32(v) => Ok(v.into_iter().map(f64::from).collect()),
+            Stored::I8(v) => Ok(v.into_iter().map(f64::from).collect()),
+            Stored::I16(v) => Ok(v.into_iter().map(f64::from).collect()),
+            Stored::I32(v) => Ok(v.into_iter().map(f64::from).collect()),
+            Stored::U64(v) => exact_float!(f64, v),
+            Stored::I64(v) => exact_float!(f64, v),
+        }
+    }
+}
+
+fn h5err(file: &Path, what: &str, e: hdf5::Error) -> Error {
+    Error::Io(format!("{}: {what}: {e}", file.display()))
+}
+
+fn open(file: &Path) -> Result<hdf5::File> {
+    if !file.exists() {
+        return Err(Error::Io(format!(
+            "{}: no such file (check the path before ':' in FILE:DATASET)",
+            file.display()
+        )));
+    }
+    hdf5::File::open(file).map_err(|e| h5err(file, "cannot open as HDF5", e))
+}
+
+/// Every dataset in the file, as absolute paths, sorted.
+pub fn list_datasets(file: &Path) -> Result<Vec<String>> {
+    let f = open(file)?;
+    let mut out = Vec::new();
+    collect_datasets(&f, &mut out).map_err(|e| h5err(file, "listing datasets", e))?;
+    out.sort();
+    Ok(out)
+}
+
+fn collect_datasets(g: &hdf5::Group, out: &mut Vec<String>) -> hdf5::Result<()> {
+    for d in g.datasets()? {
+        out.push(d.name());
+    }
+    for sub in g.groups()? {
+        collect_datasets(&sub, out)?;
+    }
+    Ok(())
+}
+
+fn open_dataset(f: &hdf5::File, file: &Path, dataset: &str) -> Result<hdf5::Dataset> {
+    if let Ok(ds) = f.dataset(dataset) {
+        return Ok(ds);
+    }
+    let mut names = Vec::new();
+    let _ = collect_datasets(f, &mut names);
+    names.sort();
+    let is_group = f.group(dataset).is_ok();
+    Err(Error::Invalid(format!(
+        "{}: '{dataset}' {}; datasets in this file: {}",
+        file.display(),
+        if is_group {
+            "is a group, not a dataset"
+        } else {
+            "does not exist"
+        },
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    )))
+}
+
+/// Shape (C order) of a dataset, without reading it.
+pub fn dataset_shape(file: impl AsRef<Path>, dataset: &str) -> Result<Vec<usize>> {
+    let file = file.as_ref();
+    let f = open(file)?;
+    Ok(open_dataset(&f, file, dataset)?.shape())
+}
+
+fn read_stored(ds: &hdf5::Dataset) -> hdf5::Result<Option<Stored>> {
+    let desc = ds.dtype()?.to_descriptor()?;
+    let r = ds.as_reader().no_convert();
+    Ok(Some(match desc {
+        TypeDescriptor::Unsigned(IntSize::U1) => Stored::U8(r.read_raw()?),
+        TypeDescriptor::Unsigned(IntSize::U2) => Stored::U16(r.read_raw()?),
+        TypeDescriptor::Unsigned(IntSize::U4) => Stored::U32(r.read_raw()?),
+        TypeDescriptor::Unsigned(IntSize::U8) => Stored::U64(r.read_raw()?),
+        TypeDescriptor::Integer(IntSize::U1) => Stored::I8(r.read_raw()?),
+        TypeDescriptor::Integer(IntSize::U2) => Stored::I16(r.read_raw()?),
+        TypeDescriptor::Integer(IntSize::U4) => Stored::I32(r.read_raw()?),
+        TypeDescriptor::Integer(IntSize::U8) => Stored::I64(r.read_raw()?),
+        TypeDescriptor::Float(FloatSize::U4) => Stored::F32(r.read_raw()?),
+        TypeDescriptor::Float(FloatSize::U8) => Stored::F64(r.read_raw()?),
+        _ => return Ok(None),
+    }))
+}
+
+/// Reads a whole dataset in its stored type: (shape in C order, values).
+pub fn read_stored_dataset(file: impl AsRef<Path>, dataset: &str) -> Result<(Vec<usize>, Stored)> {
+    let file = file.as_ref();
+    let f = open(file)?;
+    let ds = open_dataset(&f, file, dataset)?;
+    let ctx = format!("{}:{dataset}", file.display());
+    let stored = read_stored(&ds)
+        .map_err(|e| Error::Io(format!("{ctx}: reading failed: {e}")))?
+        .ok_or_else(|| {
+            let t = ds
+                .dtype()
+                .and_then(|d| d.to_descriptor())
+                .map(|d| format!("{d:?}"))
+                .unwrap_or_else(|_| "unknown".into());
+            Error::Invalid(format!(
+                "{ctx}: stored type {t} is not a plain integer or float"
+            ))
+        })?;
+    Ok((ds.shape(), stored))
+}
+
+/// Converts stored values to `T` where no value changes; `ctx` names the dataset in errors.
+pub fn convert_stored<T: Element>(ctx: &str, stored: Stored) -> Result<Vec<T>> {
+    let stored_name = stored.type_name();
+    T::from_stored(stored).map_err(|e| match e {
+        ConvertError::Type => Error::Invalid(format!(
+            "{ctx}: stored as {stored_name}, which cannot be read as {} without changing values; convert the dataset first",
+            T::NAME
+        )),
+        ConvertError::Value(i, v) => Error::Invalid(format!(
+            "{ctx}: stored as {stored_name}; value {v} at flat index {i} does not fit {}",
+            T::NAME
+        )),
+    })
+}
+
+/// Reads a whole dataset as `T`: (shape in C order, values in C order).
+pub fn read_dataset<T: Element>(
+    file: impl AsRef<Path>,
+    dataset: &str,
+) -> Result<(Vec<usize>, Vec<T>)> {
+    let (shape, stored) = read_stored_dataset(&file, dataset)?;
+    let ctx = format!("{}:{dataset}", file.as_ref().display());
+    Ok((shape, convert_stored(&ctx, stored)?))
+}
+
+/// As [`read_dataset`], and the dataset must have `rank` dimensions (`what` names the role).
+pub fn read_volume<T: Element>(
+    file: impl AsRef<Path>,
+    dataset: &str,
+    rank: usize,
+    what: &str,
+) -> Result<(Vec<usize>, Vec<T>)> {
+    let file = file.as_ref();
+    let (shape, data) = read_dataset::<T>(file, dataset)?;
+    if shape.len() != rank {
+        return Err(Error::Invalid(format!(
+            "{}:{dataset}: {what} must have {rank} dimensions, found shape {shape:?}",
+            file.display()
+        )));
+    }
+    Ok((shape, data))
+}
+
+/// Chunks for compressed datasets: whole rows of up to 128 x 128 x 8, small enough to stream.
+fn chunk_shape(shape: &[usize]) -> Vec<usize> {
+    let caps = [128usize, 128, 8];
+    let n = shape.len();
+    (0..n)
+        .map(|i| {
+            let from_end = n - 1 - i;
+            let cap = caps.get(from_end).copied().unwrap_or(1);
+            shape[i].clamp(1, cap)
+        })
+        .collect()
+}
+
+/// Output HDF5 file written atomically: datasets go to a temporary file beside the target (a copy
+/// of the target when it exists, so other datasets in it survive), renamed over the target by
+/// [`Writer::commit`]. Dropped without commit, the temporary file is removed.
+pub struct Writer {
+    target: PathBuf,
+    tmp: PathBuf,
+    file: Option<hdf5::File>,
+}
+
+impl Writer {
+    pub fn create(target: impl AsRef<Path>) -> Result<Self> {
+        let target = target.as_ref().to_path_buf();
+        let name = target
+            .file_name()
+            .ok_or_else(|| Error::Invalid(format!("{}: not a file name", target.display())))?;
+        let tmp = target.with_file_name(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let mut w = Writer {
+            target,
+            tmp,
+            file: None,
+        };
+        w.file = Some(w.open_tmp()?);
+        Ok(w)
+    }
+
+    fn open_tmp(&self) -> Result<hdf5::File> {
+        let ctx = |e: std::io::Error| {
+            Error::Io(format!(
+                "{}: cannot write temporary file: {e}",
+                self.tmp.display()
+            ))
+        };
+        if self.target.exists() {
+            std::fs::copy(&self.target, &self.tmp).map_err(ctx)?;
+            hdf5::File::open_rw(&self.tmp).map_err(|e| h5err(&self.target, "open for update", e))
+        } else {
+            hdf5::File::create(&self.tmp).map_err(|e| h5err(&self.target, "create", e))
+        }
+    }
+
+    /// Adds (or replaces) a dataset; parent groups are created as needed.
+    pub fn add<T: Element>(
+        &mut self,
+        dataset: &str,
+        shape: &[usize],
+        data: &[T],
+        gzip: bool,
+    ) -> Result<()> {
+        let ctx = format!("{}:{dataset}", self.target.display());
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::shape(
+                "hdf5 write",
+                format!(
+                    "{ctx}: shape {shape:?} holds {n} values, data has {}",
+                    data.len()
+                ),
+            ));
+        }
+        let f = self.file.as_ref().expect("file open until commit");
+        let e = |e: hdf5::Error| Error::Io(format!("{ctx}: write failed: {e}"));
+        if f.link_exists(dataset) {
+            f.unlink(dataset).map_err(e)?;
+        }
+        ensure_parents(f, dataset).map_err(e)?;
+        let ds = if gzip && n > 0 {
+            f.new_dataset::<T>()
+                .shape(shape)
+                .chunk(chunk_shape(shape))
+                .deflate(4)
+                .create(dataset)
+        } else {
+            f.new_dataset::<T>().shape(shape).create(dataset)
+        }
+        .map_err(e)?;
+        ds.write_raw(data).map_err(e)
+    }
+
+    /// Closes the temporary file and renames it over the target.
+    pub fn commit(mut self) -> Result<()> {
+        if let Some(f) = self.file.take() {
+            f.close()
+                .map_err(|e| h5err(&self.target, "closing before rename", e))?;
+        }
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| {
+            Error::Io(format!(
+                "{}: cannot move finished file into place: {e}",
+                self.target.display()
+            ))
+        })
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.file.take();
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+fn ensure_parents(f: &hdf5::File, dataset: &str) -> hdf5::Result<()> {
+    let parts: Vec<&str> = dataset.split('/').filter(|p| !p.is_empty()).collect();
+    let mut path = String::new();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        path.push('/');
+        path.push_str(p);
+        if !f.link_exists(&path) {
+            f.create_group(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one dataset atomically (see [`Writer`]).
+pub fn write_dataset<T: Element>(
+    file: impl AsRef<Path>,
+    dataset: &str,
+    shape: &[usize],
+    data: &[T],
+    gzip: bool,
+) -> Result<()> {
+    let mut w = Writer::create(file)?;
+    w.add(dataset, shape, data, gzip)?;
+    w.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("revseg-h5-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip_every_type_with_and_without_gzip() {
+        let d = tmpdir("rt");
+        let p = d.join("a.h5");
+        let shape = [2usize, 3, 5];
+        let u: Vec<u32> = (0..30).map(|i| i * 7 + 1).collect();
+        let f: Vec<f32> = (0..30).map(|i| i as f32 * 0.25 - 1.0).collect();
+        write_dataset(&p, "/labels/u", &shape, &u, true).unwrap();
+        write_dataset(&p, "f", &shape, &f, false).unwrap();
+        // The second write kept the first dataset (the file is updated, not replaced).
+        let (s, back) = read_dataset::<u32>(&p, "/labels/u").unwrap();
+        assert_eq!((s, back), (shape.to_vec(), u.clone()));
+        assert_eq!(read_dataset::<f32>(&p, "/f").unwrap().1, f);
+        // Lossless widening.
+        let wide: Vec<u64> = read_dataset::<u64>(&p, "/labels/u").unwrap().1;
+        assert_eq!(wide[29], 29 * 7 + 1);
+        assert_eq!(read_dataset::<f64>(&p, "f").unwrap().1[1], -0.75);
+        // u32 values up to 204 fit u8 exactly.
+        assert_eq!(read_dataset::<u8>(&p, "/labels/u").unwrap().1[29], 204);
+        assert_eq!(
+            list_datasets(&p).unwrap(),
+            vec!["/f".to_string(), "/labels/u".to_string()]
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temporary file left behind");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn lossy_reads_are_refused_with_the_reason() {
+        let d = tmpdir("lossy");
+        let p = d.join("a.h5");
+        write_dataset(&p, "big", &[2], &[5u32, 300], false).unwrap();
+        {
+            // int64 is not an Element (we never write it), so it is made with the crate directly.
+            let f = hdf5::File::append(&p).unwrap();
+            let ds = f.new_dataset::<i64>().shape([2]).create("neg").unwrap();
+            ds.write_raw(&[3i64, -1]).unwrap();
+        }
+        write_dataset(&p, "flt", &[1], &[0.5f64], false).unwrap();
+        let e = read_dataset::<u8>(&p, "big").unwrap_err().to_string();
+        assert!(e.contains("300") && e.contains("index 1"), "{e}");
+        let e = read_dataset::<u32>(&p, "neg").unwrap_err().to_string();
+        assert!(e.contains("-1") && e.contains("int64"), "{e}");
+        let e = read_dataset::<f32>(&p, "flt").unwrap_err().to_string();
+        assert!(e.contains("float64") && e.contains("float32"), "{e}");
+        let e = read_dataset::<u64>(&p, "neg").unwrap_err().to_string();
+        assert!(e.contains("-1"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn missing_file_dataset_and_wrong_rank_are_named() {
+        let d = tmpdir("missing");
+        let p = d.join("a.h5");
+        let e = read_dataset::<u32>(&p, "x").unwrap_err().to_string();
+        assert!(e.contains("a.h5") && e.contains("no such file"), "{e}");
+        write_dataset(&p, "/g/seg", &[2, 2], &[1u32, 2, 3, 4], false).unwrap();
+        let e = read_dataset::<u32>(&p, "/g/sge").unwrap_err().to_string();
+        assert!(e.contains("/g/sge") && e.contains("/g/seg"), "{e}");
+        let e = read_dataset::<u32>(&p, "/g").unwrap_err().to_string();
+        assert!(e.contains("is a group"), "{e}");
+        let e = read_volume::<u32>(&p, "/g/seg", 3, "segmentation")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3 dimensions") && e.contains("[2, 2]"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn failed_write_leaves_target_untouched() {
+        let d = tmpdir("fail");
+        let p = d.join("a.h5");
+        write_dataset(&p, "keep", &[1], &[9u8], false).unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let e = write_dataset(&p, "bad", &[3], &[1u8, 2], false).unwrap_err();
+        assert!(matches!(e, Error::Shape { .. }));
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
