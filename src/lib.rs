@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod plot;
+pub mod predict;
 pub mod rng;
 pub mod scheduler;
 pub mod segment;

@@ -74,7 +74,7 @@ impl<B: Backend> Executor<B> {
             };
             ex.set_param(b, i, &vals)?;
             let pb = ex.plan.params[i];
-            for o in [pb.m, pb.v] {
+            for o in [pb.m, pb.v].into_iter().flatten() {
                 let r = ex.region(o);
                 b.fill(&mut ex.arena, r, B::Elem::ZERO)?;
             }
@@ -103,6 +103,12 @@ impl<B: Backend> Executor<B> {
 
     pub fn set_param(&mut self, b: &B, i: usize, vals: &[f64]) -> Result<()> {
         let o = self.plan.params[i].value;
+        if vals.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Value {
+                what: format!("parameter {i}"),
+                detail: "holds a non-finite value".into(),
+            });
+        }
         if vals.len() != o.shape.len() {
             return Err(Error::shape(
                 "set_param",
@@ -125,7 +131,9 @@ impl<B: Backend> Executor<B> {
     }
 
     pub fn grad(&self, b: &B, i: usize) -> Result<Vec<f64>> {
-        self.read(b, self.plan.params[i].grad)
+        let g = self.plan.params[i].grad;
+        let g = g.ok_or_else(|| Error::Invalid("an inference plan has no gradients".into()))?;
+        self.read(b, g)
     }
 
     fn upload(&mut self, b: &B, o: Opd, data: &[B::Elem], what: &str) -> Result<()> {
@@ -163,13 +171,49 @@ impl<B: Backend> Executor<B> {
     }
 
     fn run(&mut self, b: &B, batch: &Batch<B::Elem>, last_phase: Phase) -> Result<f64> {
-        let (input, target, mask) = (self.plan.input, self.plan.target, self.plan.mask);
-        self.upload(b, input, batch.image, "image")?;
-        self.upload(b, target, batch.target, "target")?;
-        self.upload(b, mask, batch.mask, "mask")?;
+        self.upload_batch(b, batch)?;
         if last_phase == Phase::Update {
             self.step += 1;
         }
+        self.execute(b, last_phase, false)?;
+        let loss = self.read(b, self.plan.loss)?[0];
+        if loss.is_finite() {
+            return Ok(loss);
+        }
+        // Run the forward again, checking every output, to name the first op that went bad.
+        self.upload_batch(b, batch)?;
+        let culprit = self.execute(b, Phase::Forward, true)?;
+        Err(Error::Value {
+            what: "loss".into(),
+            detail: format!(
+                "not finite ({loss}) at step {}; first non-finite value: {}",
+                self.step,
+                culprit.unwrap_or_else(|| "none in the forward (the loss itself)".into())
+            ),
+        })
+    }
+
+    fn upload_batch(&mut self, b: &B, batch: &Batch<B::Elem>) -> Result<()> {
+        let (input, target, mask) = (self.plan.input, self.plan.target, self.plan.mask);
+        self.upload(b, input, batch.image, "image")?;
+        self.upload(b, target, batch.target, "target")?;
+        self.upload(b, mask, batch.mask, "mask")
+    }
+
+    /// Affinities (after the sigmoid) of an inference plan for one input patch.
+    pub fn predict(&mut self, b: &B, image: &[B::Elem]) -> Result<Vec<B::Elem>> {
+        let input = self.plan.input;
+        self.upload(b, input, image, "image")?;
+        self.execute(b, Phase::Forward, false)?;
+        let out = self.plan.logits;
+        let mut d = vec![B::Elem::ZERO; out.shape.len()];
+        b.download(&self.arena, self.region(out), &mut d)?;
+        Ok(d)
+    }
+
+    /// Runs the plan's instructions up to the end of `last_phase`. With `check_finite`, reads back
+    /// every forward output and returns the first op and buffer holding a non-finite value.
+    fn execute(&mut self, b: &B, last_phase: Phase, check_finite: bool) -> Result<Option<String>> {
         self.recon_errors.clear();
         let order = [Phase::Forward, Phase::Loss, Phase::Backward, Phase::Update];
         let stop = order.iter().position(|p| *p == last_phase).unwrap();
@@ -186,6 +230,17 @@ impl<B: Backend> Executor<B> {
                 e.0 += t0.elapsed().as_secs_f64();
                 e.1 += 1;
             }
+            if check_finite {
+                for o in ins.written() {
+                    if self.read(b, o)?.iter().any(|v| !v.is_finite()) {
+                        return Ok(Some(format!(
+                            "{} writing {}",
+                            ins.op_name(),
+                            self.plan.bufs[o.buf].name
+                        )));
+                    }
+                }
+            }
             while checks.peek().is_some_and(|c| c.after == i) {
                 let c = checks.next().unwrap();
                 let saved = self.read(b, c.saved)?;
@@ -201,14 +256,55 @@ impl<B: Backend> Executor<B> {
                 }
             }
         }
-        let loss = self.read(b, self.plan.loss)?[0];
-        if !loss.is_finite() {
-            return Err(Error::Value {
-                what: "loss".into(),
-                detail: format!("not finite ({loss}) at step {}", self.step),
-            });
+        Ok(None)
+    }
+
+    /// Running mean and variance of BatchNorm k.
+    pub fn running(&self, b: &B, k: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        let (m, v) = self.plan.running[k];
+        Ok((self.read(b, m)?, self.read(b, v)?))
+    }
+
+    pub fn set_running(&mut self, b: &B, k: usize, mean: &[f64], var: &[f64]) -> Result<()> {
+        let (m, v) = self.plan.running[k];
+        self.write(b, m, mean)?;
+        self.write(b, v, var)
+    }
+
+    /// Adam's moments of parameter i (training plans).
+    pub fn moments(&self, b: &B, i: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+        let pb = self.plan.params[i];
+        match (pb.m, pb.v) {
+            (Some(m), Some(v)) => Ok((self.read(b, m)?, self.read(b, v)?)),
+            _ => Err(Error::Invalid(
+                "an inference plan has no optimiser state".into(),
+            )),
         }
-        Ok(loss)
+    }
+
+    pub fn set_moments(&mut self, b: &B, i: usize, m: &[f64], v: &[f64]) -> Result<()> {
+        let pb = self.plan.params[i];
+        match (pb.m, pb.v) {
+            (Some(mo), Some(vo)) => {
+                self.write(b, mo, m)?;
+                self.write(b, vo, v)
+            }
+            _ => Err(Error::Invalid(
+                "an inference plan has no optimiser state".into(),
+            )),
+        }
+    }
+
+    fn write(&mut self, b: &B, o: Opd, vals: &[f64]) -> Result<()> {
+        if vals.len() != o.shape.len() {
+            return Err(Error::shape(
+                "executor",
+                format!("{} values for a buffer of {}", vals.len(), o.shape.len()),
+            ));
+        }
+        let d: Vec<B::Elem> = vals.iter().map(|&v| B::Elem::from_f64(v)).collect();
+        let r = self.region(o);
+        b.upload(&mut self.arena, r, &d)
     }
 
     fn exec(&mut self, b: &B, ins: &Instr) -> Result<()> {
@@ -304,6 +400,26 @@ impl<B: Backend> Executor<B> {
                     var: self.view(v).region,
                 });
                 b.batchnorm_forward_train(&mut self.arena, x, g, be, y, stats, running, self.bn)
+            }
+            BnInfer {
+                x,
+                gamma,
+                beta,
+                mean,
+                var,
+                y,
+            } => {
+                let (x, y) = (self.view(x), self.view(y));
+                let (g, be) = (self.view(gamma).region, self.view(beta).region);
+                let running = BnRunning {
+                    mean: self.view(mean).region,
+                    var: self.view(var).region,
+                };
+                b.batchnorm_forward_infer(&mut self.arena, x, g, be, running, y, self.bn.eps)
+            }
+            Sigmoid { x, y } => {
+                let (x, y) = (self.view(x), self.view(y));
+                b.sigmoid(&mut self.arena, x, y)
             }
             BnBwd {
                 x,

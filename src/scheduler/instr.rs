@@ -130,6 +130,19 @@ pub enum Instr {
         invstd: Opd,
         running: Option<(Opd, Opd)>,
     },
+    /// Inference: running statistics instead of batch statistics.
+    BnInfer {
+        x: Opd,
+        gamma: Opd,
+        beta: Opd,
+        mean: Opd,
+        var: Opd,
+        y: Opd,
+    },
+    Sigmoid {
+        x: Opd,
+        y: Opd,
+    },
     BnBwd {
         x: Opd,
         dy: Opd,
@@ -210,6 +223,15 @@ impl Instr {
                 dbeta,
                 ..
             } => vec![*x, *dy, *gamma, *mean, *invstd, *dx, *dgamma, *dbeta],
+            BnInfer {
+                x,
+                gamma,
+                beta,
+                mean,
+                var,
+                y,
+            } => vec![*x, *gamma, *beta, *mean, *var, *y],
+            Sigmoid { x, y } => vec![*x, *y],
             BceWeights {
                 target,
                 mask,
@@ -228,6 +250,20 @@ impl Instr {
                 v
             }
             Adam { p, g, m, v } => vec![*p, *g, *m, *v],
+        }
+    }
+
+    /// Buffers a forward instruction writes (empty for backward and optimiser instructions).
+    pub fn written(&self) -> Vec<Opd> {
+        use Instr::*;
+        match self {
+            Zero { dst } | Copy { dst, .. } | AddAssign { dst, .. } | SubAssign { dst, .. } => {
+                vec![*dst]
+            }
+            Conv { y, .. } | ConvT { y, .. } | Pool { y, .. } | Elu { y, .. } => vec![*y],
+            BnTrain { y, .. } | BnInfer { y, .. } | Sigmoid { y, .. } => vec![*y],
+            Add { out, .. } => vec![*out],
+            _ => vec![],
         }
     }
 
@@ -252,6 +288,8 @@ impl Instr {
             SubAssign { .. } => "sub_assign",
             BnTrain { .. } => "batchnorm_forward_train",
             BnBwd { .. } => "batchnorm_backward",
+            BnInfer { .. } => "batchnorm_forward_infer",
+            Sigmoid { .. } => "sigmoid",
             BceWeights { .. } => "bce_weights",
             Bce { .. } => "bce_loss",
             Adam { .. } => "adam_step",

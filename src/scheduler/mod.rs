@@ -23,9 +23,23 @@ pub fn training_plan(
         prog,
         &PlanOptions {
             strategy,
+            inference: false,
             check_reconstruction,
         },
     )?;
+    memory::assign(&mut plan);
+    Ok(plan)
+}
+
+/// The forward-only plan: running statistics, reversible chains in place, sigmoid output; keeps
+/// no activation for a backward.
+pub fn inference_plan(prog: &Program) -> Result<Plan> {
+    let opt = PlanOptions {
+        strategy: Strategy::Recompute,
+        inference: true,
+        check_reconstruction: false,
+    };
+    let mut plan = plan::build_training(prog, &opt)?;
     memory::assign(&mut plan);
     Ok(plan)
 }

@@ -71,9 +71,10 @@ pub struct BufInfo {
 #[derive(Clone, Copy, Debug)]
 pub struct ParamBufs {
     pub value: Opd,
-    pub grad: Opd,
-    pub m: Opd,
-    pub v: Opd,
+    /// Gradient and Adam moments: training plans only.
+    pub grad: Option<Opd>,
+    pub m: Option<Opd>,
+    pub v: Option<Opd>,
 }
 
 /// A check that a reversible chain's rebuilt input equals the input seen in the forward.
@@ -110,6 +111,9 @@ pub struct Plan {
 
 pub struct PlanOptions {
     pub strategy: Strategy,
+    /// Forward only, BatchNorm with running statistics, sigmoid on the output; no loss, no
+    /// backward, no optimiser state.
+    pub inference: bool,
     /// Keep a copy of every reversible chain's input to measure the reconstruction (costs memory).
     pub check_reconstruction: bool,
 }
@@ -200,14 +204,14 @@ impl<'a> Builder<'a> {
 
     /// Parameter gradient: overwritten on its first write in the step, accumulated afterwards.
     fn pgrad(&mut self, p: ParamId) -> (Opd, Write) {
-        let g = self.params[p].grad;
+        let g = self.params[p].grad.expect("training plan");
         let m = self.mode(g);
         (g, m)
     }
 
     /// Accumulate-only gradients (BN's) are zeroed before their first write.
     fn pgrad_acc(&mut self, p: ParamId) -> Opd {
-        let g = self.params[p].grad;
+        let g = self.params[p].grad.expect("training plan");
         if !std::mem::replace(&mut self.written[g.buf], true) {
             self.emit(Instr::Zero { dst: g });
         }
@@ -305,6 +309,18 @@ impl<'a> Builder<'a> {
         let b = &self.prog.bns[bn];
         let (gamma, beta) = (self.pv(b.gamma), self.pv(b.beta));
         let (mean, invstd) = self.stats[bn];
+        if self.opt.inference {
+            let (mean, var) = self.running[bn];
+            self.emit(Instr::BnInfer {
+                x,
+                gamma,
+                beta,
+                mean,
+                var,
+                y,
+            });
+            return;
+        }
         let running = update_running.then(|| self.running[bn]);
         self.emit(Instr::BnTrain {
             x,
@@ -778,19 +794,12 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
     };
     for p in &prog.params {
         let value = b.buf(p.name.clone(), p.shape, Class::Weights, true);
-        let grad = b.buf(format!("grad:{}", p.name), p.shape, Class::Gradients, true);
-        let m = b.buf(
-            format!("adam_m:{}", p.name),
-            p.shape,
-            Class::Optimizer,
-            true,
-        );
-        let v = b.buf(
-            format!("adam_v:{}", p.name),
-            p.shape,
-            Class::Optimizer,
-            true,
-        );
+        let mut train = |kind: &str, class| {
+            (!opt.inference).then(|| b.buf(format!("{kind}:{}", p.name), p.shape, class, true))
+        };
+        let grad = train("grad", Class::Gradients);
+        let m = train("adam_m", Class::Optimizer);
+        let v = train("adam_v", Class::Optimizer);
         b.params.push(ParamBufs { value, grad, m, v });
     }
     for bn in &prog.bns {
@@ -798,10 +807,16 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
         let rm = b.buf(format!("{}.running_mean", bn.name), s, Class::Weights, true);
         let rv = b.buf(format!("{}.running_var", bn.name), s, Class::Weights, true);
         b.running.push((rm, rv));
-        let mean = b.buf(format!("{}.batch_mean", bn.name), s, Class::Workspace, true);
+        let stats_len = if opt.inference { Shape5::vector(0) } else { s };
+        let mean = b.buf(
+            format!("{}.batch_mean", bn.name),
+            stats_len,
+            Class::Workspace,
+            true,
+        );
         let invstd = b.buf(
             format!("{}.batch_invstd", bn.name),
-            s,
+            stats_len,
             Class::Workspace,
             true,
         );
@@ -814,6 +829,32 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
     let loss = b.buf("loss".into(), Shape5::vector(1), Class::Workspace, true);
     for n in &prog.nodes {
         b.forward_node(n);
+    }
+    if opt.inference {
+        let logits = b.fwd[prog.output].unwrap();
+        let probs = b.tmp("affinities".into(), out_shape, Class::Activations);
+        b.emit(Instr::Sigmoid {
+            x: logits,
+            y: probs,
+        });
+        return Ok(Plan {
+            strategy: opt.strategy,
+            bufs: b.bufs,
+            instrs: b.instrs,
+            params: b.params,
+            running: b.running,
+            input,
+            target,
+            mask,
+            loss,
+            logits: probs,
+            recon_checks: vec![],
+            uploaded: vec![input.buf],
+            arena_len: 0,
+            free_after: vec![],
+            live: vec![],
+            peak_index: 0,
+        });
     }
     b.phase = Phase::Loss;
     let logits = b.fwd[prog.output].unwrap();
@@ -840,11 +881,12 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
     b.phase = Phase::Update;
     for p in 0..prog.params.len() {
         let pb = b.params[p];
+        let (g, m, v) = (pb.grad.unwrap(), pb.m.unwrap(), pb.v.unwrap());
         b.emit(Instr::Adam {
             p: pb.value,
-            g: pb.grad,
-            m: pb.m,
-            v: pb.v,
+            g,
+            m,
+            v,
         });
     }
     Ok(Plan {

@@ -1,0 +1,247 @@
+//! Sliding-window inference: patches overlapping by half, each weighted by a bump function that
+//! falls to almost zero at the patch border (where a "same"-padded network sees zeros instead of
+//! context), summed and normalised by the summed weights. Optional 16-fold test-time augmentation:
+//! every combination of flips in z, y, x and the y/x transpose, each inverted on the output and
+//! averaged.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::scheduler::Executor;
+use crate::tensor::Element;
+
+/// Affinity offsets (z, y, x) of the output channels, ENGINEERING.md section 1.
+pub const OFFSETS: [(usize, usize, usize); 12] = [
+    (1, 0, 0),
+    (0, 1, 0),
+    (0, 0, 1),
+    (2, 0, 0),
+    (0, 3, 0),
+    (0, 0, 3),
+    (3, 0, 0),
+    (0, 9, 0),
+    (0, 0, 9),
+    (4, 0, 0),
+    (0, 27, 0),
+    (0, 0, 27),
+];
+
+/// Window starts along one axis: every `stride`, the last one flush with the end.
+pub fn starts(len: usize, patch: usize) -> Result<Vec<usize>> {
+    if patch > len {
+        return Err(Error::Invalid(format!(
+            "patch size {patch} exceeds the volume size {len} along an axis; use a smaller patch"
+        )));
+    }
+    let stride = (patch / 2).max(1);
+    let mut v: Vec<usize> = (0..=len - patch).step_by(stride).collect();
+    if *v.last().unwrap() != len - patch {
+        v.push(len - patch);
+    }
+    Ok(v)
+}
+
+/// 1-D bump exp(-1 / (t (1 - t))) at t = (i + 1) / (n + 1), scaled to peak 1.
+fn bump_1d(n: usize) -> Vec<f32> {
+    let f = |t: f64| (-1.0 / (t * (1.0 - t))).exp();
+    let peak = f(0.5);
+    (0..n)
+        .map(|i| (f((i as f64 + 1.0) / (n as f64 + 1.0)) / peak) as f32)
+        .collect()
+}
+
+/// The blending weight of a patch: the product of the 1-D bumps (never exactly zero).
+pub fn bump(d: usize, h: usize, w: usize) -> Vec<f32> {
+    let (bz, by, bx) = (bump_1d(d), bump_1d(h), bump_1d(w));
+    let mut out = Vec::with_capacity(d * h * w);
+    for z in &bz {
+        for y in &by {
+            for x in &bx {
+                out.push((z * y * x).max(1e-12));
+            }
+        }
+    }
+    out
+}
+
+/// One of the 16 flip/transpose combinations: bits 0-2 flip z, y, x; bit 3 transposes y and x.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transform(pub u8);
+
+impl Transform {
+    fn flip(&self, axis: usize) -> bool {
+        self.0 & (1 << axis) != 0
+    }
+    fn transpose(&self) -> bool {
+        self.0 & 8 != 0
+    }
+    /// Where voxel (z, y, x) of the original patch lands in the transformed patch (n: sizes).
+    fn map(&self, p: [usize; 3], n: [usize; 3]) -> [usize; 3] {
+        let mut q = p;
+        for a in 0..3 {
+            if self.flip(a) {
+                q[a] = n[a] - 1 - q[a];
+            }
+        }
+        if self.transpose() {
+            q.swap(1, 2);
+        }
+        q
+    }
+}
+
+/// Apply a transform to a single-channel patch (d, h, w); transposing needs h == w.
+pub fn transform_image(t: Transform, img: &[f32], n: [usize; 3]) -> Vec<f32> {
+    let mut out = vec![0.0; img.len()];
+    let m = if t.transpose() { [n[0], n[2], n[1]] } else { n };
+    for z in 0..n[0] {
+        for y in 0..n[1] {
+            for x in 0..n[2] {
+                let q = t.map([z, y, x], n);
+                out[(q[0] * m[1] + q[1]) * m[2] + q[2]] = img[(z * n[1] + y) * n[2] + x];
+            }
+        }
+    }
+    out
+}
+
+/// Bring affinities predicted on a transformed patch back to the original frame. An edge of
+/// channel c joins p - o and p; after flipping axis a it joins q and q + o_a, so it is stored at
+/// the transformed position of p - o (shifted by the offset). Transposing swaps y and x channels.
+pub fn untransform_affinities(
+    t: Transform,
+    aff: &[f32],
+    channels: usize,
+    n: [usize; 3],
+) -> Vec<f32> {
+    let sp = n[0] * n[1] * n[2];
+    let m = if t.transpose() { [n[0], n[2], n[1]] } else { n };
+    let mut out = vec![0.0; aff.len()];
+    for c in 0..channels {
+        let o = OFFSETS[c];
+        let o = [o.0, o.1, o.2];
+        // The channel in the transformed frame that holds this edge direction.
+        let tc = if t.transpose() { swap_yx_channel(c) } else { c };
+        for z in 0..n[0] {
+            for y in 0..n[1] {
+                for x in 0..n[2] {
+                    let p = [z, y, x];
+                    let mut src = p;
+                    let mut inside = true;
+                    for a in 0..3 {
+                        if t.flip(a) && o[a] > 0 {
+                            if p[a] < o[a] {
+                                inside = false;
+                            } else {
+                                src[a] = p[a] - o[a];
+                            }
+                        }
+                    }
+                    if !inside {
+                        continue;
+                    }
+                    let q = t.map(src, n);
+                    out[c * sp + (z * n[1] + y) * n[2] + x] =
+                        aff[tc * sp + (q[0] * m[1] + q[1]) * m[2] + q[2]];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Channel index of the same offset with y and x exchanged (z channels stay).
+fn swap_yx_channel(c: usize) -> usize {
+    match c % 3 {
+        1 => c + 1,
+        2 => c - 1,
+        _ => c,
+    }
+}
+
+pub struct PredictOptions {
+    pub patch: (usize, usize, usize),
+    pub tta: bool,
+}
+
+/// Affinities (channels, Z, Y, X) for a whole volume held in memory, image values in [0, 1].
+pub fn predict_volume<B: Backend>(
+    b: &B,
+    ex: &mut Executor<B>,
+    image: &[f32],
+    shape: (usize, usize, usize),
+    channels: usize,
+    opt: &PredictOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<f32>> {
+    let (pd, ph, pw) = opt.patch;
+    let (zs, ys, xs) = (
+        starts(shape.0, pd)?,
+        starts(shape.1, ph)?,
+        starts(shape.2, pw)?,
+    );
+    if opt.tta && ph != pw {
+        return Err(Error::Invalid(format!("test-time augmentation transposes y and x: the patch must be square in y, x (got {ph}x{pw})")));
+    }
+    let sp = shape.0 * shape.1 * shape.2;
+    let mut acc = vec![0.0f32; channels * sp];
+    let mut wsum = vec![0.0f32; sp];
+    let weight = bump(pd, ph, pw);
+    let n = [pd, ph, pw];
+    let psp = pd * ph * pw;
+    let total = zs.len() * ys.len() * xs.len();
+    let mut done = 0;
+    let transforms: Vec<Transform> = if opt.tta {
+        (0..16).map(Transform).collect()
+    } else {
+        vec![Transform(0)]
+    };
+    let mut patch = vec![0.0f32; psp];
+    for &z0 in &zs {
+        for &y0 in &ys {
+            for &x0 in &xs {
+                for z in 0..pd {
+                    for y in 0..ph {
+                        let src = ((z0 + z) * shape.1 + y0 + y) * shape.2 + x0;
+                        patch[(z * ph + y) * pw..][..pw].copy_from_slice(&image[src..src + pw]);
+                    }
+                }
+                let mut avg = vec![0.0f32; channels * psp];
+                for &t in &transforms {
+                    let input: Vec<B::Elem> = transform_image(t, &patch, n)
+                        .into_iter()
+                        .map(|v| B::Elem::from_f64(v as f64))
+                        .collect();
+                    let out: Vec<f32> = ex
+                        .predict(b, &input)?
+                        .iter()
+                        .map(|v| v.to_f64() as f32)
+                        .collect();
+                    let back = untransform_affinities(t, &out, channels, n);
+                    for (a, v) in avg.iter_mut().zip(back) {
+                        *a += v / transforms.len() as f32;
+                    }
+                }
+                for z in 0..pd {
+                    for y in 0..ph {
+                        for x in 0..pw {
+                            let i = (z * ph + y) * pw + x;
+                            let g = ((z0 + z) * shape.1 + y0 + y) * shape.2 + x0 + x;
+                            wsum[g] += weight[i];
+                            for c in 0..channels {
+                                acc[c * sp + g] += weight[i] * avg[c * psp + i];
+                            }
+                        }
+                    }
+                }
+                done += 1;
+                progress(done, total);
+            }
+        }
+    }
+    for c in 0..channels {
+        for (a, w) in acc[c * sp..(c + 1) * sp].iter_mut().zip(&wsum) {
+            *a /= w;
+        }
+    }
+    Ok(acc)
+}
