@@ -6,6 +6,11 @@ use revseg::backend::Backend;
 use revseg::bench::ops;
 
 fn main() {
+    // `cargo test --all-targets` runs bench binaries too; timing belongs to `cargo bench` alone.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("conv3d benchmark: run it with `cargo bench`");
+        return;
+    }
     let b = CpuBackend::<f32>::new();
     let res = ops::run(&b, (18, 160, 160), 0.5, |r| {
         eprintln!("  {} done", r.layer.name)

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod checkpoint;
 pub mod cli;
 pub mod error;
 pub mod gradcheck;
@@ -18,6 +19,7 @@ pub mod scheduler;
 pub mod segment;
 pub mod synth;
 pub mod tensor;
+pub mod train;
 pub mod volume;
 
 pub use backend::{cpu::CpuBackend, Backend, Region, View, Write};

@@ -6,6 +6,8 @@
 //! CUDA kernel names them by pointer, so the same call works for host memory and device memory.
 
 pub mod cpu;
+pub mod device;
+pub mod gpu;
 
 use crate::error::{Error, Result};
 use crate::ops::{batchnorm::BatchNormArgs, optim::AdamParams, optim::SgdParams};
@@ -93,6 +95,9 @@ pub trait Backend {
     type Arena;
 
     fn name(&self) -> String;
+    /// Open and close a named profiler range (NVTX on CUDA); no-ops elsewhere.
+    fn range_push(&self, _name: &str) {}
+    fn range_pop(&self) {}
     fn alloc_arena(&self, len: usize) -> Result<Self::Arena>;
     fn arena_len(&self, arena: &Self::Arena) -> usize;
     fn upload(&self, a: &mut Self::Arena, dst: Region, src: &[Self::Elem]) -> Result<()>;

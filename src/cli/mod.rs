@@ -8,6 +8,7 @@ pub mod plan;
 pub mod segment;
 pub mod synth;
 
+use crate::backend::device::{Device, DeviceSpec};
 use crate::error::{Error, Result};
 
 /// Parse "D,H,W".
@@ -29,16 +30,17 @@ pub fn parse_patch(s: &str) -> Result<(usize, usize, usize)> {
     }
 }
 
-/// The devices this build can run on. `emu` and `cuda` arrive with the CUDA backend.
+/// For commands that run on the CPU only (for now): accepts cpu and auto, and says so for the others.
 pub fn check_device(name: &str) -> Result<()> {
-    match name {
-        "cpu" | "auto" => Ok(()),
-        "emu" | "cuda" => Err(Error::Device(format!(
-            "device '{name}' is not available in this build: the CUDA backend and its emulator are not built yet; use --device cpu"
+    match crate::backend::device::parse(name)? {
+        DeviceSpec::Cpu | DeviceSpec::Auto => Ok(()),
+        _ => Err(Error::Device(format!(
+            "device '{name}': this command runs on the CPU only so far; use --device cpu (gradcheck takes emu and cuda)"
         ))),
-        d if d.starts_with("cuda:") => Err(Error::Device(format!(
-            "device '{d}' is not available in this build: the CUDA backend is not built yet; use --device cpu"
-        ))),
-        d => Err(Error::Device(format!("unknown device '{d}'; choose cpu (or auto)"))),
     }
+}
+
+/// For commands that run on any device: cpu, emu, cuda, cuda:N, or auto (the GPU when one opens).
+pub fn select_device(name: &str) -> Result<Device> {
+    crate::backend::device::select(name)
 }

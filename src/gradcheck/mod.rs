@@ -23,6 +23,12 @@ pub const FD_TOL: f64 = 1e-6;
 /// Largest allowed error of the f32 path against the f64 path, measured norm-wise
 /// (max |a - b| / max |b|): f32 rounding is relative to the size of the sums, not of each element.
 pub const F32_TOL: f64 = 3e-5;
+/// Largest allowed error of a device's f32 backward against f64 finite differences, norm-wise over
+/// the sampled elements (max |a - n| / max |n|). The device computes in f32 from the same f32-rounded
+/// inputs the differences use, so the error is f32 rounding of sums of up to a few hundred terms,
+/// around 1e-6 of the gradient's scale; 1e-4 leaves two orders of margin and still rejects a
+/// backward that is 1% off (the checker's fault injection).
+pub const DEVICE_FD_TOL: f64 = 1e-4;
 /// Elements perturbed per input (all of them when there are fewer).
 pub const FD_SAMPLES: usize = 160;
 
@@ -140,6 +146,93 @@ pub fn check_case(case: &Case, seed: u64, fault: f64) -> Result<CheckResult> {
         evaluated,
         passed,
     })
+}
+
+/// Check one case on an f32 device: its analytic gradients against f64 finite differences at the
+/// same (f32-rounded) point, and its outputs and gradients against the f64 CPU path. `fd_err` here
+/// is norm-wise (see DEVICE_FD_TOL).
+pub fn check_case_on<B: Backend<Elem = f32>>(
+    dev: &B,
+    case: &Case,
+    seed: u64,
+    fault: f64,
+) -> Result<CheckResult> {
+    let cpu64 = CpuBackend::<f64>::new();
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let vals: Vec<Vec<f64>> = case
+        .inputs
+        .iter()
+        .map(|i| cases::round_to::<f32>(&i.data))
+        .collect();
+    let dy = cases::round_to::<f32>(&rng.normals(case.out_shape.len()));
+    let prior: Vec<Vec<f64>> = case
+        .inputs
+        .iter()
+        .map(|i| cases::round_to::<f32>(&rng.normals(i.shape.len())))
+        .collect();
+    let ana = dev.eval_case(case, &vals, &dy, &prior)?;
+    let mut fd_err = 0.0f64;
+    let mut evaluated = 0;
+    for (i, input) in case.inputs.iter().enumerate() {
+        if !input.diff {
+            continue;
+        }
+        let n = input.shape.len();
+        let mut idx: Vec<usize> = (0..n).collect();
+        if n > FD_SAMPLES {
+            rng.shuffle(&mut idx);
+            idx.truncate(FD_SAMPLES);
+        }
+        let mut a = Vec::with_capacity(idx.len());
+        let mut num = Vec::with_capacity(idx.len());
+        let mut v = vals.clone();
+        for &e in &idx {
+            let d1 = central(case, &cpu64, &mut v, i, e, FD_STEP, &dy)?;
+            let d2 = central(case, &cpu64, &mut v, i, e, FD_STEP / 2.0, &dy)?;
+            num.push((4.0 * d2 - d1) / 3.0);
+            a.push(ana.grads[i][e] * fault);
+        }
+        evaluated += idx.len();
+        fd_err = fd_err.max(normwise_err(&a, &num));
+    }
+    let r64 = cpu64.eval_case(case, &vals, &dy, &prior)?;
+    let mut f32_err = normwise_err(&ana.output, &r64.output);
+    for (g, g64) in ana.grads.iter().zip(&r64.grads) {
+        f32_err = f32_err.max(normwise_err(g, g64));
+    }
+    let passed =
+        fd_err <= DEVICE_FD_TOL && f32_err <= F32_TOL && fd_err.is_finite() && f32_err.is_finite();
+    Ok(CheckResult {
+        op: case.op.to_string(),
+        variant: case.variant.clone(),
+        shape: case.shape_desc(),
+        fd_err,
+        f32_err,
+        evaluated,
+        passed,
+    })
+}
+
+/// `run` on an f32 device.
+pub fn run_on<B: Backend<Elem = f32>>(
+    dev: &B,
+    op: Option<&str>,
+    seed: u64,
+    fault: f64,
+) -> Result<Vec<CheckResult>> {
+    if let Some(name) = op {
+        if !OPS.contains(&name) {
+            return Err(Error::Invalid(format!(
+                "unknown op '{name}'; known ops: {}",
+                OPS.join(", ")
+            )));
+        }
+    }
+    all_cases(seed)
+        .iter()
+        .filter(|c| op.is_none_or(|o| c.op == o))
+        .map(|c| check_case_on(dev, c, seed, fault))
+        .collect()
 }
 
 trait EvalCase {

@@ -1,0 +1,121 @@
+//! Device selection: `cpu | emu | cuda | cuda:N | auto`, and a description of what this machine has
+//! (for `revseg info`).
+
+use super::gpu::{cuda, table, CudaLauncher, EmuLauncher, GpuBackend, Launcher};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// The CUDA kernels compiled for the CPU.
+    Emu,
+    Cuda(usize),
+    /// The first GPU where a driver is present and a context opens, else the CPU.
+    Auto,
+}
+
+/// A device ready to run on, `Auto` resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Emu,
+    Cuda(usize),
+}
+
+pub fn parse(s: &str) -> Result<DeviceSpec> {
+    match s.trim() {
+        "cpu" => Ok(DeviceSpec::Cpu),
+        "emu" => Ok(DeviceSpec::Emu),
+        "cuda" => Ok(DeviceSpec::Cuda(0)),
+        "auto" => Ok(DeviceSpec::Auto),
+        d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceSpec::Cuda(n)),
+            _ => Err(Error::Device(format!(
+                "unknown device '{d}'; choose cpu, emu, cuda, cuda:N or auto"
+            ))),
+        },
+    }
+}
+
+/// Resolves `auto` (printing a one-line notice when it falls back to the CPU) and checks that a
+/// named GPU can be opened.
+pub fn resolve(spec: DeviceSpec) -> Result<Device> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Emu => Ok(Device::Emu),
+        DeviceSpec::Cuda(n) => {
+            CudaLauncher::new(n)?;
+            Ok(Device::Cuda(n))
+        }
+        DeviceSpec::Auto => {
+            if !cuda::driver_present() {
+                eprintln!("note: no CUDA driver found; running on the CPU");
+                return Ok(Device::Cpu);
+            }
+            match CudaLauncher::new(0) {
+                Ok(_) => Ok(Device::Cuda(0)),
+                Err(e) => {
+                    eprintln!("note: no usable GPU ({e}); running on the CPU");
+                    Ok(Device::Cpu)
+                }
+            }
+        }
+    }
+}
+
+/// Parse and resolve in one step.
+pub fn select(s: &str) -> Result<Device> {
+    resolve(parse(s)?)
+}
+
+pub fn emu_backend() -> GpuBackend<EmuLauncher> {
+    GpuBackend::new(EmuLauncher::new())
+}
+
+pub fn cuda_backend(ordinal: usize) -> Result<GpuBackend<CudaLauncher>> {
+    Ok(GpuBackend::new(CudaLauncher::new(ordinal)?))
+}
+
+/// Devices, memory, compute capability, driver version and where the kernels' PTX comes from.
+pub fn device_info() -> String {
+    let mut s = format!(
+        "cpu: {} threads\nemu: {}\n",
+        rayon::current_num_threads(),
+        EmuLauncher::new().name()
+    );
+    s += &format!(
+        "kernels: {} in {} files; PTX: {}\n",
+        table::KERNELS.len(),
+        table::SOURCES.len(),
+        table::PTX_COMPILER
+            .map(|c| format!("embedded for sm_80 and sm_90, built by {c}"))
+            .unwrap_or_else(|| "none embedded (no nvcc at build time): NVRTC at first use".into())
+    );
+    if !cuda::driver_present() {
+        s += "cuda: no driver (libcuda not found)\n";
+        return s;
+    }
+    match cuda::driver_version() {
+        Ok((ma, mi)) => s += &format!("cuda: driver supports CUDA {ma}.{mi}\n"),
+        Err(e) => s += &format!("cuda: driver present but not usable: {e}\n"),
+    }
+    for i in 0..cuda::device_count() {
+        match CudaLauncher::new(i) {
+            Ok(l) => {
+                let ctx = l.context();
+                let (ma, mi) = ctx.compute_capability().unwrap_or((0, 0));
+                let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
+                s += &format!(
+                    "cuda:{i}: {}, compute capability {ma}.{mi}, {} MiB free of {} MiB, kernels as sm_{} ({})\n",
+                    ctx.name().unwrap_or_else(|_| "?".into()),
+                    free >> 20,
+                    total >> 20,
+                    l.arch(),
+                    l.ptx_source()
+                );
+            }
+            Err(e) => s += &format!("cuda:{i}: {e}\n"),
+        }
+    }
+    s
+}

@@ -1,0 +1,337 @@
+//! The CUDA launcher: one context and one stream on one GPU, the arena as one device allocation,
+//! every kernel module loaded at creation from the embedded PTX for the device's compute capability
+//! (sm_90 PTX for 9.x and newer, sm_80 PTX for 8.x), or compiled by NVRTC from the embedded sources
+//! where the build had no nvcc. libcuda is loaded at run time: a machine without it gets an error,
+//! never a panic (cudarc panics on first use of a missing library, so `is_culib_present` comes
+//! first).
+
+use super::table;
+use super::Launcher;
+use crate::error::{Error, Result};
+use cudarc::driver::{result, sys, CudaContext};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+pub struct CudaLauncher {
+    ctx: Arc<CudaContext>,
+    stream: Arc<cudarc::driver::CudaStream>,
+    funcs: HashMap<&'static str, sys::CUfunction>,
+    modules: Vec<sys::CUmodule>,
+    ordinal: usize,
+    arch: u32,
+    ptx_source: String,
+}
+
+pub struct CudaBuf {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+impl Drop for CudaBuf {
+    fn drop(&mut self) {
+        if self.ptr != 0 && self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: allocated by malloc_sync in this context; GpuBackend synchronises before it
+            // drops a buffer that queued kernels may still use.
+            unsafe {
+                let _ = result::free_sync(self.ptr);
+            }
+        }
+    }
+}
+
+fn dev_err(what: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Device(format!("CUDA: {what}: {e:?}"))
+}
+
+/// Whether the CUDA driver library can be loaded (no GPU is touched).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+/// The driver's CUDA version as (major, minor).
+pub fn driver_version() -> Result<(i32, i32)> {
+    if !driver_present() {
+        return Err(no_driver());
+    }
+    let mut v = 0;
+    // SAFETY: the library is present; the call writes one int.
+    unsafe { sys::cuInit(0) }
+        .result()
+        .map_err(|e| dev_err("cuInit", e))?;
+    unsafe { sys::cuDriverGetVersion(&mut v) }
+        .result()
+        .map_err(|e| dev_err("driver version", e))?;
+    Ok((v / 1000, (v % 1000) / 10))
+}
+
+/// Number of CUDA devices (0 where there is no driver).
+pub fn device_count() -> usize {
+    if !driver_present() {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+fn no_driver() -> Error {
+    Error::Device(
+        "no CUDA driver (libcuda) on this machine; use --device cpu or --device emu".into(),
+    )
+}
+
+/// The PTX of one kernel file: embedded from nvcc, else compiled now by NVRTC.
+fn ptx_for(file: &str, arch: u32) -> Result<String> {
+    if let Some((_, _, ptx)) = table::PTX.iter().find(|(f, a, _)| *f == file && *a == arch) {
+        return Ok(ptx.to_string());
+    }
+    // SAFETY: only tries to open the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::Device(format!(
+            "this build has no PTX (no nvcc when it was built) and no NVRTC library was found to compile kernels/{file}.cu; rebuild with nvcc (scripts/test installs it) or install libnvrtc"
+        )));
+    }
+    let (_, src) = table::SOURCES
+        .iter()
+        .find(|(f, _)| *f == file)
+        .ok_or_else(|| Error::Device(format!("no embedded source for kernels/{file}.cu")))?;
+    // NVRTC gets one translation unit: the shared header pasted in place of its include (without
+    // its include guard, which a main file must not have).
+    let unit = src.replace(
+        "#include \"common.cuh\"",
+        &table::COMMON.replace("#pragma once", ""),
+    );
+    let arch_opt: &'static str = if arch >= 90 {
+        "compute_90"
+    } else {
+        "compute_80"
+    };
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch_opt),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(unit, opts)
+        .map_err(|e| Error::Device(format!("NVRTC failed on kernels/{file}.cu: {e:?}")))?;
+    Ok(ptx.to_src())
+}
+
+impl CudaLauncher {
+    /// Opens device `ordinal` and loads every kernel.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !driver_present() {
+            return Err(no_driver());
+        }
+        let count = device_count();
+        if ordinal >= count {
+            return Err(Error::Device(format!(
+                "CUDA device {ordinal} does not exist ({count} device(s) found)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("opening the device", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| dev_err("compute capability", e))?;
+        let cc = (major * 10 + minor) as u32;
+        let arch = if cc >= 90 {
+            90
+        } else if cc >= 80 {
+            80
+        } else {
+            return Err(Error::Device(format!(
+                "CUDA device {ordinal} has compute capability {major}.{minor}; the kernels need 8.0 or newer"
+            )));
+        };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| dev_err("creating a stream", e))?;
+        let mut me = CudaLauncher {
+            ctx,
+            stream,
+            funcs: HashMap::new(),
+            modules: Vec::new(),
+            ordinal,
+            arch,
+            ptx_source: table::PTX_COMPILER
+                .map(|s| format!("PTX from {s}"))
+                .unwrap_or_else(|| "NVRTC at run time".into()),
+        };
+        let mut files: Vec<&str> = table::KERNELS.iter().map(|k| k.1).collect();
+        files.dedup();
+        for file in files {
+            let ptx = ptx_for(file, arch)?;
+            let image = CString::new(ptx)
+                .map_err(|_| Error::Device(format!("PTX of {file} contains a NUL byte")))?;
+            // SAFETY: a NUL-terminated PTX image; the context is current (new() bound it).
+            let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+                .map_err(|e| dev_err(&format!("loading the PTX of kernels/{file}.cu"), e))?;
+            me.modules.push(module);
+            for (name, _, _, _) in table::KERNELS.iter().filter(|k| k.1 == file) {
+                let cname = CString::new(*name).unwrap();
+                // SAFETY: the module was just loaded and stays loaded while `me` lives.
+                let func = unsafe { result::module::get_function(module, cname) }
+                    .map_err(|e| dev_err(&format!("kernel {name}"), e))?;
+                me.funcs.insert(name, func);
+            }
+        }
+        Ok(me)
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// "sm_80" or "sm_90": which embedded PTX was loaded.
+    pub fn arch(&self) -> u32 {
+        self.arch
+    }
+
+    pub fn ptx_source(&self) -> &str {
+        &self.ptx_source
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| dev_err("binding the context", e))
+    }
+}
+
+impl Drop for CudaLauncher {
+    fn drop(&mut self) {
+        if self.bind().is_ok() {
+            // SAFETY: modules loaded by new(); nothing runs after the stream is synchronised.
+            unsafe {
+                let _ = result::stream::synchronize(self.stream.cu_stream());
+                for m in self.modules.drain(..) {
+                    let _ = result::module::unload(m);
+                }
+            }
+        }
+    }
+}
+
+impl Launcher for CudaLauncher {
+    type Buf = CudaBuf;
+
+    fn name(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "?".into());
+        format!(
+            "cuda:{} ({name}, sm_{} {})",
+            self.ordinal, self.arch, self.ptx_source
+        )
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaBuf> {
+        self.bind()?;
+        let bytes = len.max(1) * 4;
+        // SAFETY: the context is current; the allocation is freed by CudaBuf's Drop.
+        match unsafe { result::malloc_sync(bytes) } {
+            Ok(ptr) => Ok(CudaBuf {
+                ptr,
+                len,
+                ctx: self.ctx.clone(),
+            }),
+            Err(e) => {
+                let (free, total) = result::mem_get_info().unwrap_or((0, 0));
+                Err(Error::Device(format!(
+                    "out of GPU memory on cuda:{}: {} MiB needed, {} MiB free of {} MiB ({e:?}); use a smaller patch or more reversible blocks",
+                    self.ordinal,
+                    bytes >> 20,
+                    free >> 20,
+                    total >> 20
+                )))
+            }
+        }
+    }
+
+    fn upload(&self, buf: &mut CudaBuf, offset: usize, src: &[f32]) -> Result<()> {
+        if offset + src.len() > buf.len {
+            return Err(Error::region("upload", "outside the device buffer"));
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: in bounds of the allocation; the stream is synchronised before src goes away.
+        unsafe {
+            result::memcpy_htod_async(buf.ptr + 4 * offset as u64, src, self.stream.cu_stream())
+                .map_err(|e| dev_err("upload", e))?;
+            result::stream::synchronize(self.stream.cu_stream())
+                .map_err(|e| dev_err("a kernel or the upload failed", e))
+        }
+    }
+
+    fn download(&self, buf: &CudaBuf, offset: usize, dst: &mut [f32]) -> Result<()> {
+        if offset + dst.len() > buf.len {
+            return Err(Error::region("download", "outside the device buffer"));
+        }
+        if dst.is_empty() {
+            return self.synchronize();
+        }
+        self.bind()?;
+        // SAFETY: in bounds; ordered after every launch on the stream, then waited for.
+        unsafe {
+            result::memcpy_dtoh_async(dst, buf.ptr + 4 * offset as u64, self.stream.cu_stream())
+                .map_err(|e| dev_err("download", e))?;
+            result::stream::synchronize(self.stream.cu_stream())
+                .map_err(|e| dev_err("a kernel or the download failed", e))
+        }
+    }
+
+    fn device_ptr(&self, buf: &mut CudaBuf) -> u64 {
+        buf.ptr
+    }
+
+    fn launch(
+        &self,
+        kernel: &str,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_bytes: u32,
+        args: &[u8],
+    ) -> Result<()> {
+        let f = *self
+            .funcs
+            .get(kernel)
+            .ok_or_else(|| Error::Device(format!("CUDA: no kernel named {kernel}")))?;
+        self.bind()?;
+        // The kernel's one parameter is the argument struct: kernelParams[0] points at its bytes,
+        // which the driver copies before cuLaunchKernel returns. Copied to u64 words for alignment.
+        let mut words = vec![0u64; args.len().div_ceil(8)];
+        // SAFETY: words has at least args.len() bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(args.as_ptr(), words.as_mut_ptr() as *mut u8, args.len());
+        }
+        let mut params = [words.as_mut_ptr() as *mut c_void];
+        // SAFETY: f belongs to a loaded module; the struct matches the kernel's (asserted sizes);
+        // the addresses in it are in bounds of live allocations (GpuBackend checks regions).
+        unsafe {
+            result::launch_kernel(
+                f,
+                (grid[0], grid[1], grid[2]),
+                (block[0], block[1], block[2]),
+                shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| dev_err(&format!("launching {kernel}"), e))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the stream belongs to this context.
+        unsafe { result::stream::synchronize(self.stream.cu_stream()) }
+            .map_err(|e| dev_err("synchronize", e))
+    }
+
+    // range_push/range_pop keep the trait's no-ops: the `nvtx` crate generates its bindings with
+    // bindgen and needs libclang at build time, which the project's machines lack. Every op already
+    // opens a range through these hooks, so NVTX needs only these two methods.
+}
