@@ -19,6 +19,14 @@ enum Cmd {
     Gradcheck(cli::gradcheck::GradcheckArgs),
     /// Plan a training step: parameters, FLOPs, peak memory by kind, live bytes over the steps.
     Plan(cli::plan::PlanArgs),
+    /// The whole pipeline on synthetic data in a few minutes: synthesize, train, predict, segment, score.
+    Demo(cli::demo::DemoArgs),
+    /// Train the network on an image volume and its labels.
+    Train(cli::train::TrainArgs),
+    /// Predict affinities for a volume with a trained checkpoint (sliding window, optional TTA).
+    Predict(cli::predict::PredictArgs),
+    /// What this machine offers: devices, memory, compute capability, driver, kernel source.
+    Info,
     /// Synthesize an EM-like volume with its labels (neurites, membranes, section artefacts).
     Synth(cli::synth::SynthArgs),
     /// Segment affinities: watershed fragments, then agglomeration at each threshold.
@@ -35,6 +43,13 @@ fn main() -> ExitCode {
     let res = match &args.cmd {
         Cmd::Gradcheck(a) => cli::gradcheck::run(a),
         Cmd::Plan(a) => cli::plan::run(a).map(|_| true),
+        Cmd::Demo(a) => cli::demo::run(a).map(|_| true),
+        Cmd::Train(a) => cli::train::run(a).map(|_| true),
+        Cmd::Predict(a) => cli::predict::run(a).map(|_| true),
+        Cmd::Info => {
+            println!("{}", revseg::backend::device::device_info());
+            Ok(true)
+        }
         Cmd::Synth(a) => cli::synth::run(a).map(|_| true),
         Cmd::Segment(a) => cli::segment::run(a).map(|_| true),
         Cmd::Eval(a) => cli::eval::run(a).map(|_| true),

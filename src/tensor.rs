@@ -92,7 +92,9 @@ pub trait Element:
 #[inline(always)]
 pub fn exp_nonpositive_f32(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
+    // Not f32::max, which drops a NaN: a NaN must stay NaN (poisoned buffers, diverged runs).
+    #[allow(clippy::manual_clamp)]
+    let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
     let p = 1.0

@@ -436,6 +436,10 @@ fn fast_exp_matches_libm() {
     assert!(worst < 3e-7, "relative error {worst:e}");
     assert_eq!(revseg::tensor::exp_nonpositive_f32(0.0), 1.0);
     assert!(revseg::tensor::exp_nonpositive_f32(-200.0) < 1e-37);
+    // NaN must survive ELU, or poisoned (freed) buffers and diverged runs would go unnoticed.
+    assert!(revseg::tensor::exp_nonpositive_f32(f32::NAN).is_nan());
+    assert!(revseg::ops::elementwise::elu(f32::NAN).is_nan());
+    assert!(revseg::ops::elementwise::elu(f64::NAN).is_nan());
 }
 
 #[test]

@@ -193,6 +193,13 @@ impl<B: Backend> Executor<B> {
         })
     }
 
+    /// Run the forward on a batch, checking every output; the first op and buffer holding a
+    /// non-finite value, if any.
+    pub fn first_nonfinite(&mut self, b: &B, batch: &Batch<B::Elem>) -> Result<Option<String>> {
+        self.upload_batch(b, batch)?;
+        self.execute(b, Phase::Forward, true)
+    }
+
     fn upload_batch(&mut self, b: &B, batch: &Batch<B::Elem>) -> Result<()> {
         let (input, target, mask) = (self.plan.input, self.plan.target, self.plan.mask);
         self.upload(b, input, batch.image, "image")?;

@@ -14,6 +14,9 @@ pub struct TrainConfig {
     pub steps: usize,
     pub lr: f64,
     pub adam_eps: f64,
+    /// BatchNorm running-statistics momentum (PyTorch convention); Superhuman's 0.001 suits
+    /// runs of many thousand steps, short runs need more for inference to match training.
+    pub bn_momentum: f64,
     pub seed: u64,
     /// Validate every this many steps.
     pub val_every: usize,
@@ -35,6 +38,7 @@ impl Default for TrainConfig {
             steps: 1000,
             lr: 0.01,
             adam_eps: 0.01,
+            bn_momentum: 0.001,
             seed: 1,
             val_every: 100,
             val_fraction: 0.2,
@@ -104,6 +108,7 @@ impl TrainConfig {
             "steps" => self.steps = int(value)?,
             "lr" => self.lr = num(value)?,
             "adam_eps" => self.adam_eps = num(value)?,
+            "bn_momentum" => self.bn_momentum = num(value)?,
             "seed" => self.seed = int(value)? as u64,
             "val_every" => self.val_every = int(value)?.max(1),
             "val_fraction" => self.val_fraction = num(value)?,
@@ -163,6 +168,12 @@ impl TrainConfig {
                 self.lr
             )));
         }
+        if !(self.bn_momentum > 0.0 && self.bn_momentum <= 1.0) {
+            return Err(Error::Invalid(format!(
+                "bn_momentum {} must be in (0, 1]",
+                self.bn_momentum
+            )));
+        }
         if ![3, 12].contains(&self.net.outputs) {
             return Err(Error::Invalid(format!(
                 "outputs {}: choose 3 or 12",
@@ -190,6 +201,7 @@ impl TrainConfig {
             ("steps", Json::from(self.steps)),
             ("lr", Json::from(self.lr)),
             ("adam_eps", Json::from(self.adam_eps)),
+            ("bn_momentum", Json::from(self.bn_momentum)),
             ("seed", Json::from(self.seed)),
             ("val_every", Json::from(self.val_every)),
             ("val_fraction", Json::from(self.val_fraction)),
@@ -233,6 +245,7 @@ pub const KEYS: &[&str] = &[
     "steps",
     "lr",
     "adam_eps",
+    "bn_momentum",
     "seed",
     "val_every",
     "val_fraction",

@@ -10,6 +10,7 @@ use crate::ops::loss::class_weights;
 use crate::rng::Rng;
 use crate::volume::array::Array;
 
+#[derive(Debug)]
 pub struct Dataset {
     pub image: Vec<f32>,
     pub labels: Vec<u32>,

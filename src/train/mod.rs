@@ -91,6 +91,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         ex.poison = false;
         ex.adam.lr = cfg.lr;
         ex.adam.eps = cfg.adam_eps;
+        ex.bn.momentum = cfg.bn_momentum;
         Ok(Trainer {
             b,
             rng: Rng::new(cfg.seed ^ 0xda7a),

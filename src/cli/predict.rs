@@ -1,0 +1,96 @@
+//! `revseg predict`: sliding-window inference of a trained checkpoint over a volume.
+
+use crate::error::{Error, Result};
+use crate::model;
+use crate::predict::{predict_volume, PredictOptions};
+use crate::scheduler::{self, Executor};
+use crate::train::{progress::Progress, state};
+use crate::volume::array::{Array, Dtype};
+use crate::volume::io::create_volume;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Checkpoint written by `revseg train` (model.safetensors).
+    #[arg(long)]
+    pub checkpoint: String,
+    /// Image volume (FILE.tif, FILE.h5:/DATASET, DIR.zarr, FILE.raw:Z,Y,X:DTYPE).
+    #[arg(long)]
+    pub input: String,
+    /// Where to write the affinities, float32 (channels, Z, Y, X), in any writable format.
+    #[arg(long)]
+    pub output: String,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Patch D,H,W (default: the training patch).
+    #[arg(long)]
+    pub patch: Option<String>,
+    /// 16-fold test-time augmentation (flips and y/x transposes, averaged).
+    #[arg(long)]
+    pub tta: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &PredictArgs) -> Result<()> {
+    let ck = crate::checkpoint::load(&a.checkpoint)?;
+    let cfg = state::config_of(&ck, &a.checkpoint)?;
+    let patch = match &a.patch {
+        Some(p) => super::parse_patch(p)?,
+        None => cfg.patch,
+    };
+    let prog = model::build(&cfg.net, patch)?;
+    let (image, shape) = super::read_image(&a.input)?;
+    let dev = super::select_device(&a.device)?;
+    let channels = cfg.net.outputs;
+    let t0 = std::time::Instant::now();
+    let (aff, arena) = crate::on_device!(dev, |b| {
+        let plan = scheduler::inference_plan(&prog)?;
+        let arena = plan.arena_len * 4;
+        let mut ex = Executor::new(b, &prog, plan, 0)?;
+        ex.poison = false;
+        state::load_model(b, &prog, &mut ex, &ck, &a.checkpoint)?;
+        let mut bar: Option<Progress> = None;
+        let vox = (patch.0 * patch.1 * patch.2) as f64 * if a.tta { 16.0 } else { 1.0 };
+        let started = std::time::Instant::now();
+        let opt = PredictOptions { patch, tta: a.tta };
+        let aff = predict_volume(b, &mut ex, &image, shape, channels, &opt, |done, total| {
+            let rate = vox * done as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6;
+            let bar = bar.get_or_insert_with(|| Progress::new("predict", total));
+            bar.update(done, "patches", &format!("{rate:.2} Mvox/s"));
+        })?;
+        if let Some(bar) = bar {
+            bar.finish();
+        }
+        Ok::<_, Error>((aff, arena))
+    })?;
+    let out_shape = vec![channels, shape.0, shape.1, shape.2];
+    let mut w = create_volume(&a.output, &out_shape, Dtype::F32, None)?;
+    w.write_region(&[0, 0, 0, 0], &Array::new(out_shape.clone(), aff)?)?;
+    w.finish()?;
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            crate::json::Json::obj([
+                ("output", crate::json::Json::from(a.output.clone())),
+                (
+                    "shape",
+                    crate::json::Json::Arr(out_shape.iter().map(|v| (*v).into()).collect())
+                ),
+                ("seconds", secs.into()),
+                ("inference_arena_bytes", arena.into()),
+            ])
+        );
+    } else {
+        println!(
+            "wrote {} ({channels}x{}x{}x{} float32) in {secs:.1} s; inference plan peak {:.1} MiB",
+            a.output,
+            shape.0,
+            shape.1,
+            shape.2,
+            arena as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
