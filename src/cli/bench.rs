@@ -1,6 +1,5 @@
 //! `revseg bench ...`: speed and memory figures.
 
-use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
 use crate::bench::{ops, step};
 use crate::cli::net::NetArgs;
@@ -68,113 +67,112 @@ pub struct OpsArgs {
 
 pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
-        BenchCmd::Ops(a) => {
-            super::check_device(&a.device)?;
-            let patch = super::parse_patch(&a.patch)?;
-            let b = CpuBackend::<f32>::new();
-            let quiet = a.json;
-            let res = ops::run(&b, patch, a.min_secs, |r| {
-                if !quiet {
-                    let g = r.gflops();
-                    eprintln!(
-                        "  {:<14} {:<30} fwd {:>6.1}  bwd-in {:>6.1}  bwd-w {:>6.1} GFLOP/s",
-                        r.layer.name,
-                        ops::shape_str(&r.layer.geom),
-                        g[0],
-                        g[1],
-                        g[2]
-                    );
-                }
-            })?;
-            if a.json {
-                println!("{}", ops::json(&res, &b.name()));
-            } else {
-                println!(
-                    "device: {}, patch {}x{}x{}\n",
-                    b.name(),
-                    patch.0,
-                    patch.1,
-                    patch.2
-                );
-                print!("{}", ops::markdown(&res));
-            }
-            Ok(())
-        }
-        BenchCmd::Step(a) => {
-            super::check_device(&a.device)?;
-            let prog = a.net.program()?;
-            let b = CpuBackend::<f32>::new();
-            let strategy = if a.store_all {
-                Strategy::StoreAll
-            } else {
-                Strategy::Recompute
-            };
-            let label = format!("{} rev blocks, {strategy:?}", prog.config.rev_blocks);
-            let (r, prof) =
-                step::bench_step_profiled(&b, &prog, strategy, &label, a.steps, a.profile)?;
-            if a.json {
-                println!("{}", step::json(&[r], &b.name()));
-            } else {
-                println!("device: {}, patch {}\n", b.name(), a.net.patch);
-                print!("{}", step::markdown(&[r]));
-                if a.profile {
-                    let total: f64 = prof.iter().map(|p| p.1).sum();
-                    println!(
-                        "\n| op | calls per step | seconds per step | share |\n|---|---|---|---|"
-                    );
-                    // time_median runs one untimed warm-up before the timed steps; the profile saw them all.
-                    let steps = a.steps.max(1) as f64 + 1.0;
-                    for (name, t, n) in &prof {
-                        println!(
-                            "| {name} | {:.0} | {:.3} | {:.1}% |",
-                            *n as f64 / steps,
-                            t / steps,
-                            100.0 * t / total
-                        );
-                    }
-                }
-            }
-            Ok(())
-        }
+        BenchCmd::Ops(a) => crate::on_device!(super::select_device(&a.device)?, |b| ops_on(b, a)),
+        BenchCmd::Step(a) => crate::on_device!(super::select_device(&a.device)?, |b| step_on(b, a)),
         BenchCmd::Segment(a) => crate::bench::segment::run_cli(a),
         BenchCmd::Table(a) => {
-            super::check_device(&a.device)?;
-            let patch = super::parse_patch(&a.patch)?;
-            let b = CpuBackend::<f32>::new();
-            let rows_spec: Vec<(usize, Strategy, String)> = [
-                (0, Strategy::StoreAll, "base, store-all".to_string()),
-                (0, Strategy::Recompute, "base, recompute".into()),
-            ]
-            .into_iter()
-            .chain((1..=4).map(|n| (n, Strategy::Recompute, format!("RevNet n={n}"))))
-            .chain([(2, Strategy::StoreAll, "RevNet n=2, store-all".to_string())])
-            .collect();
-            let mut rows = Vec::new();
-            for (n, strategy, label) in rows_spec {
-                let prog = model::build(&NetConfig::superhuman(n), patch)?;
-                let r = step::bench_step(&b, &prog, strategy, &label, a.steps)?;
-                if !a.json {
-                    eprintln!(
-                        "  {label}: {:.2} s/step, peak {:.1} MiB",
-                        r.step_secs,
-                        r.arena_bytes as f64 / (1 << 20) as f64
-                    );
-                }
-                rows.push(r);
-            }
-            if a.json {
-                println!("{}", step::json(&rows, &b.name()));
-            } else {
-                println!(
-                    "device: {}, patch {}x{}x{}\n",
-                    b.name(),
-                    patch.0,
-                    patch.1,
-                    patch.2
-                );
-                print!("{}", step::markdown(&rows));
-            }
-            Ok(())
+            crate::on_device!(super::select_device(&a.device)?, |b| table_on(b, a))
         }
     }
+}
+
+fn ops_on<B: Backend>(b: &B, a: &OpsArgs) -> Result<()> {
+    let patch = super::parse_patch(&a.patch)?;
+    let quiet = a.json;
+    let res = ops::run(b, patch, a.min_secs, |r| {
+        if !quiet {
+            let g = r.gflops();
+            eprintln!(
+                "  {:<14} {:<30} fwd {:>6.1}  bwd-in {:>6.1}  bwd-w {:>6.1} GFLOP/s",
+                r.layer.name,
+                ops::shape_str(&r.layer.geom),
+                g[0],
+                g[1],
+                g[2]
+            );
+        }
+    })?;
+    if a.json {
+        println!("{}", ops::json(&res, &b.name()));
+    } else {
+        println!(
+            "device: {}, patch {}x{}x{}\n",
+            b.name(),
+            patch.0,
+            patch.1,
+            patch.2
+        );
+        print!("{}", ops::markdown(&res));
+    }
+    Ok(())
+}
+
+fn step_on<B: Backend>(b: &B, a: &StepArgs) -> Result<()> {
+    let prog = a.net.program()?;
+    let strategy = if a.store_all {
+        Strategy::StoreAll
+    } else {
+        Strategy::Recompute
+    };
+    let label = format!("{} rev blocks, {strategy:?}", prog.config.rev_blocks);
+    let (r, prof) = step::bench_step_profiled(b, &prog, strategy, &label, a.steps, a.profile)?;
+    if a.json {
+        println!("{}", step::json(&[r], &b.name()));
+    } else {
+        println!("device: {}, patch {}\n", b.name(), a.net.patch);
+        print!("{}", step::markdown(&[r]));
+        if a.profile {
+            let total: f64 = prof.iter().map(|p| p.1).sum();
+            println!("\n| op | calls per step | seconds per step | share |\n|---|---|---|---|");
+            // time_median runs one untimed warm-up before the timed steps; the profile saw them all.
+            let steps = a.steps.max(1) as f64 + 1.0;
+            for (name, t, n) in &prof {
+                println!(
+                    "| {name} | {:.0} | {:.3} | {:.1}% |",
+                    *n as f64 / steps,
+                    t / steps,
+                    100.0 * t / total
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn table_on<B: Backend>(b: &B, a: &TableArgs) -> Result<()> {
+    let patch = super::parse_patch(&a.patch)?;
+    let rows_spec: Vec<(usize, Strategy, String)> = [
+        (0, Strategy::StoreAll, "base, store-all".to_string()),
+        (0, Strategy::Recompute, "base, recompute".into()),
+    ]
+    .into_iter()
+    .chain((1..=4).map(|n| (n, Strategy::Recompute, format!("RevNet n={n}"))))
+    .chain([(2, Strategy::StoreAll, "RevNet n=2, store-all".to_string())])
+    .collect();
+    let mut rows = Vec::new();
+    for (n, strategy, label) in rows_spec {
+        let prog = model::build(&NetConfig::superhuman(n), patch)?;
+        let r = step::bench_step(b, &prog, strategy, &label, a.steps)?;
+        if !a.json {
+            eprintln!(
+                "  {label}: {:.2} s/step, peak {:.1} MiB",
+                r.step_secs,
+                r.arena_bytes as f64 / (1 << 20) as f64
+            );
+        }
+        rows.push(r);
+    }
+    if a.json {
+        println!("{}", step::json(&rows, &b.name()));
+    } else {
+        println!(
+            "device: {}, patch {}x{}x{}\n",
+            b.name(),
+            patch.0,
+            patch.1,
+            patch.2
+        );
+        print!("{}", step::markdown(&rows));
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ pub mod segment;
 pub mod synth;
 pub mod train;
 
-use crate::backend::device::{Device, DeviceSpec};
+use crate::backend::device::Device;
 use crate::error::{Error, Result};
 
 /// Parse "D,H,W".
@@ -29,16 +29,6 @@ pub fn parse_patch(s: &str) -> Result<(usize, usize, usize)> {
         [d, h, w] if d > 0 && h > 0 && w > 0 => Ok((d, h, w)),
         _ => Err(Error::Invalid(format!(
             "patch '{s}': expected three positive integers D,H,W, e.g. 18,160,160"
-        ))),
-    }
-}
-
-/// For commands that run on the CPU only (for now): accepts cpu and auto, and says so for the others.
-pub fn check_device(name: &str) -> Result<()> {
-    match crate::backend::device::parse(name)? {
-        DeviceSpec::Cpu | DeviceSpec::Auto => Ok(()),
-        _ => Err(Error::Device(format!(
-            "device '{name}': this command runs on the CPU only so far; use --device cpu (gradcheck takes emu and cuda)"
         ))),
     }
 }
