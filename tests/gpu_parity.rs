@@ -52,6 +52,7 @@ enum Call {
     SubA(View, View),
     BnT(View, Region, Region, View, BnStats, Option<BnRunning>),
     BnI(View, Region, Region, BnRunning, View),
+    BnA(View, Region, Region, BnStats, View),
     BnB(View, View, Region, BnStats, View, Region, Region, Write),
     BceW(View, View, View),
     Bce(View, View, View, View, Region, Option<View>),
@@ -83,6 +84,7 @@ fn apply<B: Backend<Elem = f32>>(b: &B, a: &mut B::Arena, c: Call) -> Result<()>
             b.batchnorm_forward_train(a, x, g, be, y, st, run, BatchNormArgs::default())
         }
         BnI(x, g, be, run, y) => b.batchnorm_forward_infer(a, x, g, be, run, y, 1e-5),
+        BnA(x, g, be, st, y) => b.batchnorm_apply(a, x, g, be, st, y),
         BnB(x, dy, g, st, dx, dg, db, m) => b.batchnorm_backward(a, x, dy, g, st, dx, dg, db, m),
         BceW(t, m, w) => b.bce_weights(a, t, m, w),
         Bce(z, t, w, m, l, dz) => b.bce_loss(a, z, t, w, m, l, dz),
@@ -346,6 +348,7 @@ fn batchnorm_body<B: Backend<Elem = f32>>(dev: &B) {
         let y = p.bump.view(s);
         let y2 = p.bump.view(s);
         let yi = p.bump.view(s);
+        let ya = p.bump.view(s);
         let stats = BnStats {
             mean: p.bump.take(c),
             invstd: p.bump.take(c),
@@ -366,6 +369,8 @@ fn batchnorm_body<B: Backend<Elem = f32>>(dev: &B) {
             Call::BnI(x, gamma, beta, run, yi),
             Call::BnT(x, gamma, beta, y, stats, Some(run)),
             Call::BnT(x, gamma, beta, y2, stats2, None),
+            // The recomputation path: y again from the saved statistics.
+            Call::BnA(x, gamma, beta, stats, ya),
             Call::BnB(x, dy, gamma, stats, dx, dg, db, Write::Overwrite),
             Call::BnB(x, dy, gamma, stats, dx_acc, dg, db, Write::Accumulate),
         ];
@@ -373,6 +378,7 @@ fn batchnorm_body<B: Backend<Elem = f32>>(dev: &B) {
             ("infer y", yi.region),
             ("y", y.region),
             ("y without running", y2.region),
+            ("y from saved statistics", ya.region),
             ("mean", stats.mean),
             ("invstd", stats.invstd),
             ("running mean", rm),

@@ -501,3 +501,34 @@ fn conv_transpose_matches_naive_loops_over_many_tiles() {
         }
     }
 }
+
+#[test]
+fn batchnorm_apply_reproduces_the_training_forward_bit_for_bit() {
+    let s = Shape5::new(2, 3, 2, 5, 7);
+    let b32 = revseg::CpuBackend::<f32>::new();
+    let mut bump = Bump::default();
+    let (x, y, y2) = (bump.view(s), bump.view(s), bump.view(s));
+    let (g, be) = (bump.take(3), bump.take(3));
+    let st = BnStats {
+        mean: bump.take(3),
+        invstd: bump.take(3),
+    };
+    let mut a = b32.alloc_arena(bump.len()).unwrap();
+    let mut rng = Rng::new(8);
+    let xv: Vec<f32> = rng
+        .normals(s.len())
+        .iter()
+        .map(|v| (3.0 * v + 1.0) as f32)
+        .collect();
+    b32.upload(&mut a, x.region, &xv).unwrap();
+    b32.upload(&mut a, g, &[0.5, 1.5, -2.0]).unwrap();
+    b32.upload(&mut a, be, &[0.1, -0.3, 0.7]).unwrap();
+    b32.batchnorm_forward_train(&mut a, x, g, be, y, st, None, BatchNormArgs::default())
+        .unwrap();
+    b32.batchnorm_apply(&mut a, x, g, be, st, y2).unwrap();
+    let (mut p, mut q) = (vec![0f32; s.len()], vec![0f32; s.len()]);
+    b32.download(&a, y.region, &mut p).unwrap();
+    b32.download(&a, y2.region, &mut q).unwrap();
+    assert!(p.iter().zip(&q).all(|(u, v)| u.to_bits() == v.to_bits()));
+    assert!(p.iter().any(|v| v.abs() > 0.5));
+}

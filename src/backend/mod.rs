@@ -208,6 +208,18 @@ pub trait Backend {
         running: Option<BnRunning>,
         args: BatchNormArgs,
     ) -> Result<()>;
+    /// Training-mode normalisation with statistics saved by an earlier training forward on the
+    /// same input: what a recomputation needs (one pass, no reduction, bit-identical output).
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_apply(
+        &self,
+        a: &mut Self::Arena,
+        x: View,
+        gamma: Region,
+        beta: Region,
+        stats: BnStats,
+        y: View,
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_forward_infer(
         &self,

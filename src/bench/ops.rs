@@ -20,7 +20,8 @@ pub struct ConvLayer {
     pub count: usize,
 }
 
-/// The convolutions of the base network (no reversible blocks) at patch (d, h, w), batch 1.
+/// The convolutions of the network at patch (d, h, w), batch 1: the base network's, then the
+/// half-width ones of one reversible block per ResMod (`rev*` rows).
 pub fn superhuman_convs(
     widths: &[usize],
     d: usize,
@@ -64,6 +65,18 @@ pub fn superhuman_convs(
         if s != last {
             add(format!("dec{s}.conv1"), c, c, (1, 3, 3), s, 1);
         }
+    }
+    // The reversible variant's F and G work on half the channels (count: per block, per ResMod).
+    for (s, &c) in widths.iter().enumerate() {
+        let modules = if s == last { 1 } else { 2 };
+        add(
+            format!("rev{s}.f/g"),
+            c / 2,
+            c / 2,
+            (3, 3, 3),
+            s,
+            4 * modules,
+        );
     }
     add("embed_out".into(), widths[0], widths[0], (1, 5, 5), 0, 1);
     add("output".into(), widths[0], outputs, (1, 1, 1), 0, 1);
@@ -170,13 +183,18 @@ pub fn markdown(results: &[ConvBench]) -> String {
     s
 }
 
-/// FLOPs and seconds of every convolution pass of one training step of the base network.
+/// FLOPs and seconds of every convolution pass of one training step of the base network (the
+/// reversible `rev*` rows are left out of the total).
 pub fn totals(results: &[ConvBench]) -> (f64, f64) {
-    let fl: f64 = results
+    let base: Vec<&ConvBench> = results
+        .iter()
+        .filter(|r| !r.layer.name.starts_with("rev"))
+        .collect();
+    let fl: f64 = base
         .iter()
         .map(|r| 3.0 * r.layer.geom.flops() * r.layer.count as f64)
         .sum();
-    let t: f64 = results
+    let t: f64 = base
         .iter()
         .map(|r| r.secs.iter().sum::<f64>() * r.layer.count as f64)
         .sum();

@@ -67,7 +67,6 @@ pub fn bench_step_profiled<B: Backend>(
         mask: &mask,
     };
     let mut err = None;
-    ex.train_step(b, &batch, true)?;
     if profile {
         ex.profile = Some(Default::default());
     }

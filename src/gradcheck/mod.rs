@@ -43,6 +43,13 @@ pub struct CheckResult {
     pub passed: bool,
 }
 
+/// ||a - b||_2 / ||b||_2.
+pub fn l2_rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let n: f64 = b.iter().map(|y| y * y).sum();
+    (d / n.max(1e-300)).sqrt()
+}
+
 pub fn normwise_err(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-300);
     a.iter()

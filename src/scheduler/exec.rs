@@ -25,7 +25,8 @@ pub struct Executor<B: Backend> {
     pub poison: bool,
     /// Largest arena offset (elements) any instruction touched: the measured high-water mark.
     pub high_water: Cell<usize>,
-    /// Max relative error of each checked reconstruction in the last step.
+    /// Relative L2 error ||rebuilt - true|| / ||true|| of each checked reconstruction in the last
+    /// step.
     pub recon_errors: Vec<f64>,
     /// When set, wall time and count per op name (synchronous backends only).
     pub profile: Option<BTreeMap<&'static str, (f64, usize)>>,
@@ -253,7 +254,7 @@ impl<B: Backend> Executor<B> {
                 let saved = self.read(b, c.saved)?;
                 let rebuilt = self.read(b, c.rebuilt)?;
                 self.recon_errors
-                    .push(crate::gradcheck::normwise_err(&rebuilt, &saved));
+                    .push(crate::gradcheck::l2_rel_err(&rebuilt, &saved));
             }
             if self.poison {
                 for k in 0..self.plan.free_after[i].len() {
@@ -423,6 +424,22 @@ impl<B: Backend> Executor<B> {
                     var: self.view(var).region,
                 };
                 b.batchnorm_forward_infer(&mut self.arena, x, g, be, running, y, self.bn.eps)
+            }
+            BnApply {
+                x,
+                gamma,
+                beta,
+                mean,
+                invstd,
+                y,
+            } => {
+                let (x, y) = (self.view(x), self.view(y));
+                let (g, be) = (self.view(gamma).region, self.view(beta).region);
+                let stats = BnStats {
+                    mean: self.view(mean).region,
+                    invstd: self.view(invstd).region,
+                };
+                b.batchnorm_apply(&mut self.arena, x, g, be, stats, y)
             }
             Sigmoid { x, y } => {
                 let (x, y) = (self.view(x), self.view(y));

@@ -131,6 +131,15 @@ pub enum Instr {
         running: Option<(Opd, Opd)>,
     },
     /// Inference: running statistics instead of batch statistics.
+    /// Recomputation: batch statistics saved by the forward.
+    BnApply {
+        x: Opd,
+        gamma: Opd,
+        beta: Opd,
+        mean: Opd,
+        invstd: Opd,
+        y: Opd,
+    },
     BnInfer {
         x: Opd,
         gamma: Opd,
@@ -231,6 +240,14 @@ impl Instr {
                 var,
                 y,
             } => vec![*x, *gamma, *beta, *mean, *var, *y],
+            BnApply {
+                x,
+                gamma,
+                beta,
+                mean,
+                invstd,
+                y,
+            } => vec![*x, *gamma, *beta, *mean, *invstd, *y],
             Sigmoid { x, y } => vec![*x, *y],
             BceWeights {
                 target,
@@ -261,7 +278,9 @@ impl Instr {
                 vec![*dst]
             }
             Conv { y, .. } | ConvT { y, .. } | Pool { y, .. } | Elu { y, .. } => vec![*y],
-            BnTrain { y, .. } | BnInfer { y, .. } | Sigmoid { y, .. } => vec![*y],
+            BnTrain { y, .. } | BnInfer { y, .. } | BnApply { y, .. } | Sigmoid { y, .. } => {
+                vec![*y]
+            }
             Add { out, .. } => vec![*out],
             _ => vec![],
         }
@@ -289,6 +308,7 @@ impl Instr {
             BnTrain { .. } => "batchnorm_forward_train",
             BnBwd { .. } => "batchnorm_backward",
             BnInfer { .. } => "batchnorm_forward_infer",
+            BnApply { .. } => "batchnorm_apply",
             Sigmoid { .. } => "sigmoid",
             BceWeights { .. } => "bce_weights",
             Bce { .. } => "bce_loss",

@@ -321,6 +321,18 @@ impl<'a> Builder<'a> {
             });
             return;
         }
+        if self.phase == Phase::Backward {
+            // A recomputation: the forward saved this BN's statistics of the same input.
+            self.emit(Instr::BnApply {
+                x,
+                gamma,
+                beta,
+                mean,
+                invstd,
+                y,
+            });
+            return;
+        }
         let running = update_running.then(|| self.running[bn]);
         self.emit(Instr::BnTrain {
             x,

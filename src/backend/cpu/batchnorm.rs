@@ -54,20 +54,12 @@ pub fn forward_train<T: Element>(
 ) {
     let m = (s.n * s.spatial()) as f64;
     let stats: Vec<(f64, f64)> = (0..s.c).into_par_iter().map(|c| moments(s, x, c)).collect();
-    let coef: Vec<(f64, f64)> = stats
-        .iter()
-        .enumerate()
-        .map(|(c, &(mean, var))| {
-            let invstd = 1.0 / (var + args.eps).sqrt();
-            let a = gamma[c].to_f64() * invstd;
-            (a, beta[c].to_f64() - mean * a)
-        })
-        .collect();
-    apply(s, x, y, &coef);
     for (c, &(mean, var)) in stats.iter().enumerate() {
         mean_out[c] = T::from_f64(mean);
         invstd_out[c] = T::from_f64(1.0 / (var + args.eps).sqrt());
     }
+    // From the saved (rounded) statistics, so that `apply_saved` reproduces y bit for bit.
+    apply(s, x, y, &saved_coef(gamma, beta, mean_out, invstd_out));
     if let Some((rm, rv)) = running {
         let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
         for (c, &(mean, var)) in stats.iter().enumerate() {
@@ -76,6 +68,28 @@ pub fn forward_train<T: Element>(
             rv[c] = T::from_f64((1.0 - mo) * rv[c].to_f64() + mo * var * unbiased);
         }
     }
+}
+
+fn saved_coef<T: Element>(gamma: &[T], beta: &[T], mean: &[T], invstd: &[T]) -> Vec<(f64, f64)> {
+    (0..gamma.len())
+        .map(|c| {
+            let a = gamma[c].to_f64() * invstd[c].to_f64();
+            (a, beta[c].to_f64() - mean[c].to_f64() * a)
+        })
+        .collect()
+}
+
+/// y from saved batch statistics (a recomputation of `forward_train`'s output).
+pub fn apply_saved<T: Element>(
+    s: Shape5,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    mean: &[T],
+    invstd: &[T],
+    y: &mut [T],
+) {
+    apply(s, x, y, &saved_coef(gamma, beta, mean, invstd));
 }
 
 #[allow(clippy::too_many_arguments)]

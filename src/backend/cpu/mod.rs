@@ -388,6 +388,35 @@ impl<T: Element> Backend for CpuBackend<T> {
         Ok(())
     }
 
+    fn batchnorm_apply(
+        &self,
+        a: &mut CpuArena<T>,
+        x: View,
+        gamma: Region,
+        beta: Region,
+        stats: BnStats,
+        y: View,
+    ) -> Result<()> {
+        const OP: &str = "batchnorm_apply";
+        ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
+        for (what, r) in [
+            ("gamma", gamma),
+            ("beta", beta),
+            ("saved mean", stats.mean),
+            ("saved invstd", stats.invstd),
+        ] {
+            ops::vector_len(OP, what, r.len, x.shape.c)?;
+        }
+        let ([xs, g, b, m, i], [ys]) = split(
+            OP,
+            &mut a.data,
+            [x.region, gamma, beta, stats.mean, stats.invstd],
+            [y.region],
+        )?;
+        batchnorm::apply_saved(x.shape, xs, g, b, m, i, ys);
+        Ok(())
+    }
+
     fn batchnorm_forward_infer(
         &self,
         a: &mut CpuArena<T>,

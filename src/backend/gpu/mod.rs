@@ -742,6 +742,55 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         self.launch_1d("bn_apply", x.region.len, &ca)
     }
 
+    fn batchnorm_apply(
+        &self,
+        a: &mut Self::Arena,
+        x: View,
+        gamma: Region,
+        beta: Region,
+        stats: BnStats,
+        y: View,
+    ) -> Result<()> {
+        const OP: &str = "batchnorm_apply";
+        let _r = self.range(OP);
+        ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
+        for (what, r) in [
+            ("gamma", gamma),
+            ("beta", beta),
+            ("saved mean", stats.mean),
+            ("saved invstd", stats.invstd),
+        ] {
+            ops::vector_len(OP, what, r.len, x.shape.c)?;
+        }
+        check_regions(
+            OP,
+            a.len,
+            &[x.region, gamma, beta, stats.mean, stats.invstd],
+            &[y.region],
+        )?;
+        int(OP, x.region.len)?;
+        let [xp, gp, bp, mp, ip, yp] = self.ptrs(
+            a,
+            [x.region, gamma, beta, stats.mean, stats.invstd, y.region],
+        );
+        let s = x.shape;
+        // mode 0 of bn_apply: the same kernel and formula as the training forward's last pass.
+        let ca = ChanArgs {
+            x: xp,
+            gamma: gp,
+            beta: bp,
+            mean: mp,
+            invstd: ip,
+            y: yp,
+            n: s.n as i32,
+            c: s.c as i32,
+            sp: s.spatial() as i32,
+            mode: 0,
+            ..Default::default()
+        };
+        self.launch_1d("bn_apply", x.region.len, &ca)
+    }
+
     fn batchnorm_forward_infer(
         &self,
         a: &mut Self::Arena,
