@@ -171,8 +171,37 @@ pub fn predict_volume<B: Backend>(
     shape: (usize, usize, usize),
     channels: usize,
     opt: &PredictOptions,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<Vec<f32>> {
+    let plane = shape.1 * shape.2;
+    let sp = shape.0 * plane;
+    let mut out = vec![0.0f32; channels * sp];
+    let read = |z0: usize, d: usize| Ok(image[z0 * plane..(z0 + d) * plane].to_vec());
+    let write = |z: usize, p: &[f32]| {
+        for c in 0..channels {
+            out[c * sp + z * plane..][..plane].copy_from_slice(&p[c * plane..(c + 1) * plane]);
+        }
+        Ok(())
+    };
+    predict_stream(b, ex, shape, channels, opt, read, write, progress)?;
+    Ok(out)
+}
+
+/// Sliding-window prediction that holds only one window depth of sections at a time: `read(z0, d)`
+/// returns sections z0..z0+d of the image (d * Y * X values), and `write(z, plane)` receives each
+/// finished section of affinities (channels * Y * X values) in increasing z. Volumes larger than
+/// memory stream through it by section.
+#[allow(clippy::too_many_arguments)]
+pub fn predict_stream<B: Backend>(
+    b: &B,
+    ex: &mut Executor<B>,
+    shape: (usize, usize, usize),
+    channels: usize,
+    opt: &PredictOptions,
+    mut read: impl FnMut(usize, usize) -> Result<Vec<f32>>,
+    mut write: impl FnMut(usize, &[f32]) -> Result<()>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<()> {
     let (pd, ph, pw) = opt.patch;
     let (zs, ys, xs) = (
         starts(shape.0, pd)?,
@@ -180,11 +209,12 @@ pub fn predict_volume<B: Backend>(
         starts(shape.2, pw)?,
     );
     if opt.tta && ph != pw {
-        return Err(Error::Invalid(format!("test-time augmentation transposes y and x: the patch must be square in y, x (got {ph}x{pw})")));
+        return Err(Error::Invalid(format!(
+            "test-time augmentation transposes y and x: the patch must be square in y, x (got {ph}x{pw})"
+        )));
     }
-    let sp = shape.0 * shape.1 * shape.2;
-    let mut acc = vec![0.0f32; channels * sp];
-    let mut wsum = vec![0.0f32; sp];
+    let (ny, nx) = (shape.1, shape.2);
+    let plane = ny * nx;
     let weight = bump(pd, ph, pw);
     let n = [pd, ph, pw];
     let psp = pd * ph * pw;
@@ -195,14 +225,27 @@ pub fn predict_volume<B: Backend>(
     } else {
         vec![Transform(0)]
     };
+    // Sections not yet written: their weighted sums (channels planes each) and summed weights.
+    let mut pending: std::collections::VecDeque<(usize, Vec<f32>, Vec<f32>)> = Default::default();
     let mut patch = vec![0.0f32; psp];
-    for &z0 in &zs {
+    for (zi, &z0) in zs.iter().enumerate() {
+        while pending.back().map_or(true, |p| p.0 + 1 < z0 + pd) {
+            let z = pending.back().map_or(z0, |p| p.0 + 1);
+            pending.push_back((z, vec![0.0; channels * plane], vec![0.0; plane]));
+        }
+        let slab = read(z0, pd)?;
+        if slab.len() != pd * plane {
+            return Err(Error::shape(
+                "predict",
+                format!("read {} values for {pd} sections of {ny}x{nx}", slab.len()),
+            ));
+        }
         for &y0 in &ys {
             for &x0 in &xs {
                 for z in 0..pd {
                     for y in 0..ph {
-                        let src = ((z0 + z) * shape.1 + y0 + y) * shape.2 + x0;
-                        patch[(z * ph + y) * pw..][..pw].copy_from_slice(&image[src..src + pw]);
+                        let src = (z * ny + y0 + y) * nx + x0;
+                        patch[(z * ph + y) * pw..][..pw].copy_from_slice(&slab[src..src + pw]);
                     }
                 }
                 let mut avg = vec![0.0f32; channels * psp];
@@ -221,14 +264,16 @@ pub fn predict_volume<B: Backend>(
                         *a += v / transforms.len() as f32;
                     }
                 }
+                let first = pending.front().unwrap().0;
                 for z in 0..pd {
+                    let (_, acc, wsum) = &mut pending[z0 + z - first];
                     for y in 0..ph {
                         for x in 0..pw {
                             let i = (z * ph + y) * pw + x;
-                            let g = ((z0 + z) * shape.1 + y0 + y) * shape.2 + x0 + x;
+                            let g = (y0 + y) * nx + x0 + x;
                             wsum[g] += weight[i];
                             for c in 0..channels {
-                                acc[c * sp + g] += weight[i] * avg[c * psp + i];
+                                acc[c * plane + g] += weight[i] * avg[c * psp + i];
                             }
                         }
                     }
@@ -237,11 +282,17 @@ pub fn predict_volume<B: Backend>(
                 progress(done, total);
             }
         }
-    }
-    for c in 0..channels {
-        for (a, w) in acc[c * sp..(c + 1) * sp].iter_mut().zip(&wsum) {
-            *a /= w;
+        // Sections below the next window's start receive no more patches: finish them.
+        let next = zs.get(zi + 1).copied().unwrap_or(shape.0);
+        while pending.front().is_some_and(|p| p.0 < next) {
+            let (z, mut acc, wsum) = pending.pop_front().unwrap();
+            for c in 0..channels {
+                for (a, w) in acc[c * plane..(c + 1) * plane].iter_mut().zip(&wsum) {
+                    *a /= w;
+                }
+            }
+            write(z, &acc)?;
         }
     }
-    Ok(acc)
+    Ok(())
 }

@@ -4,16 +4,14 @@ use crate::error::{Error, Result};
 use crate::json::Json;
 use crate::metrics::{evaluate, Metrics};
 use crate::segment::Dims;
-use crate::volume::hdf5::{convert_stored, read_stored_dataset, Stored};
-use crate::volume::{parse_spec, DatasetSpec};
 use clap::Args;
 
 #[derive(Args, Debug, Clone)]
 pub struct EvalArgs {
-    /// Segmentation FILE.h5:/dataset, integer labels (Z, Y, X); 0 = unlabelled.
+    /// Segmentation volume (FILE.h5:/dataset, DIR.zarr, FILE.tif, FILE.raw:Z,Y,X:DTYPE), integer labels (Z, Y, X); 0 = unlabelled.
     #[arg(long)]
     pub segmentation: String,
-    /// Ground truth FILE.h5:/dataset, integer labels (Z, Y, X); 0 is ignored.
+    /// Ground truth volume (any format, as --segmentation), integer labels (Z, Y, X); 0 is ignored.
     #[arg(long)]
     pub groundtruth: String,
     /// Evaluate only a centred box of Z,Y,X voxels.
@@ -29,23 +27,19 @@ enum Labels {
     U64(Vec<u64>),
 }
 
-fn read_labels(spec: &DatasetSpec, what: &str) -> Result<(Dims, Labels)> {
-    let (shape, stored) = read_stored_dataset(&spec.file, &spec.dataset)?;
-    let dims = Dims::from_volume_shape(&shape).map_err(|_| {
+fn read_labels(spec: &str, what: &str) -> Result<(Dims, Labels)> {
+    let r = crate::volume::io::open_volume(spec)?;
+    let dims = Dims::from_volume_shape(r.shape()).map_err(|_| {
         Error::Invalid(format!(
-            "{spec}: {what} must have 3 dimensions (Z, Y, X), found shape {shape:?}"
+            "{spec}: {what} must have 3 dimensions (Z, Y, X), found shape {:?}",
+            r.shape()
         ))
     })?;
-    let ctx = spec.to_string();
-    let wide = match &stored {
-        Stored::U64(v) => v.iter().any(|&l| l > u32::MAX as u64),
-        Stored::I64(v) => v.iter().any(|&l| l > u32::MAX as i64),
-        _ => false,
-    };
-    let labels = if wide {
-        Labels::U64(convert_stored(&ctx, stored)?)
+    let wide = r.read_all::<u64>()?.data;
+    let labels = if wide.iter().all(|&l| l <= u32::MAX as u64) {
+        Labels::U32(wide.into_iter().map(|l| l as u32).collect())
     } else {
-        Labels::U32(convert_stored(&ctx, stored)?)
+        Labels::U64(wide)
     };
     Ok((dims, labels))
 }
@@ -66,11 +60,10 @@ fn parse_crop(s: &str) -> Result<Dims> {
 }
 
 pub fn run(a: &EvalArgs) -> Result<()> {
-    let seg_spec = parse_spec(&a.segmentation)?;
-    let gt_spec = parse_spec(&a.groundtruth)?;
+    let (seg_spec, gt_spec) = (a.segmentation.as_str(), a.groundtruth.as_str());
     let crop = a.crop.as_deref().map(parse_crop).transpose()?;
-    let (sd, seg) = read_labels(&seg_spec, "segmentation")?;
-    let (gd, gt) = read_labels(&gt_spec, "ground truth")?;
+    let (sd, seg) = read_labels(seg_spec, "segmentation")?;
+    let (gd, gt) = read_labels(gt_spec, "ground truth")?;
     if sd != gd {
         return Err(Error::shape(
             "eval",
@@ -87,14 +80,14 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         (Labels::U64(s), Labels::U64(g)) => evaluate(s, g, sd, crop),
     }?;
     if a.json {
-        println!("{}", to_json(&m, &seg_spec, &gt_spec));
+        println!("{}", to_json(&m, seg_spec, gt_spec));
     } else {
         print_text(&m);
     }
     Ok(())
 }
 
-fn to_json(m: &Metrics, seg: &DatasetSpec, gt: &DatasetSpec) -> Json {
+fn to_json(m: &Metrics, seg: &str, gt: &str) -> Json {
     Json::obj([
         ("command", Json::from("eval")),
         ("segmentation", Json::from(seg.to_string())),

@@ -59,56 +59,74 @@ macro_rules! on_device {
     };
 }
 
-/// Read an image volume and scale it to [0, 1] (u8 / 255, u16 / 65535, floats as they are).
-pub fn read_image(spec: &str) -> Result<(Vec<f32>, (usize, usize, usize))> {
+/// Shape (z, y, x) of a 3-D volume.
+pub fn shape3(r: &crate::volume::io::VolumeReader, what: &str) -> Result<(usize, usize, usize)> {
+    match r.shape() {
+        [z, y, x] => Ok((*z, *y, *x)),
+        s => Err(Error::shape(
+            "volume",
+            format!(
+                "{} ({what}): expected a 3-D (z, y, x) volume, got shape {s:?}",
+                r.spec()
+            ),
+        )),
+    }
+}
+
+/// Sections z0..z0+d of an image volume scaled to [0, 1] (u8 / 255, u16 / 65535, floats as they
+/// are); non-finite values are an error.
+pub fn read_image_sections(
+    r: &crate::volume::io::VolumeReader,
+    z0: usize,
+    d: usize,
+) -> Result<Vec<f32>> {
     use crate::volume::array::Dtype;
-    let r = crate::volume::io::open_volume(spec)?;
-    let shape = match r.shape() {
-        [z, y, x] => (*z, *y, *x),
-        s => {
-            return Err(Error::shape(
-                "image",
-                format!("{spec}: expected a 3-D (z, y, x) volume, got shape {s:?}"),
-            ))
-        }
-    };
+    let (_, y, x) = shape3(r, "image")?;
+    let (off, shape) = ([z0, 0, 0], [d, y, x]);
     let data: Vec<f32> = match r.dtype() {
         Dtype::U8 => r
-            .read_all::<u8>()?
+            .read_region::<u8>(&off, &shape)?
             .data
             .iter()
             .map(|&v| v as f32 / 255.0)
             .collect(),
         Dtype::U16 => r
-            .read_all::<u16>()?
+            .read_region::<u16>(&off, &shape)?
             .data
             .iter()
             .map(|&v| v as f32 / 65535.0)
             .collect(),
-        Dtype::F32 => r.read_all::<f32>()?.data,
+        Dtype::F32 => r.read_region::<f32>(&off, &shape)?.data,
         Dtype::F64 => r
-            .read_all::<f64>()?
+            .read_region::<f64>(&off, &shape)?
             .data
             .iter()
             .map(|&v| v as f32)
             .collect(),
-        d => {
+        dt => {
             return Err(Error::Value {
-                what: spec.into(),
+                what: r.spec().into(),
                 detail: format!(
                     "image dtype {} is not supported: use uint8, uint16 or float",
-                    d.name()
+                    dt.name()
                 ),
             })
         }
     };
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         return Err(Error::Value {
-            what: spec.into(),
-            detail: format!("image value at index {i} is not finite"),
+            what: r.spec().into(),
+            detail: format!("image value at index {i} of sections {z0}.. is not finite"),
         });
     }
-    Ok((data, shape))
+    Ok(data)
+}
+
+/// Read a whole image volume scaled to [0, 1].
+pub fn read_image(spec: &str) -> Result<(Vec<f32>, (usize, usize, usize))> {
+    let r = crate::volume::io::open_volume(spec)?;
+    let shape = shape3(&r, "image")?;
+    Ok((read_image_sections(&r, 0, shape.0)?, shape))
 }
 
 /// Read a label volume as u32 (u64 labels must fit).

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::model;
-use crate::predict::{predict_volume, PredictOptions};
+use crate::predict::{predict_stream, PredictOptions};
 use crate::scheduler::{self, Executor};
 use crate::train::{progress::Progress, state};
 use crate::volume::array::{Array, Dtype};
@@ -40,11 +40,15 @@ pub fn run(a: &PredictArgs) -> Result<()> {
         None => cfg.patch,
     };
     let prog = model::build(&cfg.net, patch)?;
-    let (image, shape) = super::read_image(&a.input)?;
-    let dev = super::select_device(&a.device)?;
+    let reader = crate::volume::io::open_volume(&a.input)?;
+    let shape = super::shape3(&reader, "image")?;
     let channels = cfg.net.outputs;
+    let out_shape = vec![channels, shape.0, shape.1, shape.2];
+    // Sections stream in and out: the whole volume never has to fit in memory.
+    let mut w = create_volume(&a.output, &out_shape, Dtype::F32, None)?;
+    let dev = super::select_device(&a.device)?;
     let t0 = std::time::Instant::now();
-    let (aff, arena) = crate::on_device!(dev, |b| {
+    let arena = crate::on_device!(dev, |b| {
         let plan = scheduler::inference_plan(&prog)?;
         let arena = plan.arena_len * 4;
         let mut ex = Executor::new(b, &prog, plan, 0)?;
@@ -54,19 +58,30 @@ pub fn run(a: &PredictArgs) -> Result<()> {
         let vox = (patch.0 * patch.1 * patch.2) as f64 * if a.tta { 16.0 } else { 1.0 };
         let started = std::time::Instant::now();
         let opt = PredictOptions { patch, tta: a.tta };
-        let aff = predict_volume(b, &mut ex, &image, shape, channels, &opt, |done, total| {
-            let rate = vox * done as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6;
-            let bar = bar.get_or_insert_with(|| Progress::new("predict", total));
-            bar.update(done, "patches", &format!("{rate:.2} Mvox/s"));
-        })?;
+        let read = |z0: usize, d: usize| super::read_image_sections(&reader, z0, d);
+        let write = |z: usize, plane: &[f32]| {
+            let s = vec![channels, 1, shape.1, shape.2];
+            w.write_region(&[0, z, 0, 0], &Array::new(s, plane.to_vec())?)
+        };
+        predict_stream(
+            b,
+            &mut ex,
+            shape,
+            channels,
+            &opt,
+            read,
+            write,
+            |done, total| {
+                let rate = vox * done as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e6;
+                let bar = bar.get_or_insert_with(|| Progress::new("predict", total));
+                bar.update(done, "patches", &format!("{rate:.2} Mvox/s"));
+            },
+        )?;
         if let Some(bar) = bar {
             bar.finish();
         }
-        Ok::<_, Error>((aff, arena))
+        Ok::<_, Error>(arena)
     })?;
-    let out_shape = vec![channels, shape.0, shape.1, shape.2];
-    let mut w = create_volume(&a.output, &out_shape, Dtype::F32, None)?;
-    w.write_region(&[0, 0, 0, 0], &Array::new(out_shape.clone(), aff)?)?;
     w.finish()?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json {

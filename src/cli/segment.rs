@@ -5,14 +5,14 @@ use crate::json::Json;
 use crate::segment::agglomerate::{agglomerate, Agglomeration, Score};
 use crate::segment::watershed::{watershed, Params, Stats};
 use crate::segment::{fits_u32, Dims, Label};
-use crate::volume::hdf5::{read_volume, Writer};
+use crate::volume::hdf5::Writer;
 use crate::volume::{parse_spec, DatasetSpec};
 use clap::Args;
 use std::time::Instant;
 
 #[derive(Args, Debug, Clone)]
 pub struct SegmentArgs {
-    /// Affinities FILE.h5:/dataset, float32 (3, Z, Y, X) in [0, 1].
+    /// Affinities (FILE.h5:/dataset, DIR.zarr, FILE.raw:C,Z,Y,X:float32, ...), float32 (3, Z, Y, X) in [0, 1].
     #[arg(long)]
     pub affinities: String,
     /// Output FILE.h5:/group. Written there: <group>/fragments (the watershed) and
@@ -111,8 +111,10 @@ fn watershed_params(a: &SegmentArgs) -> Result<Params> {
 }
 
 /// Reads the affinities in our channel order.
-fn read_affinities(spec: &DatasetSpec, order: &str) -> Result<(Vec<f32>, Dims)> {
-    let (shape, mut aff) = read_volume::<f32>(&spec.file, &spec.dataset, 4, "affinities")?;
+fn read_affinities(spec: &str, order: &str) -> Result<(Vec<f32>, Dims)> {
+    let r = crate::volume::io::open_volume(spec)?;
+    let shape = r.shape().to_vec();
+    let mut aff = r.read_all::<f32>()?.data;
     let dims = Dims::from_affinity_shape(&shape).map_err(|_| {
         Error::Invalid(format!(
             "{spec}: affinities must be shaped (3, Z, Y, X), found {shape:?}"
@@ -135,12 +137,12 @@ fn read_affinities(spec: &DatasetSpec, order: &str) -> Result<(Vec<f32>, Dims)> 
 }
 
 pub fn run(a: &SegmentArgs) -> Result<()> {
-    let aff_spec = parse_spec(&a.affinities)?;
+    let aff_spec = a.affinities.as_str();
     let out = parse_spec(&a.output)?;
     let thresholds = parse_thresholds(&a.thresholds)?;
     let score = parse_score(&a.score)?;
     let params = watershed_params(a)?;
-    let (aff, dims) = read_affinities(&aff_spec, &a.channel_order)?;
+    let (aff, dims) = read_affinities(aff_spec, &a.channel_order)?;
     crate::segment::check_affinities(&aff, dims)
         .map_err(|e| Error::Invalid(format!("{aff_spec}: {e}")))?;
     let report = if fits_u32(dims.voxels()) {
@@ -148,7 +150,7 @@ pub fn run(a: &SegmentArgs) -> Result<()> {
     } else {
         segment_as::<u64>(&aff, dims, &params, &thresholds, score, &out, !a.no_gzip)?
     };
-    print_report(a, &aff_spec, &out, dims, &report);
+    print_report(a, aff_spec, &out, dims, &report);
     Ok(())
 }
 
@@ -214,7 +216,7 @@ fn count_segments(map: &[u32]) -> usize {
     n
 }
 
-fn print_report(a: &SegmentArgs, aff: &DatasetSpec, out: &DatasetSpec, d: Dims, r: &Report) {
+fn print_report(a: &SegmentArgs, aff: &str, out: &DatasetSpec, d: Dims, r: &Report) {
     if a.json {
         let per: Vec<Json> = (0..r.datasets.len() - 1)
             .map(|i| {
