@@ -77,6 +77,34 @@ fn synth_train_resume_predict_segment_eval() {
         "--json",
     ]);
     assert!(p.contains("[3,16,80,80]"), "{p}");
+    // uint8 output: the same affinities times 255, rounded.
+    let aff8 = format!("{}:/affinities", d("aff8.h5"));
+    revseg(&[
+        "predict",
+        "--checkpoint",
+        &d("run/model.safetensors"),
+        "--input",
+        &d("data/image.zarr"),
+        "--output",
+        &aff8,
+        "--dtype",
+        "uint8",
+    ]);
+    let f = revseg::volume::io::open_volume(&aff)
+        .unwrap()
+        .read_all::<f32>()
+        .unwrap()
+        .data;
+    let q = revseg::volume::io::open_volume(&aff8)
+        .unwrap()
+        .read_all::<u8>()
+        .unwrap()
+        .data;
+    assert!(f
+        .iter()
+        .zip(&q)
+        .all(|(a, b)| (a * 255.0).round() as u8 == *b));
+    assert!(q.iter().any(|v| *v > 128) && q.iter().any(|v| *v < 128));
     let seg = format!("{}:/seg", d("seg.h5"));
     revseg(&[
         "segment",

@@ -25,6 +25,9 @@ pub struct PredictArgs {
     /// Patch D,H,W (default: the training patch).
     #[arg(long)]
     pub patch: Option<String>,
+    /// Output type: float32, or uint8 (affinity x 255, rounded; a quarter of the size).
+    #[arg(long, default_value = "float32")]
+    pub dtype: String,
     /// 16-fold test-time augmentation (flips and y/x transposes, averaged).
     #[arg(long)]
     pub tta: bool,
@@ -45,7 +48,16 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     let channels = cfg.net.outputs;
     let out_shape = vec![channels, shape.0, shape.1, shape.2];
     // Sections stream in and out: the whole volume never has to fit in memory.
-    let mut w = create_volume(&a.output, &out_shape, Dtype::F32, None)?;
+    let dtype = match a.dtype.as_str() {
+        "float32" => Dtype::F32,
+        "uint8" => Dtype::U8,
+        d => {
+            return Err(Error::Invalid(format!(
+                "--dtype {d}: choose float32 or uint8"
+            )))
+        }
+    };
+    let mut w = create_volume(&a.output, &out_shape, dtype, None)?;
     let dev = super::select_device(&a.device)?;
     let t0 = std::time::Instant::now();
     let arena = crate::on_device!(dev, |b| {
@@ -61,7 +73,15 @@ pub fn run(a: &PredictArgs) -> Result<()> {
         let read = |z0: usize, d: usize| super::read_image_sections(&reader, z0, d);
         let write = |z: usize, plane: &[f32]| {
             let s = vec![channels, 1, shape.1, shape.2];
-            w.write_region(&[0, z, 0, 0], &Array::new(s, plane.to_vec())?)
+            if dtype == Dtype::U8 {
+                let q = plane
+                    .iter()
+                    .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+                    .collect();
+                w.write_region(&[0, z, 0, 0], &Array::new(s, q)?)
+            } else {
+                w.write_region(&[0, z, 0, 0], &Array::new(s, plane.to_vec())?)
+            }
         };
         predict_stream(
             b,
@@ -99,11 +119,12 @@ pub fn run(a: &PredictArgs) -> Result<()> {
         );
     } else {
         println!(
-            "wrote {} ({channels}x{}x{}x{} float32) in {secs:.1} s; inference plan peak {:.1} MiB",
+            "wrote {} ({channels}x{}x{}x{} {}) in {secs:.1} s; inference plan peak {:.1} MiB",
             a.output,
             shape.0,
             shape.1,
             shape.2,
+            a.dtype,
             arena as f64 / (1 << 20) as f64
         );
     }

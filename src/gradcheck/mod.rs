@@ -94,6 +94,45 @@ fn central(
         / (2.0 * h))
 }
 
+/// Largest error of `grads` (times `fault`) against Richardson-extrapolated central differences
+/// of the f64 CPU forward, over up to FD_SAMPLES elements of each differentiated input, and the
+/// number of elements compared.
+fn fd_error(
+    case: &Case,
+    vals: &[Vec<f64>],
+    dy: &[f64],
+    grads: &[Vec<f64>],
+    fault: f64,
+    rng: &mut Rng,
+    metric: fn(&[f64], &[f64]) -> f64,
+) -> Result<(f64, usize)> {
+    let cpu64 = CpuBackend::<f64>::new();
+    let (mut worst, mut evaluated) = (0.0f64, 0);
+    for (i, input) in case.inputs.iter().enumerate() {
+        if !input.diff {
+            continue;
+        }
+        let n = input.shape.len();
+        let mut idx: Vec<usize> = (0..n).collect();
+        if n > FD_SAMPLES {
+            rng.shuffle(&mut idx);
+            idx.truncate(FD_SAMPLES);
+        }
+        let mut a = Vec::with_capacity(idx.len());
+        let mut num = Vec::with_capacity(idx.len());
+        let mut v = vals.to_vec();
+        for &e in &idx {
+            let d1 = central(case, &cpu64, &mut v, i, e, FD_STEP, dy)?;
+            let d2 = central(case, &cpu64, &mut v, i, e, FD_STEP / 2.0, dy)?;
+            num.push((4.0 * d2 - d1) / 3.0);
+            a.push(grads[i][e] * fault);
+        }
+        evaluated += idx.len();
+        worst = worst.max(metric(&a, &num));
+    }
+    Ok((worst, evaluated))
+}
+
 /// Check one case. `fault` scales the analytic gradient (1.0 in normal use; the tests use 1.01 to
 /// show that the checker rejects a slightly wrong backward).
 pub fn check_case(case: &Case, seed: u64, fault: f64) -> Result<CheckResult> {
@@ -108,30 +147,7 @@ pub fn check_case(case: &Case, seed: u64, fault: f64) -> Result<CheckResult> {
         .map(|i| rng.normals(i.shape.len()))
         .collect();
     let ana = cpu64.eval_case(case, &vals, &dy, &prior)?;
-    let mut fd_err = 0.0f64;
-    let mut evaluated = 0;
-    for (i, input) in case.inputs.iter().enumerate() {
-        if !input.diff {
-            continue;
-        }
-        let n = input.shape.len();
-        let mut idx: Vec<usize> = (0..n).collect();
-        if n > FD_SAMPLES {
-            rng.shuffle(&mut idx);
-            idx.truncate(FD_SAMPLES);
-        }
-        let mut a = Vec::with_capacity(idx.len());
-        let mut num = Vec::with_capacity(idx.len());
-        let mut v = vals.clone();
-        for &e in &idx {
-            let d1 = central(case, &cpu64, &mut v, i, e, FD_STEP, &dy)?;
-            let d2 = central(case, &cpu64, &mut v, i, e, FD_STEP / 2.0, &dy)?;
-            num.push((4.0 * d2 - d1) / 3.0);
-            a.push(ana.grads[i][e] * fault);
-        }
-        evaluated += idx.len();
-        fd_err = fd_err.max(rel_err(&a, &num));
-    }
+    let (fd_err, evaluated) = fd_error(case, &vals, &dy, &ana.grads, fault, &mut rng, rel_err)?;
     // The f32 path, from the same inputs rounded to f32, against the f64 path on those inputs.
     let vals32: Vec<Vec<f64>> = vals.iter().map(|v| cases::round_to::<f32>(v)).collect();
     let dy32 = cases::round_to::<f32>(&dy);
@@ -178,30 +194,8 @@ pub fn check_case_on<B: Backend<Elem = f32>>(
         .map(|i| cases::round_to::<f32>(&rng.normals(i.shape.len())))
         .collect();
     let ana = dev.eval_case(case, &vals, &dy, &prior)?;
-    let mut fd_err = 0.0f64;
-    let mut evaluated = 0;
-    for (i, input) in case.inputs.iter().enumerate() {
-        if !input.diff {
-            continue;
-        }
-        let n = input.shape.len();
-        let mut idx: Vec<usize> = (0..n).collect();
-        if n > FD_SAMPLES {
-            rng.shuffle(&mut idx);
-            idx.truncate(FD_SAMPLES);
-        }
-        let mut a = Vec::with_capacity(idx.len());
-        let mut num = Vec::with_capacity(idx.len());
-        let mut v = vals.clone();
-        for &e in &idx {
-            let d1 = central(case, &cpu64, &mut v, i, e, FD_STEP, &dy)?;
-            let d2 = central(case, &cpu64, &mut v, i, e, FD_STEP / 2.0, &dy)?;
-            num.push((4.0 * d2 - d1) / 3.0);
-            a.push(ana.grads[i][e] * fault);
-        }
-        evaluated += idx.len();
-        fd_err = fd_err.max(normwise_err(&a, &num));
-    }
+    let (fd_err, evaluated) =
+        fd_error(case, &vals, &dy, &ana.grads, fault, &mut rng, normwise_err)?;
     let r64 = cpu64.eval_case(case, &vals, &dy, &prior)?;
     let mut f32_err = normwise_err(&ana.output, &r64.output);
     for (g, g64) in ana.grads.iter().zip(&r64.grads) {
