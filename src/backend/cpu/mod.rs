@@ -521,32 +521,18 @@ impl<T: Element> Backend for CpuBackend<T> {
             ops::same_shape(OP, &format!("{what} vs logits"), v.shape, logits.shape)?;
         }
         ops::vector_len(OP, "loss output", loss_out.len, 1)?;
-        let l = match dlogits {
+        let ins = [logits.region, target.region, weight.region, mask.region];
+        match dlogits {
             Some(dz) => {
                 ops::same_shape(OP, "dlogits vs logits", dz.shape, logits.shape)?;
-                let ([z, t, w, m], [l, d]) = split(
-                    OP,
-                    &mut a.data,
-                    [logits.region, target.region, weight.region, mask.region],
-                    [loss_out, dz.region],
-                )?;
-                let v = loss::bce(z, t, w, m, Some(d));
-                l[0] = T::from_f64(v);
-                v
+                let ([z, t, w, m], [l, d]) = split(OP, &mut a.data, ins, [loss_out, dz.region])?;
+                l[0] = T::from_f64(loss::bce(z, t, w, m, Some(d)));
             }
             None => {
-                let ([z, t, w, m], [l]) = split(
-                    OP,
-                    &mut a.data,
-                    [logits.region, target.region, weight.region, mask.region],
-                    [loss_out],
-                )?;
-                let v = loss::bce(z, t, w, m, None);
-                l[0] = T::from_f64(v);
-                v
+                let ([z, t, w, m], [l]) = split(OP, &mut a.data, ins, [loss_out])?;
+                l[0] = T::from_f64(loss::bce(z, t, w, m, None));
             }
-        };
-        let _ = l;
+        }
         Ok(())
     }
 
