@@ -229,7 +229,7 @@ pub fn predict_stream<B: Backend>(
     let mut pending: std::collections::VecDeque<(usize, Vec<f32>, Vec<f32>)> = Default::default();
     let mut patch = vec![0.0f32; psp];
     for (zi, &z0) in zs.iter().enumerate() {
-        while pending.back().map_or(true, |p| p.0 + 1 < z0 + pd) {
+        while pending.back().is_none_or(|p| p.0 + 1 < z0 + pd) {
             let z = pending.back().map_or(z0, |p| p.0 + 1);
             pending.push_back((z, vec![0.0; channels * plane], vec![0.0; plane]));
         }

@@ -64,7 +64,7 @@ impl NetConfig {
     /// Patch sizes must survive scales-1 poolings by 2 in y and x.
     pub fn check_patch(&self, d: usize, h: usize, w: usize) -> Result<()> {
         let f = 1usize << (self.widths.len() - 1);
-        if d == 0 || h % f != 0 || w % f != 0 || h == 0 || w == 0 {
+        if d == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) || h == 0 || w == 0 {
             return Err(Error::Invalid(format!(
                 "patch {d}x{h}x{w}: with {} scales, H and W must be positive multiples of {f} (1x2x2 pooling between scales)",
                 self.widths.len()

@@ -20,7 +20,7 @@ pub struct Conv3dGeom {
 impl Conv3dGeom {
     pub fn check(x: Shape5, w: Shape5, y: Shape5) -> Result<Self> {
         const OP: &str = "conv3d";
-        if w.d % 2 == 0 || w.h % 2 == 0 || w.w % 2 == 0 {
+        if w.d.is_multiple_of(2) || w.h.is_multiple_of(2) || w.w.is_multiple_of(2) {
             return Err(Error::shape(
                 OP,
                 format!(

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Shape5;
 
 pub fn check(x: Shape5, y: Shape5) -> Result<()> {
-    if x.h % 2 != 0 || x.w % 2 != 0 {
+    if !x.h.is_multiple_of(2) || !x.w.is_multiple_of(2) {
         return Err(Error::shape(
             "maxpool",
             format!("input {x} has an odd H or W; 1x2x2 pooling needs both even (choose a patch divisible by 2^(scales-1))"),
