@@ -77,6 +77,16 @@ fn synth_train_resume_predict_segment_eval() {
         "--json",
     ]);
     assert!(p.contains("[3,16,80,80]"), "{p}");
+    // The voxel size recorded by synth travels through training into the affinities' file.
+    let vin = revseg::volume::io::open_volume(&d("data/image.zarr"))
+        .unwrap()
+        .voxel_size()
+        .unwrap();
+    let vout = revseg::volume::io::open_volume(&aff)
+        .unwrap()
+        .voxel_size()
+        .unwrap();
+    assert_eq!((vin.z, vin.y, vin.x), (vout.z, vout.y, vout.x));
     // uint8 output: the same affinities times 255, rounded.
     let aff8 = format!("{}:/affinities", d("aff8.h5"));
     revseg(&[

@@ -190,6 +190,12 @@ fn config_from_toml_and_json_round_trip() {
     );
     let back = TrainConfig::from_json_text(&c.to_json().to_string()).unwrap();
     assert_eq!(back, c);
+    c.set("voxel_size", "30,6,6").unwrap();
+    assert_eq!(
+        TrainConfig::from_json_text(&c.to_json().to_string()).unwrap(),
+        c
+    );
+    assert!(c.set("voxel_size", "30,6").is_err());
     let e = c
         .apply_toml("learning_rate = 1\n", "t.toml")
         .unwrap_err()

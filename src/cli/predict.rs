@@ -5,8 +5,9 @@ use crate::model;
 use crate::predict::{predict_stream, PredictOptions};
 use crate::scheduler::{self, Executor};
 use crate::train::{progress::Progress, state};
+use crate::volume::array::VoxelSize;
 use crate::volume::array::{Array, Dtype};
-use crate::volume::io::create_volume;
+use crate::volume::io::{create_volume_with, WriteOptions};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -28,6 +29,9 @@ pub struct PredictArgs {
     /// Output type: float32, or uint8 (affinity x 255, rounded; a quarter of the size).
     #[arg(long, default_value = "float32")]
     pub dtype: String,
+    /// Voxel size Z,Y,X in nm when the input file does not record it (e.g. 30,6,6).
+    #[arg(long)]
+    pub voxel_size: Option<String>,
     /// 16-fold test-time augmentation (flips and y/x transposes, averaged).
     #[arg(long)]
     pub tta: bool,
@@ -57,7 +61,28 @@ pub fn run(a: &PredictArgs) -> Result<()> {
             )))
         }
     };
-    let mut w = create_volume(&a.output, &out_shape, dtype, None)?;
+    let voxel = match &a.voxel_size {
+        Some(s) => {
+            let mut c = crate::train::TrainConfig::default();
+            c.set("voxel_size", s)?;
+            c.voxel_size
+        }
+        None => reader.voxel_size().map(|v| (v.z, v.y, v.x)),
+    };
+    if let (Some((z, y, x)), Some((tz, ty, tx))) = (voxel, cfg.voxel_size) {
+        let (an, tan) = (z / y.min(x), tz / ty.min(tx));
+        if (an / tan - 1.0).abs() > 0.1 {
+            eprintln!(
+                "warning: {} has anisotropy {an:.2} (voxel {z}x{y}x{x} nm) but the network was trained at {tan:.2} ({tz}x{ty}x{tx} nm); predictions may suffer",
+                a.input
+            );
+        }
+    }
+    let opt_w = WriteOptions {
+        voxel_size: voxel.map(|(z, y, x)| VoxelSize { z, y, x }),
+        ..WriteOptions::default()
+    };
+    let mut w = create_volume_with(&a.output, &out_shape, dtype, &opt_w)?;
     let dev = super::select_device(&a.device)?;
     let t0 = std::time::Instant::now();
     let arena = crate::on_device!(dev, |b| {

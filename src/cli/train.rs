@@ -49,6 +49,9 @@ pub struct TrainArgs {
     /// Keep every activation (the classic backward) instead of reconstructing.
     #[arg(long)]
     pub store_all: bool,
+    /// Voxel size Z,Y,X in nm when the image file does not record it (e.g. 30,6,6).
+    #[arg(long)]
+    pub voxel_size: Option<String>,
     /// Any other setting, as key=value (repeatable).
     #[arg(long = "set")]
     pub set: Vec<String>,
@@ -74,6 +77,7 @@ impl TrainArgs {
         set("seed", self.seed.map(|v| v.to_string()))?;
         set("val_every", self.val_every.map(|v| v.to_string()))?;
         set("outputs", self.outputs.map(|v| v.to_string()))?;
+        set("voxel_size", self.voxel_size.clone())?;
         if self.no_augment {
             c.augment = false;
         }
@@ -92,7 +96,11 @@ impl TrainArgs {
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
-    let cfg = a.resolve()?;
+    let mut cfg = a.resolve()?;
+    if cfg.voxel_size.is_none() {
+        let v = crate::volume::io::open_volume(&a.input)?.voxel_size();
+        cfg.voxel_size = v.map(|v| (v.z, v.y, v.x));
+    }
     let (image, shape) = super::read_image(&a.input)?;
     let (labels, lshape) = super::read_labels(&a.labels)?;
     if shape != lshape {

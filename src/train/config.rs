@@ -28,6 +28,9 @@ pub struct TrainConfig {
     pub augment: bool,
     /// Keep every activation instead of reconstructing (the classic backward).
     pub store_all: bool,
+    /// Voxel size (z, y, x) in nm of the training data, from its file or the command line;
+    /// `revseg predict` warns when a volume's anisotropy differs.
+    pub voxel_size: Option<(f64, f64, f64)>,
 }
 
 impl Default for TrainConfig {
@@ -46,6 +49,7 @@ impl Default for TrainConfig {
             checkpoint_every: 200,
             augment: true,
             store_all: false,
+            voxel_size: None,
         }
     }
 }
@@ -116,6 +120,25 @@ impl TrainConfig {
             "checkpoint_every" => self.checkpoint_every = int(value)?.max(1),
             "augment" => self.augment = boolean(value)?,
             "store_all" => self.store_all = boolean(value)?,
+            "voxel_size" => {
+                let v: Vec<f64> = value
+                    .split(',')
+                    .map(|p| p.trim().parse::<f64>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| {
+                        Error::Invalid(format!(
+                            "config voxel_size = '{value}': expected Z,Y,X in nm, e.g. 30,6,6"
+                        ))
+                    })?;
+                match v[..] {
+                    [z, y, x] if z > 0.0 && y > 0.0 && x > 0.0 => self.voxel_size = Some((z, y, x)),
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "config voxel_size = '{value}': expected three positive numbers Z,Y,X"
+                        )))
+                    }
+                }
+            }
             _ => {
                 return Err(Error::Invalid(format!(
                     "unknown config key '{key}'; known keys: {}",
@@ -209,6 +232,12 @@ impl TrainConfig {
             ("checkpoint_every", Json::from(self.checkpoint_every)),
             ("augment", Json::from(self.augment)),
             ("store_all", Json::from(self.store_all)),
+            (
+                "voxel_size",
+                self.voxel_size.map_or(Json::Null, |(z, y, x)| {
+                    Json::Arr(vec![z.into(), y.into(), x.into()])
+                }),
+            ),
         ])
     }
 
@@ -221,6 +250,9 @@ impl TrainConfig {
             ));
         };
         for (k, v) in &fields {
+            if matches!(v, Json::Null) {
+                continue;
+            }
             let v = match v {
                 Json::Arr(a) => a
                     .iter()
@@ -253,4 +285,5 @@ pub const KEYS: &[&str] = &[
     "checkpoint_every",
     "augment",
     "store_all",
+    "voxel_size",
 ];
