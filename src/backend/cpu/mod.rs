@@ -355,14 +355,16 @@ impl<T: Element> Backend for CpuBackend<T> {
         const OP: &str = "batchnorm";
         ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
         let c = x.shape.c;
-        for (what, r) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("saved mean", stats.mean),
-            ("saved invstd", stats.invstd),
-        ] {
-            ops::vector_len(OP, what, r.len, c)?;
-        }
+        super::per_channel(
+            OP,
+            &[
+                ("gamma", gamma),
+                ("beta", beta),
+                ("saved mean", stats.mean),
+                ("saved invstd", stats.invstd),
+            ],
+            c,
+        )?;
         match running {
             Some(run) => {
                 ops::vector_len(OP, "running mean", run.mean.len, c)?;
@@ -399,14 +401,16 @@ impl<T: Element> Backend for CpuBackend<T> {
     ) -> Result<()> {
         const OP: &str = "batchnorm_apply";
         ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
-        for (what, r) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("saved mean", stats.mean),
-            ("saved invstd", stats.invstd),
-        ] {
-            ops::vector_len(OP, what, r.len, x.shape.c)?;
-        }
+        super::per_channel(
+            OP,
+            &[
+                ("gamma", gamma),
+                ("beta", beta),
+                ("saved mean", stats.mean),
+                ("saved invstd", stats.invstd),
+            ],
+            x.shape.c,
+        )?;
         let ([xs, g, b, m, i], [ys]) = split(
             OP,
             &mut a.data,
@@ -429,14 +433,16 @@ impl<T: Element> Backend for CpuBackend<T> {
     ) -> Result<()> {
         const OP: &str = "batchnorm_infer";
         ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
-        for (what, r) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running mean", running.mean),
-            ("running var", running.var),
-        ] {
-            ops::vector_len(OP, what, r.len, x.shape.c)?;
-        }
+        super::per_channel(
+            OP,
+            &[
+                ("gamma", gamma),
+                ("beta", beta),
+                ("running mean", running.mean),
+                ("running var", running.var),
+            ],
+            x.shape.c,
+        )?;
         let ([xs, g, b, rm, rv], [ys]) = split(
             OP,
             &mut a.data,
@@ -463,15 +469,17 @@ impl<T: Element> Backend for CpuBackend<T> {
         ops::same_shape(OP, "dy vs x", dy.shape, x.shape)?;
         ops::same_shape(OP, "dx vs x", dx.shape, x.shape)?;
         let c = x.shape.c;
-        for (what, r) in [
-            ("gamma", gamma),
-            ("mean", stats.mean),
-            ("invstd", stats.invstd),
-            ("dgamma", dgamma),
-            ("dbeta", dbeta),
-        ] {
-            ops::vector_len(OP, what, r.len, c)?;
-        }
+        super::per_channel(
+            OP,
+            &[
+                ("gamma", gamma),
+                ("mean", stats.mean),
+                ("invstd", stats.invstd),
+                ("dgamma", dgamma),
+                ("dbeta", dbeta),
+            ],
+            c,
+        )?;
         let ([xs, gy, g, mu, is], [gx, dg, db]) = split(
             OP,
             &mut a.data,

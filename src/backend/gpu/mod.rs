@@ -670,14 +670,16 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let _r = self.range(OP);
         ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
         let c = x.shape.c;
-        for (what, r) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("saved mean", stats.mean),
-            ("saved invstd", stats.invstd),
-        ] {
-            ops::vector_len(OP, what, r.len, c)?;
-        }
+        super::per_channel(
+            OP,
+            &[
+                ("gamma", gamma),
+                ("beta", beta),
+                ("saved mean", stats.mean),
+                ("saved invstd", stats.invstd),
+            ],
+            c,
+        )?;
         let (rm, rv) = match running {
             Some(run) => {
                 ops::vector_len(OP, "running mean", run.mean.len, c)?;
@@ -754,14 +756,16 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         const OP: &str = "batchnorm_apply";
         let _r = self.range(OP);
         ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
-        for (what, r) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("saved mean", stats.mean),
-            ("saved invstd", stats.invstd),
-        ] {
-            ops::vector_len(OP, what, r.len, x.shape.c)?;
-        }
+        super::per_channel(
+            OP,
+            &[
+                ("gamma", gamma),
+                ("beta", beta),
+                ("saved mean", stats.mean),
+                ("saved invstd", stats.invstd),
+            ],
+            x.shape.c,
+        )?;
         check_regions(
             OP,
             a.len,
@@ -804,14 +808,16 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         const OP: &str = "batchnorm_infer";
         let _r = self.range(OP);
         ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
-        for (what, r) in [
-            ("gamma", gamma),
-            ("beta", beta),
-            ("running mean", running.mean),
-            ("running var", running.var),
-        ] {
-            ops::vector_len(OP, what, r.len, x.shape.c)?;
-        }
+        super::per_channel(
+            OP,
+            &[
+                ("gamma", gamma),
+                ("beta", beta),
+                ("running mean", running.mean),
+                ("running var", running.var),
+            ],
+            x.shape.c,
+        )?;
         check_regions(
             OP,
             a.len,
@@ -858,15 +864,17 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         ops::same_shape(OP, "dy vs x", dy.shape, x.shape)?;
         ops::same_shape(OP, "dx vs x", dx.shape, x.shape)?;
         let c = x.shape.c;
-        for (what, r) in [
-            ("gamma", gamma),
-            ("mean", stats.mean),
-            ("invstd", stats.invstd),
-            ("dgamma", dgamma),
-            ("dbeta", dbeta),
-        ] {
-            ops::vector_len(OP, what, r.len, c)?;
-        }
+        super::per_channel(
+            OP,
+            &[
+                ("gamma", gamma),
+                ("mean", stats.mean),
+                ("invstd", stats.invstd),
+                ("dgamma", dgamma),
+                ("dbeta", dbeta),
+            ],
+            c,
+        )?;
         check_regions(
             OP,
             a.len,
