@@ -12,7 +12,7 @@ fn main() {
         return;
     }
     let b = CpuBackend::<f32>::new();
-    let res = ops::run(&b, (18, 160, 160), 0.5, |r| {
+    let res = ops::run(&b, (18, 160, 160), 0.5, None, |r| {
         eprintln!("  {} done", r.layer.name)
     })
     .expect("benchmark failed");

@@ -144,11 +144,15 @@ pub fn run<B: Backend>(
     b: &B,
     patch: (usize, usize, usize),
     min_secs: f64,
+    only: Option<&str>,
     mut progress: impl FnMut(&ConvBench),
 ) -> Result<Vec<ConvBench>> {
     let layers = superhuman_convs(&SUPERHUMAN_WIDTHS, patch.0, patch.1, patch.2, 3);
     let mut out = Vec::new();
-    for l in &layers {
+    for l in layers
+        .iter()
+        .filter(|l| only.is_none_or(|o| l.name.contains(o)))
+    {
         let r = bench_conv(b, l, min_secs)?;
         progress(&r);
         out.push(r);
@@ -179,7 +183,7 @@ pub fn markdown(results: &[ConvBench]) -> String {
         );
     }
     let (fl, t) = totals(results);
-    s += &format!("\nAll convolutions of one training step (forward + both backward passes, weighted by layer count): {:.1} GFLOP in {:.3} s = {:.1} GFLOP/s\n", fl / 1e9, t, fl / t / 1e9);
+    s += &format!("\nThe convolutions above (forward + both backward passes, weighted by layer count): {:.1} GFLOP in {:.3} s = {:.1} GFLOP/s\n", fl / 1e9, t, fl / t / 1e9);
     s
 }
 

@@ -61,6 +61,9 @@ pub struct OpsArgs {
     /// Least seconds spent timing each pass (median of the runs).
     #[arg(long, default_value_t = 0.5)]
     pub min_secs: f64,
+    /// Only the layers whose name contains this text (e.g. `rev0`, `res`).
+    #[arg(long)]
+    pub only: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -79,7 +82,7 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
 fn ops_on<B: Backend>(b: &B, a: &OpsArgs) -> Result<()> {
     let patch = super::parse_patch(&a.patch)?;
     let quiet = a.json;
-    let res = ops::run(b, patch, a.min_secs, |r| {
+    let res = ops::run(b, patch, a.min_secs, a.only.as_deref(), |r| {
         if !quiet {
             let g = r.gflops();
             eprintln!(

@@ -1,5 +1,6 @@
 //! BatchNorm3d on the CPU: one task per channel, statistics accumulated in f64 in a fixed order.
 
+use super::simd::wide;
 use crate::ops::batchnorm::BatchNormArgs;
 use crate::tensor::{Element, Shape5};
 use rayon::prelude::*;
@@ -33,9 +34,11 @@ fn apply<T: Element>(s: Shape5, x: &[T], y: &mut [T], coef: &[(f64, f64)]) {
         .for_each(|(nc, (yp, xp))| {
             let (a, b) = coef[nc % s.c];
             let (a, b) = (T::from_f64(a), T::from_f64(b));
-            for (o, &v) in yp.iter_mut().zip(xp) {
-                *o = v * a + b;
-            }
+            wide(|| {
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = v * a + b;
+                }
+            })
         });
 }
 

@@ -12,6 +12,7 @@ use super::mem::SendPtr;
 use crate::ops::conv3d::Conv3dGeom;
 use crate::tensor::Element;
 use rayon::prelude::*;
+use std::any::TypeId;
 
 /// Columns per tile: the im2col buffer (K x P) then stays near the L2 cache.
 const TARGET_COLS: usize = 512;
@@ -98,6 +99,13 @@ pub fn forward<T: Element>(
     y: &mut [T],
     accumulate: bool,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if super::conv3d_avx512::worthwhile(g) {
+        if let (Some(x), Some(w), Some(y)) = (as_f32(x), as_f32(wmat), as_f32_mut(y)) {
+            super::conv3d_avx512::forward(g, x, w, bias.and_then(as_f32), y, accumulate);
+            return;
+        }
+    }
     let t = tiling(g);
     let k = g.ci * g.taps();
     let sp = g.spatial();
@@ -113,14 +121,13 @@ pub fn forward<T: Element>(
             }
         },
         |col, task| {
-            let yp = yp;
             let (n, tile) = (task / t.tiles_per_sample, task % t.tiles_per_sample);
             let row0 = tile * t.rows;
             let rows = t.rows.min(g.d * g.h - row0);
             let p = rows * g.w;
             let xn = &x[n * g.ci * sp..(n + 1) * g.ci * sp];
             // SAFETY: this task alone writes rows row0..row0+rows of every channel of sample n.
-            let c = unsafe { yp.0.add(n * g.co * sp + row0 * g.w) };
+            let c = unsafe { yp.get().add(n * g.co * sp + row0 * g.w) };
             let mut acc = accumulate;
             if let Some(b) = bias {
                 for (co, &bv) in b.iter().enumerate() {
@@ -172,6 +179,19 @@ pub fn forward<T: Element>(
             }
         },
     );
+}
+
+/// The slice as f32 when T is f32: the SIMD kernels exist for the working precision only.
+fn as_f32<T: Element>(s: &[T]) -> Option<&[f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        // SAFETY: T is f32.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) })
+}
+
+fn as_f32_mut<T: Element>(s: &mut [T]) -> Option<&mut [f32]> {
+    (TypeId::of::<T>() == TypeId::of::<f32>())
+        // SAFETY: T is f32.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) })
 }
 
 /// dx = conv(dy, w') with w'[ci][co] = w[co][ci] flipped in all three dimensions.

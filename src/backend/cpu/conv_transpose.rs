@@ -91,7 +91,6 @@ pub fn forward<T: Element>(
     tiles(g).par_iter().for_each_init(
         || vec![T::ZERO; m * tile_rows(g) * g.w],
         |z, t| {
-            let yp = yp;
             let p = t.rows * g.w;
             let b = x[t.n * g.ci * sx + t.row0 * g.w..].as_ptr();
             unsafe {
@@ -111,7 +110,7 @@ pub fn forward<T: Element>(
                     1,
                 )
             };
-            exchange(g, t, z, yp.0, true, bias);
+            exchange(g, t, z, yp.get(), true, bias);
         },
     );
 }
@@ -132,8 +131,8 @@ pub fn backward_input<T: Element>(
         |z, t| {
             let (dxp, dyp) = (dxp, dyp);
             let p = t.rows * g.w;
-            exchange(g, t, z, dyp.0, false, None);
-            let c = unsafe { dxp.0.add(t.n * g.ci * sx + t.row0 * g.w) };
+            exchange(g, t, z, dyp.get(), false, None);
+            let c = unsafe { dxp.get().add(t.n * g.ci * sx + t.row0 * g.w) };
             unsafe {
                 matmul(
                     g.ci,
@@ -172,12 +171,11 @@ pub fn backward_weight<T: Element>(
     let partials: Vec<Vec<T>> = all
         .par_chunks(per)
         .map(|chunk| {
-            let dyp = dyp;
             let mut acc = vec![T::ZERO; g.ci * m];
             let mut z = vec![T::ZERO; m * tile_rows(g) * g.w];
             for t in chunk {
                 let p = t.rows * g.w;
-                exchange(g, t, &mut z, dyp.0, false, None);
+                exchange(g, t, &mut z, dyp.get(), false, None);
                 let a = x[t.n * g.ci * sx + t.row0 * g.w..].as_ptr();
                 unsafe {
                     matmul(

@@ -1,5 +1,6 @@
 //! Elementwise ops on the CPU, in chunks spread over the threads.
 
+use super::simd::wide;
 use crate::ops::elementwise::{elu, elu_grad_from_output};
 use crate::tensor::Element;
 use rayon::prelude::*;
@@ -10,29 +11,33 @@ pub fn elu_forward<T: Element>(x: &[T], y: &mut [T]) {
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| {
-            for (o, &i) in y.iter_mut().zip(x) {
-                *o = elu(i);
-            }
+            wide(|| {
+                for (o, &i) in y.iter_mut().zip(x) {
+                    *o = elu(i);
+                }
+            })
         });
 }
 
 pub fn elu_forward_inplace<T: Element>(y: &mut [T]) {
     y.par_chunks_mut(CHUNK)
-        .for_each(|y| y.iter_mut().for_each(|v| *v = elu(*v)));
+        .for_each(|y| wide(|| y.iter_mut().for_each(|v| *v = elu(*v))));
 }
 
 pub fn elu_backward<T: Element>(y: &[T], dy: &[T], dx: &mut [T], accumulate: bool) {
     dx.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
         .for_each(|(dx, (y, dy))| {
-            for ((o, &yv), &g) in dx.iter_mut().zip(y).zip(dy) {
-                let v = g * elu_grad_from_output(yv);
-                if accumulate {
-                    *o += v;
-                } else {
-                    *o = v;
+            wide(|| {
+                for ((o, &yv), &g) in dx.iter_mut().zip(y).zip(dy) {
+                    let v = g * elu_grad_from_output(yv);
+                    if accumulate {
+                        *o += v;
+                    } else {
+                        *o = v;
+                    }
                 }
-            }
+            })
         });
 }
 
@@ -41,9 +46,11 @@ pub fn elu_backward_inplace<T: Element>(y: &[T], g: &mut [T]) {
     g.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK))
         .for_each(|(g, y)| {
-            for (gv, &yv) in g.iter_mut().zip(y) {
-                *gv *= elu_grad_from_output(yv);
-            }
+            wide(|| {
+                for (gv, &yv) in g.iter_mut().zip(y) {
+                    *gv *= elu_grad_from_output(yv);
+                }
+            })
         });
 }
 

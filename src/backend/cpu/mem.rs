@@ -63,3 +63,12 @@ pub(crate) fn split<'a, T, const I: usize, const O: usize>(
 pub(crate) struct SendPtr<T>(pub *mut T);
 unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer. A method rather than `.0` inside closures, so that they capture the whole
+    /// (Send) wrapper and not the bare pointer field.
+    #[inline(always)]
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}

@@ -2,6 +2,8 @@
 
 pub mod batchnorm;
 pub mod conv3d;
+#[cfg(target_arch = "x86_64")]
+pub mod conv3d_avx512;
 pub mod conv_transpose;
 pub mod elementwise;
 pub(crate) mod gemm;
@@ -9,6 +11,7 @@ pub mod loss;
 pub mod maxpool;
 pub(crate) mod mem;
 pub mod optim;
+pub(crate) mod simd;
 
 use super::{Backend, BnRunning, BnStats, Region, View, Write};
 use crate::error::{Error, Result};
