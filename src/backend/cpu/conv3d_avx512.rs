@@ -114,6 +114,38 @@ impl AlignedBuf {
     }
 }
 
+/// Output rows ahead of the one being computed whose input rows are prefetched.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Bring the input rows that output row `row` reads first (its last kh offset; the others were
+/// read by the rows before it) into L2 ahead of time. The kd x ci rows lie in that many separate
+/// streams, more than the hardware prefetchers follow. Measured at 14 channels, 18x160x160:
+/// 158-160 GFLOP/s without, 169-173 with 4 rows ahead into L2 (four alternated runs); into L1 or
+/// 16 rows ahead is slower.
+fn prefetch_rows(g: &Conv3dGeom, xn: &[f32], row: usize) {
+    let (h, w, sp) = (g.h, g.w, g.spatial());
+    if row >= g.d * h {
+        return;
+    }
+    let (pd, ph) = (g.kd / 2, g.kh / 2);
+    let (z, yy) = (row / h, row % h);
+    for ci in 0..g.ci {
+        for a in 0..g.kd {
+            for b in g.kh - 1..g.kh {
+                let (zz, y2) = (z + a, yy + b);
+                if zz < pd || zz - pd >= g.d || y2 < ph || y2 - ph >= h {
+                    continue;
+                }
+                let src = &xn[ci * sp + ((zz - pd) * h + (y2 - ph)) * w..][..w];
+                for i in (0..w).step_by(16) {
+                    // SAFETY: a prefetch of an address inside `src`; it has no other effect.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(src.as_ptr().add(i).cast()) };
+                }
+            }
+        }
+    }
+}
+
 /// Copy the input rows that output row `row` reads, for every (ci, kd, kh), into `buf` at
 /// 64-byte aligned positions with zero margins, so the kernel's loads are unmasked and at most
 /// one in three crosses a cache line (reading the arena directly, every load can). Returns the
@@ -145,6 +177,7 @@ fn pack_rows(
             dst[PAD_L..PAD_L + w].copy_from_slice(src);
         }
     }
+    prefetch_rows(g, xn, row + PREFETCH_AHEAD);
     let mut steps = Vec::with_capacity(g.ci * g.taps());
     for ci in 0..g.ci {
         for (ab, _) in valid.iter().enumerate().filter(|(_, &v)| v) {
