@@ -11,6 +11,7 @@ pub mod gradcheck;
 pub mod json;
 pub mod metrics;
 pub mod model;
+pub mod nvtx;
 pub mod ops;
 pub mod plot;
 pub mod predict;

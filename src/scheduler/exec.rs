@@ -7,6 +7,7 @@ use super::plan::Plan;
 use crate::backend::{Backend, BnRunning, BnStats, Region, View};
 use crate::error::{Error, Result};
 use crate::model::{ParamKind, Program};
+use crate::nvtx;
 use crate::ops::batchnorm::BatchNormArgs;
 use crate::ops::optim::AdamParams;
 use crate::rng::Rng;
@@ -176,6 +177,7 @@ impl<B: Backend> Executor<B> {
         if last_phase == Phase::Update {
             self.step += 1;
         }
+        let _step = nvtx::range(|| format!("step {}", self.step));
         self.execute(b, last_phase, false)?;
         let loss = self.read(b, self.plan.loss)?[0];
         if loss.is_finite() {
@@ -210,6 +212,7 @@ impl<B: Backend> Executor<B> {
 
     /// Affinities (after the sigmoid) of an inference plan for one input patch.
     pub fn predict(&mut self, b: &B, image: &[B::Elem]) -> Result<Vec<B::Elem>> {
+        let _r = nvtx::range(|| "predict".into());
         let input = self.plan.input;
         self.upload(b, input, image, "image")?;
         self.execute(b, Phase::Forward, false)?;
@@ -226,13 +229,25 @@ impl<B: Backend> Executor<B> {
         let order = [Phase::Forward, Phase::Loss, Phase::Backward, Phase::Update];
         let stop = order.iter().position(|p| *p == last_phase).unwrap();
         let mut checks = self.plan.recon_checks.clone().into_iter().peekable();
+        let mut phase_range: Option<(Phase, nvtx::Range)> = None;
         for i in 0..self.plan.instrs.len() {
             let (phase, ins) = self.plan.instrs[i].clone();
             if order.iter().position(|p| *p == phase).unwrap() > stop {
                 break;
             }
+            if phase_range.as_ref().is_none_or(|(p, _)| *p != phase) {
+                // Close the previous phase before the next one opens.
+                drop(phase_range.take());
+                phase_range = Some((phase, nvtx::range(|| format!("{phase:?}").to_lowercase())));
+            }
             let t0 = self.profile.is_some().then(Instant::now);
-            self.exec(b, &ins)?;
+            {
+                let _op = nvtx::range(|| match ins.written().first() {
+                    Some(o) => format!("{} {}", ins.op_name(), self.plan.bufs[o.buf].name),
+                    None => ins.op_name().to_string(),
+                });
+                self.exec(b, &ins)?;
+            }
             if let (Some(p), Some(t0)) = (self.profile.as_mut(), t0) {
                 let e = p.entry(ins.op_name()).or_insert((0.0, 0));
                 e.0 += t0.elapsed().as_secs_f64();
