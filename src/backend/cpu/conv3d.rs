@@ -251,41 +251,13 @@ pub fn backward_weight<T: Element>(
                 let xn = &x[n * g.ci * sp..(n + 1) * g.ci * sp];
                 let a = dy[n * g.co * sp + row0 * g.w..].as_ptr();
                 unsafe {
-                    if pointwise {
-                        let b = xn.as_ptr().add(row0 * g.w);
-                        matmul(
-                            g.co,
-                            k,
-                            p,
-                            acc_buf.as_mut_ptr(),
-                            k as isize,
-                            1,
-                            true,
-                            a,
-                            sp as isize,
-                            1,
-                            b,
-                            1,
-                            sp as isize,
-                        );
+                    let (b, ldb) = if pointwise {
+                        (xn.as_ptr().add(row0 * g.w), sp)
                     } else {
                         im2col(g, xn, row0, rows, &mut col);
-                        matmul(
-                            g.co,
-                            k,
-                            p,
-                            acc_buf.as_mut_ptr(),
-                            k as isize,
-                            1,
-                            true,
-                            a,
-                            sp as isize,
-                            1,
-                            col.as_ptr(),
-                            1,
-                            p as isize,
-                        );
-                    }
+                        (col.as_ptr(), p)
+                    };
+                    weight_tile(g.co, k, p, a, sp, b, ldb, &mut acc_buf);
                 }
             }
             acc_buf
@@ -299,6 +271,56 @@ pub fn backward_weight<T: Element>(
             *d += p;
         }
     }
+}
+
+/// acc (Co x K) += A (Co x P, row stride lda) B^T, B being K x P with row stride ldb.
+///
+/// # Safety
+/// As `matmul`: every addressed element exists.
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_tile<T: Element>(
+    co: usize,
+    k: usize,
+    p: usize,
+    a: *const T,
+    lda: usize,
+    b: *const T,
+    ldb: usize,
+    acc: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if co <= super::conv3d_backward_weight_avx512::MAX_CO
+        && super::conv3d_backward_weight_avx512::supported()
+    {
+        if let Some(acc) = as_f32_mut(acc) {
+            super::conv3d_backward_weight_avx512::dot_tile(
+                co,
+                k,
+                p,
+                a.cast(),
+                lda,
+                b.cast(),
+                ldb,
+                acc,
+            );
+            return;
+        }
+    }
+    matmul(
+        co,
+        k,
+        p,
+        acc.as_mut_ptr(),
+        k as isize,
+        1,
+        true,
+        a,
+        lda as isize,
+        1,
+        b,
+        1,
+        ldb as isize,
+    );
 }
 
 /// db[c] (+)= sum of dy over N, D, H, W; summed in f64 in a fixed order.
