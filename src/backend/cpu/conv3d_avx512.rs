@@ -67,11 +67,14 @@ pub fn forward(
         .into_par_iter()
         .with_min_len(2)
         .for_each_init(
-            || AlignedBuf::zeroed(g.ci * g.kd * g.kh * stride),
-            |buf, task| {
+            || {
+                let buf = AlignedBuf::zeroed(g.ci * g.kd * g.kh * stride);
+                (buf, Vec::with_capacity(g.ci * taps))
+            },
+            |(buf, steps), task| {
                 let (n, row) = (task / rows, task % rows);
                 let xn = &x[n * g.ci * sp..(n + 1) * g.ci * sp];
-                let steps = pack_rows(g, xn, row, stride, buf.as_mut_slice());
+                pack_rows(g, xn, row, stride, buf.as_mut_slice(), steps);
                 for &(co0, cb) in &blocks {
                     // SAFETY: avx512f was detected in `supported`; this task alone writes output
                     // row `row` of sample n; the packed rows have PAD_L + round_up(W, 32) + PAD_R
@@ -79,7 +82,7 @@ pub fn forward(
                     unsafe {
                         let yrow = yp.get().add((n * g.co + co0) * sp + row * g.w);
                         let b = bias.map(|b| b.as_ptr().add(co0));
-                        dispatch(buf.as_slice(), &steps, &wr, co0, cb, yrow, b, accumulate, g);
+                        dispatch(buf.as_slice(), steps, &wr, co0, cb, yrow, b, accumulate, g);
                     }
                 }
             },
@@ -114,6 +117,15 @@ impl AlignedBuf {
     }
 }
 
+/// Start, within one input channel, of the input row that output row `row` reads at kernel
+/// offset (a, b); None where that row lies outside the volume (zero padding).
+fn input_row(g: &Conv3dGeom, row: usize, a: usize, b: usize) -> Option<usize> {
+    let (zz, y2) = (row / g.h + a, row % g.h + b);
+    let (pd, ph) = (g.kd / 2, g.kh / 2);
+    (zz >= pd && zz - pd < g.d && y2 >= ph && y2 - ph < g.h)
+        .then(|| ((zz - pd) * g.h + (y2 - ph)) * g.w)
+}
+
 /// Output rows ahead of the one being computed whose input rows are prefetched.
 const PREFETCH_AHEAD: usize = 4;
 
@@ -123,24 +135,18 @@ const PREFETCH_AHEAD: usize = 4;
 /// 158-160 GFLOP/s without, 169-173 with 4 rows ahead into L2 (four alternated runs); into L1 or
 /// 16 rows ahead is slower.
 fn prefetch_rows(g: &Conv3dGeom, xn: &[f32], row: usize) {
-    let (h, w, sp) = (g.h, g.w, g.spatial());
-    if row >= g.d * h {
+    if row >= g.d * g.h {
         return;
     }
-    let (pd, ph) = (g.kd / 2, g.kh / 2);
-    let (z, yy) = (row / h, row % h);
+    let sp = g.spatial();
     for ci in 0..g.ci {
         for a in 0..g.kd {
-            for b in g.kh - 1..g.kh {
-                let (zz, y2) = (z + a, yy + b);
-                if zz < pd || zz - pd >= g.d || y2 < ph || y2 - ph >= h {
-                    continue;
-                }
-                let src = &xn[ci * sp + ((zz - pd) * h + (y2 - ph)) * w..][..w];
-                for i in (0..w).step_by(16) {
-                    // SAFETY: a prefetch of an address inside `src`; it has no other effect.
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(src.as_ptr().add(i).cast()) };
-                }
+            let Some(start) = input_row(g, row, a, g.kh - 1) else {
+                continue;
+            };
+            for i in (0..g.w).step_by(16) {
+                // SAFETY: a prefetch of an address inside x; it has no other effect.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(xn[ci * sp + start + i..].as_ptr().cast()) };
             }
         }
     }
@@ -148,8 +154,8 @@ fn prefetch_rows(g: &Conv3dGeom, xn: &[f32], row: usize) {
 
 /// Copy the input rows that output row `row` reads, for every (ci, kd, kh), into `buf` at
 /// 64-byte aligned positions with zero margins, so the kernel's loads are unmasked and at most
-/// one in three crosses a cache line (reading the arena directly, every load can). Returns the
-/// kernel's steps: for each (ci, kd, kh, kw) whose input row lies inside the volume, the offset
+/// one in three crosses a cache line (reading the arena directly, every load can). Fills `steps`
+/// with the kernel's steps: for each (ci, kd, kh, kw) whose input row lies inside the volume, the offset
 /// of its first input in `buf` (before the left margin shift) and of its weights in [ci][tap][co].
 fn pack_rows(
     g: &Conv3dGeom,
@@ -157,38 +163,30 @@ fn pack_rows(
     row: usize,
     stride: usize,
     buf: &mut [f32],
-) -> Vec<(u32, u32)> {
-    let (h, w, sp) = (g.h, g.w, g.spatial());
-    let (pd, ph) = (g.kd / 2, g.kh / 2);
-    let (z, yy) = (row / h, row % h);
-    let mut valid = vec![false; g.kd * g.kh];
-    for a in 0..g.kd {
-        for b in 0..g.kh {
-            let (zz, y2) = (z + a, yy + b);
-            valid[a * g.kh + b] = zz >= pd && zz - pd < g.d && y2 >= ph && y2 - ph < h;
-        }
-    }
+    steps: &mut Vec<(u32, u32)>,
+) {
+    let (w, sp, khw) = (g.w, g.spatial(), g.kd * g.kh);
+    let rows: Vec<(usize, usize)> = (0..khw)
+        .filter_map(|ab| input_row(g, row, ab / g.kh, ab % g.kh).map(|r| (ab, r)))
+        .collect();
     for ci in 0..g.ci {
-        for (ab, _) in valid.iter().enumerate().filter(|(_, &v)| v) {
-            let (a, b) = (ab / g.kh, ab % g.kh);
-            let src = &xn[ci * sp + ((z + a - pd) * h + (yy + b - ph)) * w..][..w];
-            let dst = &mut buf[(ci * g.kd * g.kh + ab) * stride..][..stride];
+        for &(ab, start) in &rows {
+            let dst = &mut buf[(ci * khw + ab) * stride..][..stride];
             // The margins stay zero from allocation: only [PAD_L, PAD_L + w) is ever written.
-            dst[PAD_L..PAD_L + w].copy_from_slice(src);
+            dst[PAD_L..PAD_L + w].copy_from_slice(&xn[ci * sp + start..][..w]);
         }
     }
     prefetch_rows(g, xn, row + PREFETCH_AHEAD);
-    let mut steps = Vec::with_capacity(g.ci * g.taps());
+    steps.clear();
     for ci in 0..g.ci {
-        for (ab, _) in valid.iter().enumerate().filter(|(_, &v)| v) {
+        for &(ab, _) in &rows {
             for c in 0..g.kw {
-                let xo = (ci * g.kd * g.kh + ab) * stride + c;
-                let wo = ((ci * g.kd * g.kh + ab) * g.kw + c) * g.co;
+                let xo = (ci * khw + ab) * stride + c;
+                let wo = ((ci * khw + ab) * g.kw + c) * g.co;
                 steps.push((xo as u32, wo as u32));
             }
         }
     }
-    steps
 }
 
 /// Split `co` into near-equal blocks of at most MAX_CB channels: (first channel, count).
