@@ -27,6 +27,8 @@ macro_rules! on_devices {
             $body(&device::emu_backend());
             if cuda::device_count() > 0 {
                 $body(&device::cuda_backend(0).expect("a CUDA device is listed but does not open"));
+            } else if std::env::var_os("REVSEG_REQUIRE_CUDA").is_some() {
+                panic!("REVSEG_REQUIRE_CUDA is set but no CUDA device was found (see `revseg info`)");
             }
         }
     )*};

@@ -98,6 +98,10 @@ pub trait Backend {
     /// Open and close a named profiler range (NVTX on CUDA); no-ops elsewhere.
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}
+    /// Wait until every op issued so far has finished (a GPU queues them); benchmarks time with it.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
     fn alloc_arena(&self, len: usize) -> Result<Self::Arena>;
     fn arena_len(&self, arena: &Self::Arena) -> usize;
     fn upload(&self, a: &mut Self::Arena, dst: Region, src: &[Self::Elem]) -> Result<()>;

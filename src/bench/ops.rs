@@ -122,14 +122,24 @@ pub fn bench_conv<B: Backend>(b: &B, layer: &ConvLayer, min_secs: f64) -> Result
             err.get_or_insert(e);
         }
     };
+    // Each timed call waits for the device: a GPU only queues the kernels.
     let f = time_median(2, min_secs, || {
-        keep(b.conv3d_forward(&mut a, x, w, None, y))
+        keep(
+            b.conv3d_forward(&mut a, x, w, None, y)
+                .and_then(|_| b.synchronize()),
+        )
     });
     let bi = time_median(2, min_secs, || {
-        keep(b.conv3d_backward_input(&mut a, dy, w, dx, Write::Overwrite))
+        keep(
+            b.conv3d_backward_input(&mut a, dy, w, dx, Write::Overwrite)
+                .and_then(|_| b.synchronize()),
+        )
     });
     let bw = time_median(2, min_secs, || {
-        keep(b.conv3d_backward_weight(&mut a, x, dy, dw, Write::Overwrite))
+        keep(
+            b.conv3d_backward_weight(&mut a, x, dy, dw, Write::Overwrite)
+                .and_then(|_| b.synchronize()),
+        )
     });
     if let Some(e) = err {
         return Err(e);

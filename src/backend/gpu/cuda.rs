@@ -123,7 +123,10 @@ impl CudaLauncher {
         if !driver_present() {
             return Err(no_driver());
         }
-        let count = device_count();
+        // The driver's own error, not "0 devices": a driver/library mismatch must say so.
+        let count = CudaContext::device_count()
+            .map_err(|e| dev_err("initialising the driver", e))?
+            .max(0) as usize;
         if ordinal >= count {
             return Err(Error::Device(format!(
                 "CUDA device {ordinal} does not exist ({count} device(s) found)"
@@ -237,6 +240,10 @@ impl Launcher for CudaLauncher {
                 len,
                 ctx: self.ctx.clone(),
             }),
+            Err(e) if e.0 != cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                // After a kernel fault every call returns the fault: report it as it is.
+                Err(dev_err("allocating device memory", e))
+            }
             Err(e) => {
                 let (free, total) = result::mem_get_info().unwrap_or((0, 0));
                 Err(Error::Device(format!(

@@ -302,6 +302,10 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         self.launcher.range_push(name);
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.launcher.synchronize()
+    }
+
     fn range_pop(&self) {
         self.launcher.range_pop();
     }
@@ -348,7 +352,13 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         let _r = self.range("fill");
         check_regions("fill", a.len, &[], &[dst])?;
         let [d] = self.ptrs(a, [dst]);
-        self.ew("fill_f32", dst.len, 0, 0, d, 0, value)
+        // In pieces: a whole arena can hold more elements than a kernel indexes (2^31).
+        const PIECE: usize = 1 << 30;
+        for start in (0..dst.len).step_by(PIECE) {
+            let n = PIECE.min(dst.len - start);
+            self.ew("fill_f32", n, 0, 0, d + 4 * start as u64, 0, value)?;
+        }
+        Ok(())
     }
 
     fn copy(&self, a: &mut Self::Arena, src: Region, dst: Region) -> Result<()> {
