@@ -14,6 +14,10 @@
 #define BM 64
 #define BN 64
 #define BK 16
+// Shared tiles are one word wider than their rows: the 16 threads that store one column of a tile
+// (consecutive k or q, same m) would otherwise all hit one bank (row length 64 = 2 x 32 banks).
+#define BMP (BM + 1)
+#define BNP (BN + 1)
 #define CONV_THREADS 256
 
 struct Geom {
@@ -61,7 +65,7 @@ __device__ __forceinline__ float gather(const float* plane, const Geom& g, Tap o
     return plane[(zz * g.h + yy) * g.wd + xx];
 }
 
-__device__ __forceinline__ void mma_tile(const float (*As)[BM], const float (*Bs)[BN],
+__device__ __forceinline__ void mma_tile(const float (*As)[BMP], const float (*Bs)[BNP],
                                          float acc[4][4], int ty, int tx) {
     REVSEG_UNROLL
     for (int kk = 0; kk < BK; ++kk) {
@@ -86,8 +90,8 @@ __device__ __forceinline__ void mma_tile(const float (*As)[BM], const float (*Bs
 // Grid: x = n * position tiles, y = M tiles.
 template <bool INPUT_GRAD>
 __device__ __forceinline__ void conv_gemm(const ConvArgs& a) {
-    __shared__ float As[BK][BM];
-    __shared__ float Bs[BK][BN];
+    __shared__ float As[BK][BMP];
+    __shared__ float Bs[BK][BNP];
     const Geom g = geom(a);
     const int cin = INPUT_GRAD ? g.co : g.ci;
     const int mdim = INPUT_GRAD ? g.ci : g.co;
@@ -169,8 +173,8 @@ REVSEG_KERNEL_SYNC(conv3d_backward_input, ConvArgs) {
 // Partial weight gradients: out[s][co][k] = sum over positions q of split s of
 // dy[n, co, p] * X_col[k][n, p] (q = n * sp + p). Grid: x = K tiles, y = co tiles, z = splits.
 REVSEG_KERNEL_SYNC(conv3d_backward_weight_partial, ConvArgs) {
-    __shared__ float As[BK][BM];
-    __shared__ float Bs[BK][BN];
+    __shared__ float As[BK][BMP];
+    __shared__ float Bs[BK][BNP];
     const Geom g = geom(a);
     const int kdim = g.ci * g.taps;
     const int k0 = static_cast<int>(blockIdx.x) * BN;
