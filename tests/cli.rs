@@ -45,3 +45,55 @@ fn unknown_op_and_missing_device_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device"));
 }
+
+#[test]
+fn bench_ratio_reports_alternated_pairs_and_their_summary() {
+    use revseg::volume::json_read::{as_arr, as_f64, get, parse};
+    let out = revseg(&[
+        "bench",
+        "ratio",
+        "--widths",
+        "4,6",
+        "--patch",
+        "2,8,32",
+        "--rev-blocks",
+        "2",
+        "--pairs",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = parse(
+        &String::from_utf8(out.stdout).unwrap(),
+        "bench ratio output",
+    )
+    .unwrap();
+    let num = |k: &str| as_f64(get(&j, k).unwrap()).unwrap();
+    let pairs: Vec<(f64, f64)> = as_arr(get(&j, "pairs_seconds").unwrap())
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let p = as_arr(p).unwrap();
+            (as_f64(&p[0]).unwrap(), as_f64(&p[1]).unwrap())
+        })
+        .collect();
+    assert_eq!(pairs.len(), 3);
+    assert!(pairs.iter().all(|&(r, s)| r > 0.0 && s > 0.0));
+    // The summaries, recomputed from the pairs (medians of three: the middle values).
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[1]
+    };
+    let of_medians =
+        mid(pairs.iter().map(|p| p.0).collect()) / mid(pairs.iter().map(|p| p.1).collect());
+    let min = |f: fn(&(f64, f64)) -> f64| pairs.iter().map(f).fold(f64::MAX, f64::min);
+    assert!((num("ratio_of_medians") - of_medians).abs() < 1e-12);
+    assert!((num("ratio_of_minima") - min(|p| p.0) / min(|p| p.1)).abs() < 1e-12);
+    // Reversible blocks: the Recompute plan runs F and G again and keeps far less.
+    assert!(num("gflop_recompute") > num("gflop_store_all"));
+    assert!(num("arena_bytes_recompute") < num("arena_bytes_store_all"));
+}

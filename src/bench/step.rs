@@ -36,6 +36,57 @@ pub fn bench_step<B: Backend>(
 /// Time per op name over the timed steps, largest first.
 pub type OpProfile = Vec<(&'static str, f64, usize)>;
 
+/// One executor with a fixed random batch, ready to run timed training steps.
+pub struct StepRunner<'a, B: Backend> {
+    b: &'a B,
+    pub ex: Executor<B>,
+    pub summary: PlanSummary,
+    image: Vec<B::Elem>,
+    target: Vec<B::Elem>,
+    mask: Vec<B::Elem>,
+}
+
+impl<'a, B: Backend> StepRunner<'a, B> {
+    pub fn new(b: &'a B, prog: &Program, strategy: Strategy) -> Result<Self> {
+        let plan = scheduler::training_plan(prog, strategy, false)?;
+        let elem = std::mem::size_of::<B::Elem>();
+        let summary = PlanSummary::new(&plan, prog.param_count(), elem);
+        let mut ex = Executor::new(b, prog, plan, 1)?;
+        ex.poison = false;
+        let mut rng = Rng::new(3);
+        let n_in = prog.tensors[prog.input].shape.len();
+        let n_out = prog.tensors[prog.output].shape.len();
+        let image = rng
+            .normals(n_in)
+            .into_iter()
+            .map(B::Elem::from_f64)
+            .collect();
+        let target = (0..n_out)
+            .map(|_| B::Elem::from_f64((rng.uniform() < 0.7) as u8 as f64))
+            .collect();
+        Ok(Self {
+            b,
+            ex,
+            summary,
+            image,
+            target,
+            mask: vec![B::Elem::ONE; n_out],
+        })
+    }
+
+    /// One full training step (forward, loss, backward, Adam); its wall time in seconds.
+    pub fn step(&mut self) -> Result<f64> {
+        let batch = Batch {
+            image: &self.image,
+            target: &self.target,
+            mask: &self.mask,
+        };
+        let t0 = std::time::Instant::now();
+        self.ex.train_step(self.b, &batch, true)?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+}
+
 pub fn bench_step_profiled<B: Backend>(
     b: &B,
     prog: &Program,
@@ -44,41 +95,21 @@ pub fn bench_step_profiled<B: Backend>(
     steps: usize,
     profile: bool,
 ) -> Result<(StepBench, OpProfile)> {
-    let plan = scheduler::training_plan(prog, strategy, false)?;
-    let elem = std::mem::size_of::<B::Elem>();
-    let summary = PlanSummary::new(&plan, prog.param_count(), elem);
-    let mut ex = Executor::new(b, prog, plan, 1)?;
-    ex.poison = false;
-    let mut rng = Rng::new(3);
-    let n_in = prog.tensors[prog.input].shape.len();
-    let n_out = prog.tensors[prog.output].shape.len();
-    let image: Vec<B::Elem> = rng
-        .normals(n_in)
-        .into_iter()
-        .map(B::Elem::from_f64)
-        .collect();
-    let target: Vec<B::Elem> = (0..n_out)
-        .map(|_| B::Elem::from_f64((rng.uniform() < 0.7) as u8 as f64))
-        .collect();
-    let mask = vec![B::Elem::ONE; n_out];
-    let batch = Batch {
-        image: &image,
-        target: &target,
-        mask: &mask,
-    };
+    let mut run = StepRunner::new(b, prog, strategy)?;
     let mut err = None;
     if profile {
-        ex.profile = Some(Default::default());
+        run.ex.profile = Some(Default::default());
     }
     let secs = time_median(steps.max(1), 0.0, || {
-        if let Err(e) = ex.train_step(b, &batch, true) {
+        if let Err(e) = run.step() {
             err.get_or_insert(e);
         }
     });
     if let Some(e) = err {
         return Err(e);
     }
-    let mut prof: OpProfile = ex
+    let mut prof: OpProfile = run
+        .ex
         .profile
         .take()
         .unwrap_or_default()
@@ -86,16 +117,83 @@ pub fn bench_step_profiled<B: Backend>(
         .map(|(k, (t, n))| (k, t, n))
         .collect();
     prof.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    let elem = std::mem::size_of::<B::Elem>();
     let bench = StepBench {
         label: label.to_string(),
         params: prog.param_count(),
         step_secs: secs,
-        gflop: summary.flops / 1e9,
-        arena_bytes: summary.arena_bytes,
-        measured_bytes: ex.high_water.get() * elem,
-        activation_bytes: summary.activation_bytes(),
+        gflop: run.summary.flops / 1e9,
+        arena_bytes: run.summary.arena_bytes,
+        measured_bytes: run.ex.high_water.get() * elem,
+        activation_bytes: run.summary.activation_bytes(),
     };
     Ok((bench, prof))
+}
+
+/// Step times of the Recompute plan and the store-all plan of one network, measured in
+/// alternation within one process so that the machine's drift hits both alike.
+pub struct RatioBench {
+    /// (recompute seconds, store-all seconds) per pair.
+    pub pairs: Vec<(f64, f64)>,
+    pub gflop: (f64, f64),
+    pub arena_bytes: (usize, usize),
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+impl RatioBench {
+    pub fn ratios(&self) -> Vec<f64> {
+        self.pairs.iter().map(|(r, s)| r / s).collect()
+    }
+    /// Median of the recompute steps over the median of the store-all steps.
+    pub fn ratio_of_medians(&self) -> f64 {
+        median(self.pairs.iter().map(|p| p.0).collect())
+            / median(self.pairs.iter().map(|p| p.1).collect())
+    }
+    /// Fastest recompute step over fastest store-all step.
+    pub fn ratio_of_minima(&self) -> f64 {
+        let min = |f: fn(&(f64, f64)) -> f64| self.pairs.iter().map(f).fold(f64::MAX, f64::min);
+        min(|p| p.0) / min(|p| p.1)
+    }
+}
+
+/// One warm-up step of each plan, then `pairs` pairs of steps, the order inside a pair
+/// alternating from pair to pair.
+pub fn bench_ratio<B: Backend>(
+    b: &B,
+    prog: &Program,
+    pairs: usize,
+    mut progress: impl FnMut(usize, f64, f64),
+) -> Result<RatioBench> {
+    let mut rec = StepRunner::new(b, prog, Strategy::Recompute)?;
+    let mut all = StepRunner::new(b, prog, Strategy::StoreAll)?;
+    rec.step()?;
+    all.step()?;
+    let mut out = Vec::with_capacity(pairs);
+    for i in 0..pairs.max(1) {
+        let (r, s) = if i % 2 == 0 {
+            let r = rec.step()?;
+            (r, all.step()?)
+        } else {
+            let s = all.step()?;
+            (rec.step()?, s)
+        };
+        progress(i, r, s);
+        out.push((r, s));
+    }
+    Ok(RatioBench {
+        pairs: out,
+        gflop: (rec.summary.flops / 1e9, all.summary.flops / 1e9),
+        arena_bytes: (rec.summary.arena_bytes, all.summary.arena_bytes),
+    })
 }
 
 pub fn json(rows: &[StepBench], device: &str) -> Json {

@@ -4,6 +4,7 @@ use crate::backend::Backend;
 use crate::bench::{ops, step};
 use crate::cli::net::NetArgs;
 use crate::error::Result;
+use crate::json::Json;
 use crate::model::{self, NetConfig};
 use crate::scheduler::Strategy;
 use clap::{Args, Subcommand};
@@ -14,6 +15,9 @@ pub enum BenchCmd {
     Ops(OpsArgs),
     /// Median time of full training steps (forward, backward, Adam) and the measured peak.
     Step(StepArgs),
+    /// Time of a Recompute step over a store-all step of the same network, the two alternated in
+    /// one process.
+    Ratio(RatioArgs),
     /// The paper's table on this engine: params, step time and peak memory for the base network
     /// and 1-4 reversible blocks.
     Table(TableArgs),
@@ -35,6 +39,19 @@ pub struct StepArgs {
     /// Also print the time spent in each op.
     #[arg(long)]
     pub profile: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RatioArgs {
+    #[command(flatten)]
+    pub net: NetArgs,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed pairs (one Recompute and one store-all step each) after one warm-up step of each.
+    #[arg(long, default_value_t = 5)]
+    pub pairs: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -72,6 +89,9 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Ops(a) => crate::on_device!(super::select_device(&a.device)?, |b| ops_on(b, a)),
         BenchCmd::Step(a) => crate::on_device!(super::select_device(&a.device)?, |b| step_on(b, a)),
+        BenchCmd::Ratio(a) => {
+            crate::on_device!(super::select_device(&a.device)?, |b| ratio_on(b, a))
+        }
         BenchCmd::Segment(a) => crate::bench::segment::run_cli(a),
         BenchCmd::Table(a) => {
             crate::on_device!(super::select_device(&a.device)?, |b| table_on(b, a))
@@ -107,6 +127,66 @@ fn ops_on<B: Backend>(b: &B, a: &OpsArgs) -> Result<()> {
         );
         print!("{}", ops::markdown(&res));
     }
+    Ok(())
+}
+
+fn ratio_on<B: Backend>(b: &B, a: &RatioArgs) -> Result<()> {
+    let prog = a.net.program()?;
+    let quiet = a.json;
+    let r = step::bench_ratio(b, &prog, a.pairs, |i, rec, all| {
+        if !quiet {
+            eprintln!(
+                "  pair {}/{}: recompute {rec:.3} s, store-all {all:.3} s, ratio {:.3}",
+                i + 1,
+                a.pairs.max(1),
+                rec / all
+            );
+        }
+    })?;
+    if a.json {
+        let pairs = r
+            .pairs
+            .iter()
+            .map(|&(x, y)| Json::Arr(vec![Json::from(x), Json::from(y)]))
+            .collect();
+        println!(
+            "{}",
+            Json::obj([
+                ("device", Json::from(b.name())),
+                ("rev_blocks", Json::from(prog.config.rev_blocks)),
+                ("patch", Json::from(a.net.patch.clone())),
+                ("pairs_seconds", Json::Arr(pairs)),
+                ("ratio_of_medians", Json::from(r.ratio_of_medians())),
+                ("ratio_of_minima", Json::from(r.ratio_of_minima())),
+                ("gflop_recompute", Json::from(r.gflop.0)),
+                ("gflop_store_all", Json::from(r.gflop.1)),
+                ("arena_bytes_recompute", Json::from(r.arena_bytes.0)),
+                ("arena_bytes_store_all", Json::from(r.arena_bytes.1)),
+            ])
+        );
+        return Ok(());
+    }
+    println!(
+        "device: {}, {} rev blocks, patch {}\n",
+        b.name(),
+        prog.config.rev_blocks,
+        a.net.patch
+    );
+    println!("| pair | Recompute (s/step) | store-all (s/step) | ratio |\n|---|---|---|---|");
+    for (i, (x, y)) in r.pairs.iter().enumerate() {
+        println!("| {} | {x:.2} | {y:.2} | {:.3} |", i + 1, x / y);
+    }
+    let mib = |v: usize| v as f64 / (1 << 20) as f64;
+    println!(
+        "\nratio of medians {:.3}, fastest over fastest {:.3}; FLOP ratio {:.3} ({:.0} / {:.0} GFLOP); peak {:.1} / {:.1} MiB",
+        r.ratio_of_medians(),
+        r.ratio_of_minima(),
+        r.gflop.0 / r.gflop.1,
+        r.gflop.0,
+        r.gflop.1,
+        mib(r.arena_bytes.0),
+        mib(r.arena_bytes.1)
+    );
     Ok(())
 }
 
