@@ -38,13 +38,13 @@ pub fn parse(s: &str) -> Result<DeviceSpec> {
 }
 
 /// Resolves `auto` (printing a one-line notice when it falls back to the CPU) and checks that a
-/// named GPU can be opened.
+/// named GPU can be opened (a context only: the kernels load once, with the backend).
 pub fn resolve(spec: DeviceSpec) -> Result<Device> {
     match spec {
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Emu => Ok(Device::Emu),
         DeviceSpec::Cuda(n) => {
-            CudaLauncher::new(n)?;
+            cuda::check_device(n)?;
             Ok(Device::Cuda(n))
         }
         DeviceSpec::Auto => {
@@ -52,8 +52,8 @@ pub fn resolve(spec: DeviceSpec) -> Result<Device> {
                 eprintln!("note: no CUDA driver found; running on the CPU");
                 return Ok(Device::Cpu);
             }
-            match CudaLauncher::new(0) {
-                Ok(_) => Ok(Device::Cuda(0)),
+            match cuda::check_device(0) {
+                Ok(()) => Ok(Device::Cuda(0)),
                 Err(e) => {
                     eprintln!("note: no usable GPU ({e}); running on the CPU");
                     Ok(Device::Cpu)

@@ -51,6 +51,24 @@ pub fn driver_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// Whether device `ordinal` exists and a context opens on it, without loading any kernel (the
+/// launcher built afterwards loads them once).
+pub fn check_device(ordinal: usize) -> Result<()> {
+    if !driver_present() {
+        return Err(no_driver());
+    }
+    let count = CudaContext::device_count()
+        .map_err(|e| dev_err("initialising the driver", e))?
+        .max(0) as usize;
+    if ordinal >= count {
+        return Err(Error::Device(format!(
+            "CUDA device {ordinal} does not exist ({count} device(s) found)"
+        )));
+    }
+    CudaContext::new(ordinal).map_err(|e| dev_err("opening the device", e))?;
+    Ok(())
+}
+
 /// The driver's CUDA version as (major, minor).
 pub fn driver_version() -> Result<(i32, i32)> {
     if !driver_present() {
@@ -120,18 +138,8 @@ fn ptx_for(file: &str, arch: u32) -> Result<String> {
 impl CudaLauncher {
     /// Opens device `ordinal` and loads every kernel.
     pub fn new(ordinal: usize) -> Result<Self> {
-        if !driver_present() {
-            return Err(no_driver());
-        }
         // The driver's own error, not "0 devices": a driver/library mismatch must say so.
-        let count = CudaContext::device_count()
-            .map_err(|e| dev_err("initialising the driver", e))?
-            .max(0) as usize;
-        if ordinal >= count {
-            return Err(Error::Device(format!(
-                "CUDA device {ordinal} does not exist ({count} device(s) found)"
-            )));
-        }
+        check_device(ordinal)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| dev_err("opening the device", e))?;
         let (major, minor) = ctx
             .compute_capability()
