@@ -289,9 +289,7 @@ unsafe fn weight_tile<T: Element>(
     acc: &mut [T],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if co <= super::conv3d_backward_weight_avx512::MAX_CO
-        && super::conv3d_backward_weight_avx512::supported()
-    {
+    if super::conv3d_backward_weight_avx512::supported() {
         if let Some(acc) = as_f32_mut(acc) {
             super::conv3d_backward_weight_avx512::dot_tile(
                 co,

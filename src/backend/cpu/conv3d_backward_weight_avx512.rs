@@ -2,7 +2,8 @@
 //! with B the tile's im2col matrix (K x P). Both operands are contiguous along P, the summed
 //! dimension, so a block of 7 output channels x 4 columns of dW keeps 28 zmm accumulators of
 //! 16 partial sums each and reads dY and B as they lie. A general GEMM must first transpose B into
-//! panels; for the narrow layers that packing cost as much as the arithmetic.
+//! panels, which cost as much as the arithmetic for the narrow layers; the accumulators' lane sums
+//! are folded four at a time (`sum4`), since a tile of 480 positions gives each only 30 FMAs.
 //!
 //! Each dW entry adds its tile's 16 lane sums in a fixed order, so results are deterministic.
 
@@ -10,11 +11,6 @@ use std::arch::x86_64::*;
 
 const CB: usize = 7;
 const KB: usize = 4;
-
-/// Widest layer it is used for. Its dY rows stay in L1 only for narrow layers; wider ones run
-/// faster through the GEMM. Measured (`revseg bench ops`, weight gradient, GFLOP/s, GEMM ->
-/// this): 14 channels 74 -> 100, 18: 94 -> 110, 24: 98 -> 101, 28: 116 -> 106, 48: 131 -> 109.
-pub const MAX_CO: usize = 20;
 
 /// Whether this CPU runs the kernel.
 pub fn supported() -> bool {
@@ -100,10 +96,34 @@ unsafe fn block<const C: usize, const K: usize>(
         }
     }
     for (i, acc_i) in acc.iter().enumerate() {
-        for (j, &v) in acc_i.iter().enumerate() {
-            *out.add(i * ldo + j) += _mm512_reduce_add_ps(v);
+        let o = out.add(i * ldo);
+        if K == 4 {
+            let s = sum4(acc_i[0], acc_i[1], acc_i[2], acc_i[3]);
+            _mm_storeu_ps(o, _mm_add_ps(_mm_loadu_ps(o), s));
+        } else {
+            for (j, &v) in acc_i.iter().enumerate() {
+                *o.add(j) += _mm512_reduce_add_ps(v);
+            }
         }
     }
+}
+
+/// The 16-lane sums of four vectors as one 4-lane vector: half the shuffles of four separate
+/// reductions, which matter when a tile is short (480 positions: 30 FMAs per accumulator).
+#[target_feature(enable = "avx512f")]
+unsafe fn sum4(a: __m512, b: __m512, c: __m512, d: __m512) -> __m128 {
+    // Per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] and the same for c, d.
+    let ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    let cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    // Per 128-bit lane: [sum a, sum b, sum c, sum d] over that lane.
+    let t = _mm512_add_ps(
+        _mm512_shuffle_ps::<0x44>(ab, cd),
+        _mm512_shuffle_ps::<0xEE>(ab, cd),
+    );
+    // Add the four 128-bit lanes: swap halves, then neighbours.
+    let x = _mm512_add_ps(t, _mm512_shuffle_f32x4::<0x4E>(t, t));
+    let y = _mm512_add_ps(x, _mm512_shuffle_f32x4::<0xB1>(x, x));
+    _mm512_castps512_ps128(y)
 }
 
 #[cfg(test)]
