@@ -248,6 +248,26 @@ fn f32_gradients_on_wide_rows_match_f64() {
     }
 }
 
+/// The backward rebuilds ELU(BN(a)) with one fused op, never a BnApply followed by an in-place
+/// ELU on its output.
+#[test]
+fn recomputed_elu_is_fused_into_batchnorm_apply() {
+    use revseg::scheduler::instr::Instr;
+    let prog = small(2, Norm::Batch);
+    let plan = scheduler::training_plan(&prog, Strategy::Recompute, false).unwrap();
+    let fused = plan
+        .instrs
+        .iter()
+        .filter(|(_, i)| matches!(i, Instr::BnApply { elu: true, .. }))
+        .count();
+    assert!(fused > 0, "no fused rebuild in the plan");
+    for w in plan.instrs.windows(2) {
+        if let (Instr::BnApply { y, .. }, Instr::Elu { x, y: y2 }) = (&w[0].1, &w[1].1) {
+            assert!(!(x == y && y2 == y), "an unfused BnApply + ELU pair");
+        }
+    }
+}
+
 #[test]
 fn reconstruction_through_16_blocks_f32() {
     let c = NetConfig {

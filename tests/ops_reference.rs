@@ -531,4 +531,11 @@ fn batchnorm_apply_reproduces_the_training_forward_bit_for_bit() {
     b32.download(&a, y2.region, &mut q).unwrap();
     assert!(p.iter().zip(&q).all(|(u, v)| u.to_bits() == v.to_bits()));
     assert!(p.iter().any(|v| v.abs() > 0.5));
+    // The fused recomputation of ELU(BN(x)) equals the forward's two ops, bit for bit.
+    b32.elu_forward(&mut a, y, y).unwrap();
+    b32.batchnorm_apply_elu(&mut a, x, g, be, st, y2).unwrap();
+    b32.download(&a, y.region, &mut p).unwrap();
+    b32.download(&a, y2.region, &mut q).unwrap();
+    assert!(p.iter().zip(&q).all(|(u, v)| u.to_bits() == v.to_bits()));
+    assert!(p.iter().any(|v| *v < -0.5) && p.iter().any(|v| *v > 0.5));
 }

@@ -224,6 +224,21 @@ pub trait Backend {
         stats: BnStats,
         y: View,
     ) -> Result<()>;
+    /// `batchnorm_apply`, then ELU in place on its output: how the backward rebuilds ELU(BN(a)).
+    /// Backends that can fuse the two into one pass over y override it; the result is the same
+    /// bit for bit.
+    fn batchnorm_apply_elu(
+        &self,
+        a: &mut Self::Arena,
+        x: View,
+        gamma: Region,
+        beta: Region,
+        stats: BnStats,
+        y: View,
+    ) -> Result<()> {
+        self.batchnorm_apply(a, x, gamma, beta, stats, y)?;
+        self.elu_forward(a, y, y)
+    }
     #[allow(clippy::too_many_arguments)]
     fn batchnorm_forward_infer(
         &self,

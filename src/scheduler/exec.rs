@@ -447,6 +447,7 @@ impl<B: Backend> Executor<B> {
                 mean,
                 invstd,
                 y,
+                elu,
             } => {
                 let (x, y) = (self.view(x), self.view(y));
                 let (g, be) = (self.view(gamma).region, self.view(beta).region);
@@ -454,7 +455,11 @@ impl<B: Backend> Executor<B> {
                     mean: self.view(mean).region,
                     invstd: self.view(invstd).region,
                 };
-                b.batchnorm_apply(&mut self.arena, x, g, be, stats, y)
+                if elu {
+                    b.batchnorm_apply_elu(&mut self.arena, x, g, be, stats, y)
+                } else {
+                    b.batchnorm_apply(&mut self.arena, x, g, be, stats, y)
+                }
             }
             Sigmoid { x, y } => {
                 let (x, y) = (self.view(x), self.view(y));

@@ -131,7 +131,8 @@ pub enum Instr {
         running: Option<(Opd, Opd)>,
     },
     /// Inference: running statistics instead of batch statistics.
-    /// Recomputation: batch statistics saved by the forward.
+    /// Recomputation: batch statistics saved by the forward; with `elu`, ELU in the same pass
+    /// (the planner folds an in-place ELU on y into the BnApply before it).
     BnApply {
         x: Opd,
         gamma: Opd,
@@ -139,6 +140,7 @@ pub enum Instr {
         mean: Opd,
         invstd: Opd,
         y: Opd,
+        elu: bool,
     },
     BnInfer {
         x: Opd,
@@ -247,6 +249,7 @@ impl Instr {
                 mean,
                 invstd,
                 y,
+                ..
             } => vec![*x, *gamma, *beta, *mean, *invstd, *y],
             Sigmoid { x, y } => vec![*x, *y],
             BceWeights {
@@ -308,7 +311,8 @@ impl Instr {
             BnTrain { .. } => "batchnorm_forward_train",
             BnBwd { .. } => "batchnorm_backward",
             BnInfer { .. } => "batchnorm_forward_infer",
-            BnApply { .. } => "batchnorm_apply",
+            BnApply { elu: false, .. } => "batchnorm_apply",
+            BnApply { elu: true, .. } => "batchnorm_apply_elu",
             Sigmoid { .. } => "sigmoid",
             BceWeights { .. } => "bce_weights",
             Bce { .. } => "bce_loss",

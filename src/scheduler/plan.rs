@@ -154,6 +154,15 @@ impl<'a> Builder<'a> {
         Opd::whole(self.bufs.len() - 1, shape)
     }
     fn emit(&mut self, i: Instr) {
+        // ELU in place on the output of the BnApply just emitted: one pass instead of two.
+        if let Instr::Elu { x, y } = i {
+            if let Some((phase, Instr::BnApply { y: out, elu, .. })) = self.instrs.last_mut() {
+                if *phase == self.phase && !*elu && x == y && *out == x {
+                    *elu = true;
+                    return;
+                }
+            }
+        }
         self.instrs.push((self.phase, i));
     }
     fn shape(&self, t: TensorId) -> Shape5 {
@@ -330,6 +339,7 @@ impl<'a> Builder<'a> {
                 mean,
                 invstd,
                 y,
+                elu: false,
             });
             return;
         }

@@ -2,6 +2,7 @@
 
 use super::simd::wide;
 use crate::ops::batchnorm::BatchNormArgs;
+use crate::ops::elementwise::elu;
 use crate::tensor::{Element, Shape5};
 use rayon::prelude::*;
 
@@ -26,7 +27,7 @@ fn moments<T: Element>(s: Shape5, x: &[T], c: usize) -> (f64, f64) {
 }
 
 /// Per-channel (scale, shift) applied as y = x * scale + shift.
-fn apply<T: Element>(s: Shape5, x: &[T], y: &mut [T], coef: &[(f64, f64)]) {
+fn apply<T: Element>(s: Shape5, x: &[T], y: &mut [T], coef: &[(f64, f64)], then_elu: bool) {
     let sp = s.spatial();
     y.par_chunks_mut(sp)
         .zip(x.par_chunks(sp))
@@ -35,8 +36,15 @@ fn apply<T: Element>(s: Shape5, x: &[T], y: &mut [T], coef: &[(f64, f64)]) {
             let (a, b) = coef[nc % s.c];
             let (a, b) = (T::from_f64(a), T::from_f64(b));
             wide(|| {
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    *o = v * a + b;
+                if then_elu {
+                    // The same two roundings as the separate ops: bit-identical to apply + ELU.
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = elu(v * a + b);
+                    }
+                } else {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = v * a + b;
+                    }
                 }
             })
         });
@@ -62,7 +70,13 @@ pub fn forward_train<T: Element>(
         invstd_out[c] = T::from_f64(1.0 / (var + args.eps).sqrt());
     }
     // From the saved (rounded) statistics, so that `apply_saved` reproduces y bit for bit.
-    apply(s, x, y, &saved_coef(gamma, beta, mean_out, invstd_out));
+    apply(
+        s,
+        x,
+        y,
+        &saved_coef(gamma, beta, mean_out, invstd_out),
+        false,
+    );
     if let Some((rm, rv)) = running {
         let unbiased = if m > 1.0 { m / (m - 1.0) } else { 1.0 };
         for (c, &(mean, var)) in stats.iter().enumerate() {
@@ -83,6 +97,7 @@ fn saved_coef<T: Element>(gamma: &[T], beta: &[T], mean: &[T], invstd: &[T]) -> 
 }
 
 /// y from saved batch statistics (a recomputation of `forward_train`'s output).
+#[allow(clippy::too_many_arguments)]
 pub fn apply_saved<T: Element>(
     s: Shape5,
     x: &[T],
@@ -91,8 +106,9 @@ pub fn apply_saved<T: Element>(
     mean: &[T],
     invstd: &[T],
     y: &mut [T],
+    then_elu: bool,
 ) {
-    apply(s, x, y, &saved_coef(gamma, beta, mean, invstd));
+    apply(s, x, y, &saved_coef(gamma, beta, mean, invstd), then_elu);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -112,7 +128,7 @@ pub fn forward_infer<T: Element>(
             (a, beta[c].to_f64() - rm[c].to_f64() * a)
         })
         .collect();
-    apply(s, x, y, &coef);
+    apply(s, x, y, &coef, false);
 }
 
 /// xhat = (x - mean) * invstd; dbeta = sum dy; dgamma = sum dy * xhat;

@@ -404,26 +404,19 @@ impl<T: Element> Backend for CpuBackend<T> {
         stats: BnStats,
         y: View,
     ) -> Result<()> {
-        const OP: &str = "batchnorm_apply";
-        ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
-        super::per_channel(
-            OP,
-            &[
-                ("gamma", gamma),
-                ("beta", beta),
-                ("saved mean", stats.mean),
-                ("saved invstd", stats.invstd),
-            ],
-            x.shape.c,
-        )?;
-        let ([xs, g, b, m, i], [ys]) = split(
-            OP,
-            &mut a.data,
-            [x.region, gamma, beta, stats.mean, stats.invstd],
-            [y.region],
-        )?;
-        batchnorm::apply_saved(x.shape, xs, g, b, m, i, ys);
-        Ok(())
+        bn_apply(a, x, gamma, beta, stats, y, false)
+    }
+
+    fn batchnorm_apply_elu(
+        &self,
+        a: &mut CpuArena<T>,
+        x: View,
+        gamma: Region,
+        beta: Region,
+        stats: BnStats,
+        y: View,
+    ) -> Result<()> {
+        bn_apply(a, x, gamma, beta, stats, y, true)
     }
 
     fn batchnorm_forward_infer(
@@ -599,4 +592,40 @@ impl<T: Element> Backend for CpuBackend<T> {
         }
         Ok(())
     }
+}
+
+/// batchnorm_apply, with ELU fused into the same pass when `then_elu`.
+fn bn_apply<T: Element>(
+    a: &mut CpuArena<T>,
+    x: View,
+    gamma: Region,
+    beta: Region,
+    stats: BnStats,
+    y: View,
+    then_elu: bool,
+) -> Result<()> {
+    let op = if then_elu {
+        "batchnorm_apply_elu"
+    } else {
+        "batchnorm_apply"
+    };
+    ops::same_shape(op, "y vs x", y.shape, x.shape)?;
+    super::per_channel(
+        op,
+        &[
+            ("gamma", gamma),
+            ("beta", beta),
+            ("saved mean", stats.mean),
+            ("saved invstd", stats.invstd),
+        ],
+        x.shape.c,
+    )?;
+    let ([xs, g, b, m, i], [ys]) = split(
+        op,
+        &mut a.data,
+        [x.region, gamma, beta, stats.mean, stats.invstd],
+        [y.region],
+    )?;
+    batchnorm::apply_saved(x.shape, xs, g, b, m, i, ys, then_elu);
+    Ok(())
 }
