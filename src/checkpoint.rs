@@ -17,8 +17,8 @@
 //! process no longer exists) are removed by the next save of the same path.
 
 use crate::error::{Error, Result};
-use crate::json::Json;
-use crate::volume::json_read::{as_arr, as_str, as_usize, parse};
+use crate::json::{self, Json};
+use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -61,52 +61,35 @@ fn io(path: &Path, e: std::io::Error) -> Error {
     Error::Io(format!("{}: {e}", path.display()))
 }
 
-fn json_string(s: &str) -> String {
-    Json::Str(s.to_string()).to_string()
-}
-
 /// The header bytes (padded) for tensors already sorted by name.
 fn header(
     path: &Path,
     tensors: &[(&str, &[usize], &[f32])],
     metadata: &[(String, String)],
 ) -> Result<Vec<u8>> {
-    let mut h = String::from("{");
-    let mut first = true;
+    let mut h: Vec<(String, Json)> = Vec::with_capacity(tensors.len() + 1);
     if !metadata.is_empty() {
-        h.push_str("\"__metadata__\":{");
-        for (i, (k, v)) in metadata.iter().enumerate() {
-            if i > 0 {
-                h.push(',');
-            }
-            h.push_str(&json_string(k));
-            h.push(':');
-            h.push_str(&json_string(v));
-        }
-        h.push('}');
-        first = false;
+        let m = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Json::from(v.as_str())));
+        h.push(("__metadata__".into(), json::obj(m)));
     }
     let mut offset = 0usize;
     for (name, shape, data) in tensors {
-        let bytes = data
+        let end = data
             .len()
             .checked_mul(4)
+            .and_then(|b| b.checked_add(offset))
             .ok_or_else(|| bad(path, format!("tensor '{name}' is too large")))?;
-        if !first {
-            h.push(',');
-        }
-        first = false;
-        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        h.push_str(&format!(
-            "{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
-            json_string(name),
-            dims.join(","),
-            offset,
-            offset + bytes
-        ));
-        offset += bytes;
+        let info = json::obj([
+            ("dtype", Json::from("F32")),
+            ("shape", Json::from(shape.to_vec())),
+            ("data_offsets", Json::from(vec![offset, end])),
+        ]);
+        h.push((name.to_string(), info));
+        offset = end;
     }
-    h.push('}');
+    let h = json::obj(h).to_string();
     let mut b = h.into_bytes();
     // Data starts at 8 + N; N a multiple of 8 keeps every f32 (and the file's mmap) aligned.
     while b.len() % 8 != 0 {
@@ -252,6 +235,15 @@ pub fn load(path: impl AsRef<Path>) -> Result<Checkpoint> {
     parse_bytes(path, &bytes)
 }
 
+/// One tensor's header entry, as the reference format defines it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TensorInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [usize; 2],
+}
+
 struct Entry {
     name: String,
     shape: Vec<usize>,
@@ -292,63 +284,34 @@ fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         return Err(bad(path, "bad header: does not start with '{'"));
     }
     let what = format!("{} header", path.display());
-    let j = parse(text, &what).map_err(|e| bad(path, format!("bad header: {e}")))?;
-    let Json::Obj(fields) = j else {
-        return Err(bad(path, "bad header: not a JSON object"));
-    };
+    let fields = json::entries(text, &what).map_err(|e| bad(path, format!("bad header: {e}")))?;
     let mut metadata = Vec::new();
     let mut entries: Vec<Entry> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     for (key, v) in fields {
-        if !seen.insert(key.clone()) {
-            return Err(bad(path, format!("bad header: '{key}' appears twice")));
-        }
         if key == "__metadata__" {
-            let Json::Obj(m) = v else {
+            let Json::Object(m) = v else {
                 return Err(bad(path, "bad header: __metadata__ is not an object"));
             };
             for (k, mv) in m {
-                let s = as_str(&mv).ok_or_else(|| {
-                    bad(path, format!("bad header: metadata '{k}' is not a string"))
-                })?;
-                metadata.push((k, s.to_string()));
+                let Json::String(s) = mv else {
+                    return Err(bad(
+                        path,
+                        format!("bad header: metadata '{k}' is not a string"),
+                    ));
+                };
+                metadata.push((k, s));
             }
             continue;
         }
-        let field = |f: &str| crate::volume::json_read::get(&v, f);
-        let dtype = field("dtype").and_then(as_str).ok_or_else(|| {
-            bad(
-                path,
-                format!("bad header: tensor '{key}' has no dtype string"),
-            )
-        })?;
+        let t: TensorInfo = serde_json::from_value(v)
+            .map_err(|e| bad(path, format!("bad header: tensor '{key}': {e}")))?;
+        let (dtype, shape, offs) = (t.dtype, t.shape, t.data_offsets);
         if dtype != "F32" {
             return Err(bad(
                 path,
                 format!("tensor '{key}' has dtype {dtype}; only F32 is read (convert with tensor.float() before saving)"),
             ));
         }
-        let shape = field("shape")
-            .and_then(as_arr)
-            .and_then(|a| a.iter().map(as_usize).collect::<Option<Vec<usize>>>())
-            .ok_or_else(|| {
-                bad(
-                    path,
-                    format!(
-                        "bad header: tensor '{key}' has no shape list of non-negative integers"
-                    ),
-                )
-            })?;
-        let offs = field("data_offsets")
-            .and_then(as_arr)
-            .and_then(|a| a.iter().map(as_usize).collect::<Option<Vec<usize>>>())
-            .filter(|o| o.len() == 2)
-            .ok_or_else(|| {
-                bad(
-                    path,
-                    format!("bad header: tensor '{key}' has no data_offsets [begin, end]"),
-                )
-            })?;
         if offs[1] < offs[0] {
             return Err(bad(
                 path,

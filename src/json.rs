@@ -1,98 +1,122 @@
-//! Minimal JSON output for `--json` reports (writing only; flat records need no more).
+//! JSON is serde_json's: reports (`--json`), checkpoint metadata and zarr metadata. `Json` is
+//! `serde_json::Value` with keys kept in insertion order (feature `preserve_order`), so reports
+//! read in the order they are built; integers stay exact up to u64/i64.
 
+pub use serde_json::Value as Json;
+
+/// An object with its fields in the given order.
+pub fn obj<K: Into<String>>(fields: impl IntoIterator<Item = (K, Json)>) -> Json {
+    Json::Object(fields.into_iter().map(|(k, v)| (k.into(), v)).collect())
+}
+
+use crate::error::{Error, Result};
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use std::fmt;
 
-#[derive(Clone, Debug)]
-pub enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+fn invalid(what: &str, e: serde_json::Error) -> Error {
+    Error::Invalid(format!("{what}: {e}"))
 }
 
-impl Json {
-    pub fn obj<K: Into<String>>(fields: impl IntoIterator<Item = (K, Json)>) -> Json {
-        Json::Obj(fields.into_iter().map(|(k, v)| (k.into(), v)).collect())
-    }
+/// Parses `text` into `T` (a derived type), naming `what` and the line and column in errors.
+pub fn parse<T: DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| invalid(what, e))
 }
 
-impl From<f64> for Json {
-    fn from(v: f64) -> Self {
-        Json::Num(v)
-    }
-}
-impl From<usize> for Json {
-    fn from(v: usize) -> Self {
-        Json::Num(v as f64)
-    }
-}
-impl From<u64> for Json {
-    fn from(v: u64) -> Self {
-        Json::Num(v as f64)
-    }
-}
-impl From<bool> for Json {
-    fn from(v: bool) -> Self {
-        Json::Bool(v)
-    }
-}
-impl From<&str> for Json {
-    fn from(v: &str) -> Self {
-        Json::Str(v.to_string())
-    }
-}
-impl From<String> for Json {
-    fn from(v: String) -> Self {
-        Json::Str(v)
-    }
-}
-
-fn escape(s: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    f.write_str("\"")?;
-    for ch in s.chars() {
-        match ch {
-            '"' => f.write_str("\\\"")?,
-            '\\' => f.write_str("\\\\")?,
-            '\n' => f.write_str("\\n")?,
-            c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-            c => write!(f, "{c}")?,
+/// The fields of a top-level JSON object in file order. serde_json keeps the last of two equal
+/// keys; a header or metadata file with one key twice is ambiguous, so that is refused here.
+pub fn entries(text: &str, what: &str) -> Result<Vec<(String, Json)>> {
+    struct Fields;
+    impl<'de> Visitor<'de> for Fields {
+        type Value = Vec<(String, Json)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, Json)> = Vec::new();
+            while let Some((k, v)) = m.next_entry::<String, Json>()? {
+                if out.iter().any(|(seen, _)| *seen == k) {
+                    return Err(serde::de::Error::custom(format!("key '{k}' appears twice")));
+                }
+                out.push((k, v));
+            }
+            Ok(out)
         }
     }
-    f.write_str("\"")
+    let mut de = serde_json::Deserializer::from_str(text);
+    let out =
+        serde::Deserializer::deserialize_map(&mut de, Fields).map_err(|e| invalid(what, e))?;
+    de.end().map_err(|e| invalid(what, e))?;
+    Ok(out)
 }
 
-impl fmt::Display for Json {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Json::Null => f.write_str("null"),
-            Json::Bool(b) => write!(f, "{b}"),
-            Json::Num(v) if !v.is_finite() => f.write_str("null"),
-            Json::Num(v) if v.fract() == 0.0 && v.abs() < 1e15 => write!(f, "{}", *v as i64),
-            Json::Num(v) => write!(f, "{v:e}"),
-            Json::Str(s) => escape(s, f),
-            Json::Arr(a) => {
-                f.write_str("[")?;
-                for (i, v) in a.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{v}")?;
-                }
-                f.write_str("]")
-            }
-            Json::Obj(o) => {
-                f.write_str("{")?;
-                for (i, (k, v)) in o.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    escape(k, f)?;
-                    write!(f, ":{v}")?;
-                }
-                f.write_str("}")
+/// Zarr v2 (zarr-python's writer) puts bare `NaN`, `Infinity` and `-Infinity` in `.zarray`
+/// fill values, which JSON does not allow. Outside strings they become the strings zarr v3
+/// uses for the same values, so one fill-value rule reads both versions.
+pub fn quote_non_finite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    let (mut in_str, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_str {
+            in_str = escaped || c != '"';
+            escaped = !escaped && c == '\\';
+        } else if c == '"' {
+            in_str = true;
+        } else {
+            let word = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|w| rest.starts_with(w));
+            if let Some(w) = word {
+                out.push('"');
+                out.push_str(w);
+                out.push('"');
+                rest = &rest[w.len()..];
+                continue;
             }
         }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_integers_are_exact() {
+        let j = obj([("seed", Json::from(1_000_000_000_000_000_123u64))]);
+        assert_eq!(j.to_string(), r#"{"seed":1000000000000000123}"#);
+        let back: std::collections::BTreeMap<String, u64> = parse(&j.to_string(), "t").unwrap();
+        assert_eq!(back["seed"], 1_000_000_000_000_000_123);
+        assert_eq!(
+            obj([("m", Json::from(u64::MAX))]).to_string(),
+            format!("{{\"m\":{}}}", u64::MAX)
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_position() {
+        let e = entries("{\"a\": 1,\n \"a\": 2}", "f.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("'a' appears twice") && e.contains("line 2"),
+            "{e}"
+        );
+        assert_eq!(entries(r#"{"b":1,"a":2}"#, "f").unwrap()[0].0, "b");
+    }
+
+    #[test]
+    fn bare_non_finite_fill_values_become_strings() {
+        let t = r#"{"fill_value": NaN, "x": "NaN in a \"string\" -Infinity", "y": [-Infinity, Infinity]}"#;
+        let j: Json = parse(&quote_non_finite(t), "t").unwrap();
+        assert_eq!(j["fill_value"], "NaN");
+        assert_eq!(j["x"], "NaN in a \"string\" -Infinity");
+        assert_eq!(j["y"], serde_json::json!(["-Infinity", "Infinity"]));
     }
 }

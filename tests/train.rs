@@ -197,13 +197,77 @@ fn config_from_toml_and_json_round_trip() {
     );
     assert!(c.set("voxel_size", "30,6").is_err());
     let e = c
-        .apply_toml("learning_rate = 1\n", "t.toml")
+        .apply_toml("lr = 0.1\nlearning_rate = 1\n", "t.toml")
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("t.toml:1") && e.contains("unknown config key"),
+        e.contains("t.toml: line 2, column 1") && e.contains("learning_rate"),
         "{e}"
     );
+}
+
+/// Whole numbers above 2^53 survive the checkpoint's config exactly (they were once written in
+/// exponent form and rounded, and the checkpoint was then refused).
+#[test]
+fn large_integers_round_trip_exactly() {
+    let mut c = TrainConfig::default();
+    c.seed = 1_000_000_000_000_000_123;
+    c.val_every = (1usize << 60) + 1;
+    c.checkpoint_every = usize::MAX;
+    c.plateau_patience = (1usize << 53) + 1;
+    let text = c.to_json().to_string();
+    assert!(text.contains("\"seed\":1000000000000000123"), "{text}");
+    assert_eq!(TrainConfig::from_json_text(&text).unwrap(), c);
+    let mut t = TrainConfig::default();
+    t.apply_toml("seed = 1000000000000000123\n", "t.toml")
+        .unwrap();
+    assert_eq!(t.seed, 1_000_000_000_000_000_123);
+    t.set("seed", "18446744073709551615").unwrap();
+    assert_eq!(t.seed, u64::MAX);
+}
+
+/// Full TOML: tables, duplicate keys and wrong types are errors with line and column, and `#`
+/// inside a string is part of the string (the old line-splitting parser got all three wrong).
+#[test]
+fn toml_config_errors_name_line_column_and_key() {
+    let err = |text: &str| {
+        let mut c = TrainConfig::default();
+        c.apply_toml(text, "c.toml")
+            .and_then(|_| c.validate())
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("steps = 5\n[train]\nlr = 0.5\n");
+    assert!(e.contains("line 2") && e.contains("train"), "{e}");
+    let e = err("steps = 5\nlr = 0.1\nsteps = 6\n");
+    assert!(e.contains("line 3") && e.contains("steps"), "{e}");
+    let e = err("norm = \"batch # not a comment\"\n");
+    assert!(
+        e.contains("line 1") && e.contains("batch # not a comment"),
+        "{e}"
+    );
+    let e = err("patch = [8, 64]\n");
+    assert!(e.contains("line 1") && e.contains("patch"), "{e}");
+    let e = err("seed = -1\n");
+    assert!(e.contains("line 1") && e.contains("seed"), "{e}");
+    let e = err("val_every = 0\n");
+    assert!(e.contains("val_every 0"), "{e}");
+    let mut c = TrainConfig::default();
+    c.apply_toml(
+        "# header\nnorm = \"none\" # trailing comment\nwidths = [4, 6]\n",
+        "c.toml",
+    )
+    .unwrap();
+    assert_eq!((c.net.norm, c.net.widths.clone()), (Norm::None, vec![4, 6]));
+    // The same keys and value syntax from the command line, bare words and lists included.
+    c.set("norm", "batch").unwrap();
+    c.set("patch", "8,64,64").unwrap();
+    c.set("augment", "false").unwrap();
+    assert_eq!(
+        (c.net.norm, c.patch, c.augment),
+        (Norm::Batch, (8, 64, 64), false)
+    );
+    assert!(c.set("lr", "fast").unwrap_err().to_string().contains("lr"));
 }
 
 /// The must-show on a tiny configuration: a few hundred CPU steps on one synthetic volume,

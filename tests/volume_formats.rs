@@ -587,3 +587,54 @@ fn zarr_broken_files_are_errors() {
 fn pattern2(h: usize, w: usize) -> Array<u32> {
     Array::new(vec![h, w], (1..=(h * w) as u32).collect()).unwrap()
 }
+
+/// zarr fill values as zarr-python writes them: integers above 2^53 exactly (they once went
+/// through f64), v2's bare `NaN` / `-Infinity` (not JSON), v3's strings; a shape beyond usize is
+/// named as such, not as "non-integer".
+#[test]
+fn zarr_fill_values_are_exact_and_non_finite_ones_read() {
+    let d = tmpdir("fills");
+    let big: u64 = (1 << 60) + 1;
+    let v2 = |name: &str, dtype: &str, fill: &str| {
+        let p = d.join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(
+            p.join(".zarray"),
+            format!(
+                "{{\"zarr_format\": 2, \"shape\": [2, 3, 2], \"chunks\": [2, 3, 2], \"dtype\": \"{dtype}\", \"fill_value\": {fill}, \"order\": \"C\", \"compressor\": null, \"filters\": null}}"
+            ),
+        )
+        .unwrap();
+        zarr::ZarrArray::open(&p)
+    };
+    let a = v2("u8.zarr", "<u8", &big.to_string()).unwrap();
+    let v = a.read_all::<u64>().unwrap();
+    assert!(v.data.iter().all(|&x| x == big), "{:?}", &v.data[..2]);
+    let n = v2("nan.zarr", "<f4", "NaN")
+        .unwrap()
+        .read_all::<f32>()
+        .unwrap();
+    assert!(n.data.iter().all(|x| x.is_nan()));
+    let i = v2("inf.zarr", "<f8", "-Infinity")
+        .unwrap()
+        .read_all::<f64>()
+        .unwrap();
+    assert!(i.data.iter().all(|&x| x == f64::NEG_INFINITY));
+    let e = v2("neg.zarr", "<u2", "-1").unwrap_err().to_string();
+    assert!(e.contains("fill_value -1"), "{e}");
+    let p = d.join("huge.zarr");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("zarr.json"),
+        r#"{"zarr_format": 3, "node_type": "array", "shape": [2, 3, 4611686018427387904],
+            "data_type": "uint8", "fill_value": 0,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2, 3, 2]}},
+            "chunk_key_encoding": {"name": "default"}, "codecs": [{"name": "bytes"}]}"#,
+    )
+    .unwrap();
+    let e = zarr::ZarrArray::open(&p).unwrap_err().to_string();
+    assert!(
+        !e.contains("non-integer") && e.contains("4611686018427387904"),
+        "{e}"
+    );
+}

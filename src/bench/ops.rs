@@ -4,7 +4,7 @@
 use super::time_median;
 use crate::backend::{Backend, Bump, Write};
 use crate::error::Result;
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::ops::conv3d::Conv3dGeom;
 use crate::rng::Rng;
 use crate::tensor::Element;
@@ -217,16 +217,16 @@ pub fn totals(results: &[ConvBench]) -> (f64, f64) {
 
 pub fn json(results: &[ConvBench], device: &str) -> Json {
     let (fl, t) = totals(results);
-    Json::obj([
+    json::obj([
         ("device", Json::from(device)),
         (
             "layers",
-            Json::Arr(
+            Json::Array(
                 results
                     .iter()
                     .map(|r| {
                         let g = r.gflops();
-                        Json::obj([
+                        json::obj([
                             ("layer", Json::from(r.layer.name.clone())),
                             ("shape", Json::from(shape_str(&r.layer.geom))),
                             ("count", Json::from(r.layer.count)),

@@ -10,7 +10,7 @@
 //! values (low 0.1, high 0.8, merge (800, 0.2), dust 600).
 
 use crate::error::{Error, Result};
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::rng::Rng;
 use crate::segment::agglomerate::{agglomerate, Score};
 use crate::segment::watershed::{watershed, Params};
@@ -188,11 +188,11 @@ pub fn run(d: Dims, seed: u64, thresholds: &[f64]) -> Result<SegmentBench> {
 
 pub fn json(b: &SegmentBench) -> Json {
     let opt = |v: Option<u64>| v.map(Json::from).unwrap_or(Json::Null);
-    Json::obj([
+    json::obj([
         ("bench", Json::from("segment")),
         (
             "shape",
-            Json::Arr(vec![b.dims.z.into(), b.dims.y.into(), b.dims.x.into()]),
+            Json::Array(vec![b.dims.z.into(), b.dims.y.into(), b.dims.x.into()]),
         ),
         ("regions", Json::from(b.regions)),
         ("fragments", Json::from(b.fragments)),

@@ -4,7 +4,7 @@
 use super::time_median;
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::model::Program;
 use crate::rng::Rng;
 use crate::scheduler::report::PlanSummary;
@@ -197,14 +197,14 @@ pub fn bench_ratio<B: Backend>(
 }
 
 pub fn json(rows: &[StepBench], device: &str) -> Json {
-    Json::obj([
+    json::obj([
         ("device", Json::from(device)),
         (
             "rows",
-            Json::Arr(
+            Json::Array(
                 rows.iter()
                     .map(|r| {
-                        Json::obj([
+                        json::obj([
                             ("model", Json::from(r.label.clone())),
                             ("params", Json::from(r.params)),
                             ("step_seconds", Json::from(r.step_secs)),

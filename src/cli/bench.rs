@@ -4,7 +4,7 @@ use crate::backend::Backend;
 use crate::bench::{ops, step};
 use crate::cli::net::NetArgs;
 use crate::error::Result;
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::model::{self, NetConfig};
 use crate::scheduler::Strategy;
 use clap::{Args, Subcommand};
@@ -147,15 +147,15 @@ fn ratio_on<B: Backend>(b: &B, a: &RatioArgs) -> Result<()> {
         let pairs = r
             .pairs
             .iter()
-            .map(|&(x, y)| Json::Arr(vec![Json::from(x), Json::from(y)]))
+            .map(|&(x, y)| Json::Array(vec![Json::from(x), Json::from(y)]))
             .collect();
         println!(
             "{}",
-            Json::obj([
+            json::obj([
                 ("device", Json::from(b.name())),
                 ("rev_blocks", Json::from(prog.config.rev_blocks)),
                 ("patch", Json::from(a.net.patch.clone())),
-                ("pairs_seconds", Json::Arr(pairs)),
+                ("pairs_seconds", Json::Array(pairs)),
                 ("ratio_of_medians", Json::from(r.ratio_of_medians())),
                 ("ratio_of_minima", Json::from(r.ratio_of_minima())),
                 ("gflop_recompute", Json::from(r.gflop.0)),

@@ -184,10 +184,10 @@ pub fn run(a: &DemoArgs) -> Result<()> {
 
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
-        use crate::json::Json;
+        use crate::json::{self, Json};
         println!(
             "{}",
-            Json::obj([
+            json::obj([
                 ("train_steps", Json::from(summary.steps)),
                 ("first_loss", summary.first_loss.into()),
                 ("last_loss", summary.last_loss.into()),

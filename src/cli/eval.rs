@@ -1,7 +1,7 @@
 //! `revseg eval`: a segmentation against ground truth (adapted Rand, VOI, boundary accuracy).
 
 use crate::error::{Error, Result};
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::metrics::{evaluate, Metrics};
 use crate::segment::Dims;
 use clap::Args;
@@ -88,13 +88,13 @@ pub fn run(a: &EvalArgs) -> Result<()> {
 }
 
 fn to_json(m: &Metrics, seg: &str, gt: &str) -> Json {
-    Json::obj([
+    json::obj([
         ("command", Json::from("eval")),
         ("segmentation", Json::from(seg.to_string())),
         ("groundtruth", Json::from(gt.to_string())),
         (
             "region",
-            Json::Arr(vec![m.dims.z.into(), m.dims.y.into(), m.dims.x.into()]),
+            Json::Array(vec![m.dims.z.into(), m.dims.y.into(), m.dims.x.into()]),
         ),
         ("foreground_voxels", Json::from(m.voxels)),
         ("adapted_rand_error", Json::from(m.adapted_rand_error)),

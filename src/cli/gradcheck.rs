@@ -3,7 +3,7 @@
 use crate::backend::device::{self, Device};
 use crate::error::Result;
 use crate::gradcheck::{self, CheckResult, DEVICE_FD_TOL, F32_TOL, FD_TOL};
-use crate::json::Json;
+use crate::json::{self, Json};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -76,17 +76,17 @@ pub fn table(results: &[CheckResult], device: Device, fd_tol: f64) -> String {
 }
 
 pub fn to_json(results: &[CheckResult], fd_tol: f64) -> Json {
-    Json::obj([
+    json::obj([
         ("fd_tolerance", Json::from(fd_tol)),
         ("f32_tolerance", Json::from(F32_TOL)),
         ("passed", Json::from(results.iter().all(|r| r.passed))),
         (
             "checks",
-            Json::Arr(
+            Json::Array(
                 results
                     .iter()
                     .map(|r| {
-                        Json::obj([
+                        json::obj([
                             ("op", Json::from(r.op.clone())),
                             ("variant", Json::from(r.variant.clone())),
                             ("shape", Json::from(r.shape.clone())),

@@ -2,7 +2,7 @@
 
 use super::net::NetArgs;
 use crate::error::Result;
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::plot::{LinePlot, Series, BLUE};
 use crate::scheduler::report::{live_curve, PlanSummary};
 use crate::scheduler::{self, Strategy};
@@ -57,15 +57,15 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     }
     if a.json {
         let mut j = s.json();
-        if let Json::Obj(f) = &mut j {
-            f.push((
+        if let Json::Object(f) = &mut j {
+            f.insert(
                 "live_mib".into(),
-                Json::Arr(pts.iter().map(|p| Json::from(p.1)).collect()),
-            ));
-            f.push((
+                Json::Array(pts.iter().map(|p| Json::from(p.1)).collect()),
+            );
+            f.insert(
                 "phases".into(),
-                Json::obj(phases.iter().map(|(n, i)| (n.clone(), Json::from(*i)))),
-            ));
+                json::obj(phases.iter().map(|(n, i)| (n.clone(), Json::from(*i)))),
+            );
         }
         println!("{j}");
     } else {

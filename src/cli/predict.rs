@@ -132,11 +132,11 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            crate::json::Json::obj([
+            crate::json::obj([
                 ("output", crate::json::Json::from(a.output.clone())),
                 (
                     "shape",
-                    crate::json::Json::Arr(out_shape.iter().map(|v| (*v).into()).collect())
+                    crate::json::Json::Array(out_shape.iter().map(|v| (*v).into()).collect())
                 ),
                 ("seconds", secs.into()),
                 ("inference_arena_bytes", arena.into()),

@@ -1,7 +1,7 @@
 //! `revseg segment`: affinities to segmentations (watershed fragments, then agglomeration).
 
 use crate::error::{Error, Result};
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::segment::agglomerate::{agglomerate, Agglomeration, Score};
 use crate::segment::watershed::{watershed, Params, Stats};
 use crate::segment::{fits_u32, Dims, Label};
@@ -220,7 +220,7 @@ fn print_report(a: &SegmentArgs, aff: &str, out: &DatasetSpec, d: Dims, r: &Repo
     if a.json {
         let per: Vec<Json> = (0..r.datasets.len() - 1)
             .map(|i| {
-                Json::obj([
+                json::obj([
                     ("threshold", Json::from(r.agg.thresholds[i])),
                     ("dataset", Json::from(r.datasets[i + 1].clone())),
                     ("segments", Json::from(r.segments[i])),
@@ -228,14 +228,17 @@ fn print_report(a: &SegmentArgs, aff: &str, out: &DatasetSpec, d: Dims, r: &Repo
                 ])
             })
             .collect();
-        let j = Json::obj([
+        let j = json::obj([
             ("command", Json::from("segment")),
             ("affinities", Json::from(aff.to_string())),
             ("output", Json::from(out.file.display().to_string())),
-            ("shape", Json::Arr(vec![d.z.into(), d.y.into(), d.x.into()])),
+            (
+                "shape",
+                Json::Array(vec![d.z.into(), d.y.into(), d.x.into()]),
+            ),
             ("watershed", ws_json(&r.ws, &r.datasets[0])),
             ("region_graph_edges", Json::from(r.agg.edges)),
-            ("thresholds", Json::Arr(per)),
+            ("thresholds", Json::Array(per)),
             ("seconds_watershed", Json::from(r.seconds[0])),
             ("seconds_agglomerate", Json::from(r.seconds[1])),
             ("seconds_write", Json::from(r.seconds[2])),
@@ -265,7 +268,7 @@ fn print_report(a: &SegmentArgs, aff: &str, out: &DatasetSpec, d: Dims, r: &Repo
 }
 
 fn ws_json(s: &Stats, dataset: &str) -> Json {
-    Json::obj([
+    json::obj([
         ("dataset", Json::from(dataset)),
         ("low", Json::from(s.low as f64)),
         ("high", Json::from(s.high as f64)),

@@ -12,7 +12,7 @@
 //! volumes out of memory.
 
 use crate::error::{Error, Result};
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::synth::{synthesize, ArtefactKind, SynthConfig, SynthVolume};
 use crate::volume::array::{Array, Dtype, VoxelSize};
 use crate::volume::png;
@@ -131,15 +131,15 @@ fn summary_json(cfg: &SynthConfig, vol: &SynthVolume, t_gen: f64, t_write: f64) 
                         "slip"
                     };
                     f.push(("kind".into(), kind.into()));
-                    f.push(("dy".into(), Json::Num(*dy as f64)));
-                    f.push(("dx".into(), Json::Num(*dx as f64)));
+                    f.push(("dy".into(), Json::from(*dy as f64)));
+                    f.push(("dx".into(), Json::from(*dx as f64)));
                 }
             }
-            Json::Obj(f)
+            json::obj(f)
         })
         .collect();
-    Json::obj([
-        ("shape", Json::Arr(vec![z.into(), y.into(), x.into()])),
+    json::obj([
+        ("shape", Json::Array(vec![z.into(), y.into(), x.into()])),
         ("seed", Json::from(cfg.seed)),
         ("anisotropy", Json::from(cfg.anisotropy)),
         ("objects", Json::from(vol.n_objects)),
@@ -147,13 +147,13 @@ fn summary_json(cfg: &SynthConfig, vol: &SynthVolume, t_gen: f64, t_write: f64) 
             "labels",
             Json::from("dense: every voxel belongs to an object 1..n, no 0"),
         ),
-        ("artefacts", Json::Arr(arts)),
+        ("artefacts", Json::Array(arts)),
         (
             "section_contrast",
-            Json::Arr(
+            Json::Array(
                 vol.section_contrast
                     .iter()
-                    .map(|(g, o)| Json::Arr(vec![Json::Num(*g as f64), Json::Num(*o as f64)]))
+                    .map(|(g, o)| Json::Array(vec![Json::from(*g as f64), Json::from(*o as f64)]))
                     .collect(),
             ),
         ),

@@ -136,7 +136,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            crate::json::Json::obj([
+            crate::json::obj([
                 ("steps", crate::json::Json::from(s.steps)),
                 ("first_loss", s.first_loss.into()),
                 ("last_loss", s.last_loss.into()),

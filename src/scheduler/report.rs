@@ -3,7 +3,7 @@
 use super::instr::Instr;
 use super::memory::{breakdown_at, phase_ranges};
 use super::plan::{Plan, Strategy};
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::ops::conv3d::Conv3dGeom;
 use crate::ops::conv_transpose::ConvTransposeGeom;
 
@@ -71,7 +71,7 @@ impl PlanSummary {
     }
 
     pub fn json(&self) -> Json {
-        Json::obj([
+        json::obj([
             ("strategy", Json::from(format!("{:?}", self.strategy))),
             ("params", Json::from(self.params)),
             ("step_gflop", Json::from(self.flops / 1e9)),
@@ -80,7 +80,7 @@ impl PlanSummary {
             ("peak_activation_bytes", Json::from(self.activation_bytes())),
             (
                 "peak_breakdown_bytes",
-                Json::obj(self.breakdown.iter().map(|(n, b)| (*n, Json::from(*b)))),
+                json::obj(self.breakdown.iter().map(|(n, b)| (*n, Json::from(*b)))),
             ),
             ("instructions", Json::from(self.instructions)),
             ("buffers", Json::from(self.buffers)),

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::json::Json;
 use crate::model::{NetConfig, Norm};
-use crate::volume::json_read;
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -54,125 +54,205 @@ impl Default for TrainConfig {
     }
 }
 
-fn usizes(s: &str, what: &str) -> Result<Vec<usize>> {
-    s.split(',')
-        .map(|p| p.trim().parse::<usize>())
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|_| {
-            Error::Invalid(format!(
-                "{what} '{s}': expected comma-separated positive integers"
-            ))
-        })
+/// The settings as written in TOML files, checkpoint metadata and `--set`: every key optional
+/// (a file sets some of them), no other key allowed, each with its type.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub widths: Option<Vec<usize>>,
+    pub rev_blocks: Option<usize>,
+    pub norm: Option<NormName>,
+    pub outputs: Option<usize>,
+    pub patch: Option<[usize; 3]>,
+    pub steps: Option<usize>,
+    pub lr: Option<f64>,
+    pub adam_eps: Option<f64>,
+    pub bn_momentum: Option<f64>,
+    pub seed: Option<u64>,
+    pub val_every: Option<usize>,
+    pub val_fraction: Option<f64>,
+    pub plateau_patience: Option<usize>,
+    pub checkpoint_every: Option<usize>,
+    pub augment: Option<bool>,
+    pub store_all: Option<bool>,
+    pub voxel_size: Option<[f64; 3]>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormName {
+    Batch,
+    None,
+}
+
+impl Settings {
+    /// Parses TOML text; errors name `origin` with the line and column, and the key.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text)
+            .map_err(|e| Error::Invalid(format!("{origin}: {}", toml_error(&e, text))))
+    }
+
+    /// One `key=value` from the command line, the value in TOML syntax; bare words and
+    /// comma-separated lists are read as a string and an array (`norm=none`, `patch=8,64,64`).
+    pub fn from_key_value(key: &str, value: &str) -> Result<Self> {
+        let value = value.trim();
+        let tries = [
+            value.to_string(),
+            format!("[{value}]"),
+            format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\"")),
+        ];
+        let mut first = None;
+        for v in &tries {
+            match toml::from_str::<Settings>(&format!("{} = {v}", key.trim())) {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        let e = first.map_or(String::new(), |e| e.message().to_string());
+        Err(Error::Invalid(format!(
+            "setting {key} = '{value}': {e}; known keys: {}",
+            KEYS.join(", ")
+        )))
+    }
+
+    /// The keys this holds, in `KEYS` order.
+    pub fn keys(&self) -> Vec<&'static str> {
+        let j = serde_json::to_value(self).unwrap_or(Json::Null);
+        KEYS.iter()
+            .copied()
+            .filter(|k| j.get(k).is_some_and(|v| !v.is_null()))
+            .collect()
+    }
+
+    /// `other`'s values over this one's.
+    pub fn merge(self, other: Settings) -> Settings {
+        macro_rules! pick {
+            ($($f:ident),*) => { Settings { $($f: other.$f.or(self.$f)),* } };
+        }
+        pick!(
+            widths,
+            rev_blocks,
+            norm,
+            outputs,
+            patch,
+            steps,
+            lr,
+            adam_eps,
+            bn_momentum,
+            seed,
+            val_every,
+            val_fraction,
+            plateau_patience,
+            checkpoint_every,
+            augment,
+            store_all,
+            voxel_size
+        )
+    }
+}
+
+/// toml's message for the user: its own text names line, column and key, with the line quoted.
+fn toml_error(e: &toml::de::Error, text: &str) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let quoted = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!(
+                "line {line}, column {col}: {} (in `{quoted}`)",
+                e.message().trim_end()
+            )
+        }
+        None => e.message().to_string(),
+    }
 }
 
 impl TrainConfig {
-    /// Apply one `key = value` setting (from TOML or a flag), by the names `to_json` prints.
-    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
-        let num = |v: &str| {
-            v.parse::<f64>()
-                .map_err(|_| Error::Invalid(format!("config {key} = '{v}': expected a number")))
-        };
-        let int = |v: &str| {
-            v.parse::<usize>().map_err(|_| {
-                Error::Invalid(format!(
-                    "config {key} = '{v}': expected a non-negative integer"
-                ))
-            })
-        };
-        let boolean = |v: &str| match v {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(Error::Invalid(format!(
-                "config {key} = '{v}': expected true or false"
-            ))),
-        };
-        match key {
-            "widths" => self.net.widths = usizes(value, "widths")?,
-            "rev_blocks" => self.net.rev_blocks = int(value)?,
-            "norm" => {
-                self.net.norm = match value {
-                    "batch" => Norm::Batch,
-                    "none" => Norm::None,
-                    _ => {
-                        return Err(Error::Invalid(format!(
-                            "config norm = '{value}': choose batch or none"
-                        )))
-                    }
-                }
-            }
-            "outputs" => self.net.outputs = int(value)?,
-            "patch" => match usizes(value, "patch")?[..] {
-                [d, h, w] => self.patch = (d, h, w),
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "config patch = '{value}': expected D,H,W"
-                    )))
-                }
-            },
-            "steps" => self.steps = int(value)?,
-            "lr" => self.lr = num(value)?,
-            "adam_eps" => self.adam_eps = num(value)?,
-            "bn_momentum" => self.bn_momentum = num(value)?,
-            "seed" => self.seed = int(value)? as u64,
-            "val_every" => self.val_every = int(value)?.max(1),
-            "val_fraction" => self.val_fraction = num(value)?,
-            "plateau_patience" => self.plateau_patience = int(value)?,
-            "checkpoint_every" => self.checkpoint_every = int(value)?.max(1),
-            "augment" => self.augment = boolean(value)?,
-            "store_all" => self.store_all = boolean(value)?,
-            "voxel_size" => {
-                let v: Vec<f64> = value
-                    .split(',')
-                    .map(|p| p.trim().parse::<f64>())
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|_| {
-                        Error::Invalid(format!(
-                            "config voxel_size = '{value}': expected Z,Y,X in nm, e.g. 30,6,6"
-                        ))
-                    })?;
-                match v[..] {
-                    [z, y, x] if z > 0.0 && y > 0.0 && x > 0.0 => self.voxel_size = Some((z, y, x)),
-                    _ => {
-                        return Err(Error::Invalid(format!(
-                            "config voxel_size = '{value}': expected three positive numbers Z,Y,X"
-                        )))
-                    }
-                }
-            }
-            _ => {
+    /// Settings over this configuration, then checked as a whole.
+    pub fn apply(&mut self, s: &Settings) -> Result<()> {
+        let s = s.clone();
+        if let Some(v) = s.widths {
+            self.net.widths = v;
+        }
+        if let Some(v) = s.rev_blocks {
+            self.net.rev_blocks = v;
+        }
+        if let Some(v) = s.norm {
+            self.net.norm = match v {
+                NormName::Batch => Norm::Batch,
+                NormName::None => Norm::None,
+            };
+        }
+        if let Some(v) = s.outputs {
+            self.net.outputs = v;
+        }
+        if let Some([d, h, w]) = s.patch {
+            self.patch = (d, h, w);
+        }
+        macro_rules! copy {
+            ($($f:ident),*) => { $(if let Some(v) = s.$f { self.$f = v; })* };
+        }
+        copy!(
+            steps,
+            lr,
+            adam_eps,
+            bn_momentum,
+            seed,
+            val_every,
+            val_fraction,
+            plateau_patience,
+            checkpoint_every,
+            augment,
+            store_all
+        );
+        if let Some([z, y, x]) = s.voxel_size {
+            if !(z > 0.0 && y > 0.0 && x > 0.0 && z.is_finite() && y.is_finite() && x.is_finite()) {
                 return Err(Error::Invalid(format!(
-                    "unknown config key '{key}'; known keys: {}",
-                    KEYS.join(", ")
-                )))
+                    "voxel_size [{z}, {y}, {x}]: expected three positive numbers Z,Y,X in nm, e.g. 30,6,6"
+                )));
             }
+            self.voxel_size = Some((z, y, x));
         }
         Ok(())
     }
 
-    /// Settings from a TOML file: flat `key = value` lines (strings, numbers, booleans, or arrays
-    /// of integers for widths and patch).
-    pub fn apply_toml(&mut self, text: &str, origin: &str) -> Result<()> {
-        for (n, line) in text.lines().enumerate() {
-            let line = line.split('#').next().unwrap_or("").trim();
-            if line.is_empty() || line.starts_with('[') {
-                continue;
-            }
-            let Some((k, v)) = line.split_once('=') else {
-                return Err(Error::Invalid(format!(
-                    "{origin}:{}: expected key = value",
-                    n + 1
-                )));
-            };
-            let v = v
-                .trim()
-                .trim_matches('"')
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .replace(' ', "");
-            self.set(k.trim(), &v)
-                .map_err(|e| Error::Invalid(format!("{origin}:{}: {e}", n + 1)))?;
+    /// Every value as a `Settings` (what checkpoints store and `revseg train` prints).
+    pub fn settings(&self) -> Settings {
+        Settings {
+            widths: Some(self.net.widths.clone()),
+            rev_blocks: Some(self.net.rev_blocks),
+            norm: Some(match self.net.norm {
+                Norm::Batch => NormName::Batch,
+                Norm::None => NormName::None,
+            }),
+            outputs: Some(self.net.outputs),
+            patch: Some([self.patch.0, self.patch.1, self.patch.2]),
+            steps: Some(self.steps),
+            lr: Some(self.lr),
+            adam_eps: Some(self.adam_eps),
+            bn_momentum: Some(self.bn_momentum),
+            seed: Some(self.seed),
+            val_every: Some(self.val_every),
+            val_fraction: Some(self.val_fraction),
+            plateau_patience: Some(self.plateau_patience),
+            checkpoint_every: Some(self.checkpoint_every),
+            augment: Some(self.augment),
+            store_all: Some(self.store_all),
+            voxel_size: self.voxel_size.map(|(z, y, x)| [z, y, x]),
         }
-        Ok(())
+    }
+
+    /// Apply one `key = value` setting (TOML syntax, or a bare word or comma list).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        self.apply(&Settings::from_key_value(key, value)?)
+    }
+
+    /// Settings from a TOML file (`key = value` at the top level; see `Settings`).
+    pub fn apply_toml(&mut self, text: &str, origin: &str) -> Result<()> {
+        self.apply(&Settings::from_toml(text, origin)?)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -197,6 +277,20 @@ impl TrainConfig {
                 self.bn_momentum
             )));
         }
+        for (key, v) in [
+            ("val_every", self.val_every),
+            ("checkpoint_every", self.checkpoint_every),
+        ] {
+            if v == 0 {
+                return Err(Error::Invalid(format!("{key} 0: must be at least 1")));
+            }
+        }
+        if !(self.adam_eps > 0.0 && self.adam_eps.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "adam_eps {} must be a positive number",
+                self.adam_eps
+            )));
+        }
         if ![3, 12].contains(&self.net.outputs) {
             return Err(Error::Invalid(format!(
                 "outputs {}: choose 3 or 12",
@@ -207,63 +301,14 @@ impl TrainConfig {
     }
 
     pub fn to_json(&self) -> Json {
-        let list = |v: &[usize]| Json::Arr(v.iter().map(|x| Json::from(*x)).collect());
-        Json::obj([
-            ("widths", list(&self.net.widths)),
-            ("rev_blocks", Json::from(self.net.rev_blocks)),
-            (
-                "norm",
-                Json::from(if self.net.norm == Norm::Batch {
-                    "batch"
-                } else {
-                    "none"
-                }),
-            ),
-            ("outputs", Json::from(self.net.outputs)),
-            ("patch", list(&[self.patch.0, self.patch.1, self.patch.2])),
-            ("steps", Json::from(self.steps)),
-            ("lr", Json::from(self.lr)),
-            ("adam_eps", Json::from(self.adam_eps)),
-            ("bn_momentum", Json::from(self.bn_momentum)),
-            ("seed", Json::from(self.seed)),
-            ("val_every", Json::from(self.val_every)),
-            ("val_fraction", Json::from(self.val_fraction)),
-            ("plateau_patience", Json::from(self.plateau_patience)),
-            ("checkpoint_every", Json::from(self.checkpoint_every)),
-            ("augment", Json::from(self.augment)),
-            ("store_all", Json::from(self.store_all)),
-            (
-                "voxel_size",
-                self.voxel_size.map_or(Json::Null, |(z, y, x)| {
-                    Json::Arr(vec![z.into(), y.into(), x.into()])
-                }),
-            ),
-        ])
+        serde_json::to_value(self.settings()).unwrap_or(Json::Null)
     }
 
-    /// Restore from the JSON `to_json` wrote (checkpoint metadata).
+    /// Restore from the JSON `to_json` wrote (checkpoint metadata); unknown keys are refused.
     pub fn from_json_text(text: &str) -> Result<Self> {
+        let s: Settings = crate::json::parse(text, "checkpoint config")?;
         let mut c = TrainConfig::default();
-        let Json::Obj(fields) = json_read::parse(text, "checkpoint config")? else {
-            return Err(Error::Invalid(
-                "checkpoint config: expected a JSON object".into(),
-            ));
-        };
-        for (k, v) in &fields {
-            if matches!(v, Json::Null) {
-                continue;
-            }
-            let v = match v {
-                Json::Arr(a) => a
-                    .iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                Json::Str(s) => s.clone(),
-                other => other.to_string(),
-            };
-            c.set(k, &v)?;
-        }
+        c.apply(&s)?;
         Ok(c)
     }
 }

@@ -17,9 +17,11 @@ pub enum Dtype {
     F64,
 }
 
-/// Byte order of multi-byte elements in a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Byte order of multi-byte elements in a file ("little" / "big" in metadata).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ByteOrder {
+    #[default]
     Little,
     Big,
 }

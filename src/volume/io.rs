@@ -30,12 +30,11 @@ use super::array::{
     c_strides, check_box, copy_box, encode_elements, io_err, shape_len, AnyArray, Array, ByteOrder,
     Dtype, Voxel, VoxelSize,
 };
-use super::json_read::{as_arr, as_f64, as_str, as_usize, get, parse};
 use super::raw::RawVolume;
 use super::zarr::{Compressor, CreateOptions, ZarrArray, ZarrVersion};
 use crate::error::{Error, Result};
-use crate::json::Json;
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -262,76 +261,45 @@ fn read_sidecar(path: &Path) -> Result<RawLayout> {
         Err(e) => return Err(io_err(&side, e)),
     };
     let what = side.display().to_string();
-    let j = parse(&text, &what)?;
+    let j: Sidecar = crate::json::parse(&text, &what)?;
     let bad = |why: &str| Error::Invalid(format!("{what}: {why}"));
-    let shape = get(&j, "shape")
-        .and_then(as_arr)
-        .ok_or_else(|| bad("no \"shape\" list"))?
-        .iter()
-        .map(|v| {
-            as_usize(v)
-                .ok_or_else(|| bad("\"shape\" holds a value that is not a non-negative integer"))
-        })
-        .collect::<Result<Vec<usize>>>()?;
-    let dtype = Dtype::from_name(
-        get(&j, "dtype")
-            .and_then(as_str)
-            .ok_or_else(|| bad("no \"dtype\" string"))?,
-    )
-    .map_err(|e| bad(&e.to_string()))?;
-    let order = match get(&j, "byte_order").map(as_str) {
-        None | Some(Some("little")) => ByteOrder::Little,
-        Some(Some("big")) => ByteOrder::Big,
-        _ => return Err(bad("\"byte_order\" must be \"little\" or \"big\"")),
-    };
-    let header = match get(&j, "header_bytes") {
-        None => 0,
-        Some(v) => {
-            as_usize(v).ok_or_else(|| bad("\"header_bytes\" is not a non-negative integer"))?
-        }
-    };
-    let voxel_size = match get(&j, "voxel_size_nm") {
-        None | Some(Json::Null) => None,
-        Some(v) => {
-            let a: Vec<f64> = as_arr(v)
-                .map(|a| a.iter().filter_map(as_f64).collect())
-                .unwrap_or_default();
-            let [z, y, x] = a[..] else {
-                return Err(bad("\"voxel_size_nm\" must be [z, y, x] in nm"));
-            };
-            Some(VoxelSize::new(z, y, x).map_err(|e| bad(&e.to_string()))?)
-        }
+    let dtype = Dtype::from_name(&j.dtype).map_err(|e| bad(&e.to_string()))?;
+    let voxel_size = match j.voxel_size_nm {
+        None => None,
+        Some([z, y, x]) => Some(VoxelSize::new(z, y, x).map_err(|e| bad(&e.to_string()))?),
     };
     Ok(RawLayout {
-        shape,
+        shape: j.shape,
         dtype,
-        order,
-        header,
+        order: j.byte_order,
+        header: j.header_bytes,
         voxel_size,
     })
 }
 
+/// A raw file's `.json` sidecar.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sidecar {
+    shape: Vec<usize>,
+    dtype: String,
+    #[serde(default)]
+    byte_order: ByteOrder,
+    #[serde(default)]
+    header_bytes: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    voxel_size_nm: Option<[f64; 3]>,
+}
+
 fn sidecar_json(layout: &RawLayout) -> String {
-    let list = |v: &[usize]| Json::Arr(v.iter().map(|&x| Json::from(x)).collect());
-    let mut fields = vec![
-        ("shape", list(&layout.shape)),
-        ("dtype", Json::from(layout.dtype.name())),
-        (
-            "byte_order",
-            Json::from(match layout.order {
-                ByteOrder::Little => "little",
-                ByteOrder::Big => "big",
-            }),
-        ),
-        ("header_bytes", Json::from(layout.header)),
-    ];
-    if let Some(v) = layout.voxel_size {
-        fields.push((
-            "voxel_size_nm",
-            Json::Arr(vec![v.z.into(), v.y.into(), v.x.into()]),
-        ));
-    }
-    format!("{}\n", Json::obj(fields))
+    let s = Sidecar {
+        shape: layout.shape.clone(),
+        dtype: layout.dtype.name().to_string(),
+        byte_order: layout.order,
+        header_bytes: layout.header,
+        voxel_size_nm: layout.voxel_size.map(|v| [v.z, v.y, v.x]),
+    };
+    format!("{}\n", serde_json::to_string(&s).unwrap_or_default())
 }
 
 enum Source {

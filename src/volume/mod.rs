@@ -3,7 +3,6 @@
 pub mod array;
 pub mod hdf5;
 pub mod io;
-pub mod json_read;
 pub mod png;
 pub mod raw;
 pub mod tiff;

@@ -15,9 +15,8 @@ use super::array::{
     c_strides, check_box, copy_box, decode_elements, encode_elements, io_err, shape_len,
     write_file_atomic, AnyArray, Array, ByteOrder, Dtype, Scalar, Voxel, VoxelSize,
 };
-use super::json_read::{as_arr, as_f64, as_str, as_usize, get, parse};
 use crate::error::{Error, Result};
-use crate::json::Json;
+use crate::json::{self, Json};
 use rayon::prelude::*;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -135,21 +134,43 @@ fn meta_err(path: &Path, msg: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{}: {msg}", path.display()))
 }
 
+/// A non-negative integer that fits usize, exactly (no float rounding).
+fn as_usize(v: &Json) -> Option<usize> {
+    v.as_u64().and_then(|n| usize::try_from(n).ok())
+}
+
 fn usize_list(v: Option<&Json>, path: &Path, what: &str) -> Result<Vec<usize>> {
     let a = v
-        .and_then(as_arr)
+        .and_then(Json::as_array)
         .ok_or_else(|| meta_err(path, format!("'{what}' missing or not a list")))?;
     a.iter()
-        .map(|x| as_usize(x).ok_or_else(|| meta_err(path, format!("'{what}' holds a non-integer"))))
+        .map(|x| {
+            as_usize(x).ok_or_else(|| {
+                meta_err(
+                    path,
+                    format!(
+                        "'{what}' holds {x}, not a non-negative integer of at most {}",
+                        usize::MAX
+                    ),
+                )
+            })
+        })
         .collect()
 }
 
 /// Fill value from JSON: a number, null, "NaN", "Infinity", "-Infinity", or (v3) a hex bit pattern.
 fn parse_fill(v: Option<&Json>, dtype: Dtype, path: &Path) -> Result<Scalar> {
+    if let (Some(Json::Number(n)), false) = (v, dtype.is_float()) {
+        // Integer fill values are exact: u64 ones above 2^53 do not go through f64.
+        let u = n
+            .as_u64()
+            .ok_or_else(|| meta_err(path, format!("fill_value {n} is not valid for {dtype}")))?;
+        return Ok(Scalar::U(u));
+    }
     let f = match v {
         None | Some(Json::Null) => 0.0,
-        Some(Json::Num(n)) => *n,
-        Some(Json::Str(s)) => match s.as_str() {
+        Some(Json::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        Some(Json::String(s)) => match s.as_str() {
             "NaN" => f64::NAN,
             "Infinity" => f64::INFINITY,
             "-Infinity" => f64::NEG_INFINITY,
@@ -188,7 +209,10 @@ fn parse_fill(v: Option<&Json>, dtype: Dtype, path: &Path) -> Result<Scalar> {
 
 fn read_json(path: &Path) -> Result<Option<Json>> {
     match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(parse(&t, &path.display().to_string())?)),
+        Ok(t) => Ok(Some(crate::json::parse(
+            &crate::json::quote_non_finite(&t),
+            &path.display().to_string(),
+        )?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path, e)),
     }
@@ -208,9 +232,11 @@ fn ome_unit_nm(u: &str) -> Option<f64> {
 
 /// `resolution` [.., z, y, x] in nm (CREMI, gunpowder, daisy).
 fn voxel_from_resolution(attrs: &Json) -> Option<VoxelSize> {
-    let r: Vec<f64> = as_arr(get(attrs, "resolution")?)?
+    let r: Vec<f64> = attrs
+        .get("resolution")?
+        .as_array()?
         .iter()
-        .filter_map(as_f64)
+        .filter_map(Json::as_f64)
         .collect();
     if r.len() < 3 {
         return None;
@@ -221,20 +247,24 @@ fn voxel_from_resolution(attrs: &Json) -> Option<VoxelSize> {
 
 /// OME-NGFF multiscales of a parent group: the scale of the dataset named `name`.
 fn voxel_from_ome(attrs: &Json, name: &str) -> Option<VoxelSize> {
-    let ms = get(attrs, "multiscales").or_else(|| get(get(attrs, "ome")?, "multiscales"))?;
-    for m in as_arr(ms)? {
-        let axes = get(m, "axes").and_then(as_arr);
-        for d in as_arr(get(m, "datasets")?)? {
-            if get(d, "path").and_then(as_str) != Some(name) {
+    let ms = attrs
+        .get("multiscales")
+        .or_else(|| attrs.get("ome")?.get("multiscales"))?;
+    for m in ms.as_array()? {
+        let axes = m.get("axes").and_then(Json::as_array);
+        for d in m.get("datasets")?.as_array()? {
+            if d.get("path").and_then(Json::as_str) != Some(name) {
                 continue;
             }
-            for t in as_arr(get(d, "coordinateTransformations")?)? {
-                if get(t, "type").and_then(as_str) != Some("scale") {
+            for t in d.get("coordinateTransformations")?.as_array()? {
+                if t.get("type").and_then(Json::as_str) != Some("scale") {
                     continue;
                 }
-                let s: Vec<f64> = as_arr(get(t, "scale")?)?
+                let s: Vec<f64> = t
+                    .get("scale")?
+                    .as_array()?
                     .iter()
-                    .filter_map(as_f64)
+                    .filter_map(Json::as_f64)
                     .collect();
                 let n = s.len();
                 if n < 3 {
@@ -242,8 +272,8 @@ fn voxel_from_ome(attrs: &Json, name: &str) -> Option<VoxelSize> {
                 }
                 let unit = |i: usize| -> f64 {
                     axes.and_then(|a| a.get(i))
-                        .and_then(|a| get(a, "unit"))
-                        .and_then(as_str)
+                        .and_then(|a| a.get("unit"))
+                        .and_then(Json::as_str)
                         .and_then(ome_unit_nm)
                         // OME-NGFF has no default unit; nm is what EM pipelines use.
                         .unwrap_or(1.0)
@@ -270,7 +300,7 @@ fn parent_voxel_size(path: &Path, version: ZarrVersion) -> Result<Option<VoxelSi
         ZarrVersion::V3 => read_json(&parent.join("zarr.json"))
             .ok()
             .flatten()
-            .and_then(|j| get(&j, "attributes").cloned()),
+            .and_then(|j| j.get("attributes").cloned()),
     };
     Ok(attrs.and_then(|a| voxel_from_ome(&a, &name)))
 }
@@ -295,26 +325,27 @@ impl ZarrArray {
 
     fn from_v2(path: PathBuf, m: &Json) -> Result<Self> {
         let mp = path.join(".zarray");
-        if get(m, "zarr_format").and_then(as_usize) != Some(2) {
+        if m.get("zarr_format").and_then(as_usize) != Some(2) {
             return Err(meta_err(&mp, "zarr_format is not 2"));
         }
-        let shape = usize_list(get(m, "shape"), &mp, "shape")?;
-        let chunks = usize_list(get(m, "chunks"), &mp, "chunks")?;
-        let ts = get(m, "dtype")
-            .and_then(as_str)
+        let shape = usize_list(m.get("shape"), &mp, "shape")?;
+        let chunks = usize_list(m.get("chunks"), &mp, "chunks")?;
+        let ts = m
+            .get("dtype")
+            .and_then(Json::as_str)
             .ok_or_else(|| meta_err(&mp, "'dtype' missing or not a string"))?;
         let (dtype, order) = Dtype::from_typestr(ts).map_err(|e| meta_err(&mp, e))?;
-        let fill_value = parse_fill(get(m, "fill_value"), dtype, &mp)?;
-        match get(m, "filters") {
+        let fill_value = parse_fill(m.get("fill_value"), dtype, &mp)?;
+        match m.get("filters") {
             None | Some(Json::Null) => {}
-            Some(Json::Arr(a)) if a.is_empty() => {}
+            Some(Json::Array(a)) if a.is_empty() => {}
             Some(_) => return Err(meta_err(&mp, "v2 filters are not supported")),
         }
-        let (compressor, mut codecs) = match get(m, "compressor") {
+        let (compressor, mut codecs) = match m.get("compressor") {
             None | Some(Json::Null) => (Compressor::None, vec![]),
             Some(c) => {
-                let id = get(c, "id").and_then(as_str).unwrap_or("?");
-                let level = get(c, "level").and_then(as_f64);
+                let id = c.get("id").and_then(Json::as_str).unwrap_or("?");
+                let level = c.get("level").and_then(Json::as_f64);
                 match id {
                     "gzip" => {
                         let l = level.unwrap_or(5.0).clamp(0.0, 9.0) as u32;
@@ -339,11 +370,11 @@ impl ZarrArray {
                 }
             }
         };
-        if get(m, "order").and_then(as_str) == Some("F") {
+        if m.get("order").and_then(Json::as_str) == Some("F") {
             let n = shape.len();
             codecs.insert(0, Codec::Transpose((0..n).rev().collect()));
         }
-        let separator = match get(m, "dimension_separator").and_then(as_str) {
+        let separator = match m.get("dimension_separator").and_then(Json::as_str) {
             None | Some(".") => '.',
             Some("/") => '/',
             Some(o) => return Err(meta_err(&mp, format!("dimension_separator '{o}'"))),
@@ -374,40 +405,42 @@ impl ZarrArray {
 
     fn from_v3(path: PathBuf, m: &Json) -> Result<Self> {
         let mp = path.join("zarr.json");
-        if get(m, "zarr_format").and_then(as_usize) != Some(3) {
+        if m.get("zarr_format").and_then(as_usize) != Some(3) {
             return Err(meta_err(&mp, "zarr_format is not 3"));
         }
-        if get(m, "node_type").and_then(as_str) != Some("array") {
+        if m.get("node_type").and_then(Json::as_str) != Some("array") {
             return Err(meta_err(&mp, "node_type is not 'array' (a group?)"));
         }
-        let shape = usize_list(get(m, "shape"), &mp, "shape")?;
-        let grid = get(m, "chunk_grid").ok_or_else(|| meta_err(&mp, "chunk_grid missing"))?;
-        if get(grid, "name").and_then(as_str) != Some("regular") {
+        let shape = usize_list(m.get("shape"), &mp, "shape")?;
+        let grid = m
+            .get("chunk_grid")
+            .ok_or_else(|| meta_err(&mp, "chunk_grid missing"))?;
+        if grid.get("name").and_then(Json::as_str) != Some("regular") {
             return Err(meta_err(&mp, "only the 'regular' chunk grid is supported"));
         }
         let chunks = usize_list(
-            get(grid, "configuration").and_then(|c| get(c, "chunk_shape")),
+            grid.get("configuration").and_then(|c| c.get("chunk_shape")),
             &mp,
             "chunk_grid.configuration.chunk_shape",
         )?;
-        let dname = get(m, "data_type").and_then(as_str).ok_or_else(|| {
+        let dname = m.get("data_type").and_then(Json::as_str).ok_or_else(|| {
             meta_err(
                 &mp,
                 "'data_type' missing or not a string (extension types are not supported)",
             )
         })?;
         let dtype = Dtype::from_name(dname).map_err(|e| meta_err(&mp, e))?;
-        let fill_value = parse_fill(get(m, "fill_value"), dtype, &mp)?;
+        let fill_value = parse_fill(m.get("fill_value"), dtype, &mp)?;
         let (separator, key_prefix_c) = {
-            let enc = get(m, "chunk_key_encoding");
+            let enc = m.get("chunk_key_encoding");
             let name = enc
-                .and_then(|e| get(e, "name"))
-                .and_then(as_str)
+                .and_then(|e| e.get("name"))
+                .and_then(Json::as_str)
                 .unwrap_or("default");
             let sep = enc
-                .and_then(|e| get(e, "configuration"))
-                .and_then(|c| get(c, "separator"))
-                .and_then(as_str);
+                .and_then(|e| e.get("configuration"))
+                .and_then(|c| c.get("separator"))
+                .and_then(Json::as_str);
             match (name, sep) {
                 ("default", None | Some("/")) => ('/', true),
                 ("default", Some(".")) => ('.', true),
@@ -421,20 +454,21 @@ impl ZarrArray {
                 }
             }
         };
-        let list = get(m, "codecs")
-            .and_then(as_arr)
+        let list = m
+            .get("codecs")
+            .and_then(Json::as_array)
             .ok_or_else(|| meta_err(&mp, "'codecs' missing"))?;
         let mut codecs = Vec::new();
         let mut order = ByteOrder::Little;
         let mut compressor = Compressor::None;
         let mut n_compress = 0;
         for c in list {
-            let name = get(c, "name").and_then(as_str).unwrap_or("?");
-            let conf = get(c, "configuration");
-            let cf = |k: &str| conf.and_then(|c| get(c, k));
+            let name = c.get("name").and_then(Json::as_str).unwrap_or("?");
+            let conf = c.get("configuration");
+            let cf = |k: &str| conf.and_then(|c| c.get(k));
             match name {
                 "bytes" => {
-                    order = match cf("endian").and_then(as_str) {
+                    order = match cf("endian").and_then(Json::as_str) {
                         None | Some("little") => ByteOrder::Little,
                         Some("big") => ByteOrder::Big,
                         Some(o) => return Err(meta_err(&mp, format!("bytes endian '{o}'"))),
@@ -450,13 +484,13 @@ impl ZarrArray {
                     codecs.push(Codec::Transpose(perm));
                 }
                 "gzip" => {
-                    let l = cf("level").and_then(as_f64).unwrap_or(5.0).clamp(0.0, 9.0) as u32;
+                    let l = cf("level").and_then(Json::as_f64).unwrap_or(5.0).clamp(0.0, 9.0) as u32;
                     compressor = Compressor::Gzip(l);
                     n_compress += 1;
                     codecs.push(Codec::Gzip(l));
                 }
                 "zstd" => {
-                    let l = cf("level").and_then(as_f64).unwrap_or(0.0) as i32;
+                    let l = cf("level").and_then(Json::as_f64).unwrap_or(0.0) as i32;
                     compressor = Compressor::Zstd(l);
                     n_compress += 1;
                     codecs.push(Codec::Zstd(l));
@@ -476,7 +510,7 @@ impl ZarrArray {
             // Read fine, but `compressor` cannot describe it; writes keep the exact pipeline.
             compressor = Compressor::None;
         }
-        let attrs = get(m, "attributes");
+        let attrs = m.get("attributes");
         let mut voxel_size = attrs.and_then(voxel_from_resolution);
         if voxel_size.is_none() {
             voxel_size = parent_voxel_size(&path, ZarrVersion::V3)?;
@@ -623,20 +657,20 @@ impl ZarrArray {
 
     fn fill_json(&self) -> Json {
         match self.fill_value {
-            Scalar::U(v) => Json::Num(v as f64),
-            Scalar::F(v) if v.is_nan() => Json::Str("NaN".into()),
-            Scalar::F(v) if v == f64::INFINITY => Json::Str("Infinity".into()),
-            Scalar::F(v) if v == f64::NEG_INFINITY => Json::Str("-Infinity".into()),
-            Scalar::F(v) => Json::Num(v),
+            Scalar::U(v) => Json::from(v),
+            Scalar::F(v) if v.is_nan() => Json::String("NaN".into()),
+            Scalar::F(v) if v == f64::INFINITY => Json::String("Infinity".into()),
+            Scalar::F(v) if v == f64::NEG_INFINITY => Json::String("-Infinity".into()),
+            Scalar::F(v) => Json::from(v),
         }
     }
 
     fn write_metadata(&self) -> Result<()> {
-        let list = |v: &[usize]| Json::Arr(v.iter().map(|&x| Json::from(x)).collect());
+        let list = |v: &[usize]| Json::Array(v.iter().map(|&x| Json::from(x)).collect());
         let attrs = self.voxel_size.map(|v| {
-            Json::obj([(
+            json::obj([(
                 "resolution",
-                Json::Arr(vec![v.z.into(), v.y.into(), v.x.into()]),
+                Json::Array(vec![v.z.into(), v.y.into(), v.x.into()]),
             )])
         });
         let write = |name: &str, j: &Json| {
@@ -648,18 +682,18 @@ impl ZarrArray {
                 let comp = match self.compressor {
                     Compressor::None => Json::Null,
                     Compressor::Gzip(l) => {
-                        Json::obj([("id", "gzip".into()), ("level", (l as usize).into())])
+                        json::obj([("id", "gzip".into()), ("level", (l as usize).into())])
                     }
                     Compressor::Zlib(l) => {
-                        Json::obj([("id", "zlib".into()), ("level", (l as usize).into())])
+                        json::obj([("id", "zlib".into()), ("level", (l as usize).into())])
                     }
-                    Compressor::Zstd(l) => Json::obj([
+                    Compressor::Zstd(l) => json::obj([
                         ("id", Json::from("zstd")),
-                        ("level", Json::Num(l as f64)),
+                        ("level", Json::from(l as f64)),
                         ("checksum", Json::Bool(false)),
                     ]),
                 };
-                let m = Json::obj([
+                let m = json::obj([
                     ("zarr_format", Json::from(2usize)),
                     ("shape", list(&self.shape)),
                     ("chunks", list(&self.chunks)),
@@ -679,11 +713,11 @@ impl ZarrArray {
                 }
             }
             ZarrVersion::V3 => {
-                let mut codecs = vec![Json::obj([
+                let mut codecs = vec![json::obj([
                     ("name", Json::from("bytes")),
                     (
                         "configuration",
-                        Json::obj([(
+                        json::obj([(
                             "endian",
                             Json::from(if self.order == ByteOrder::Big {
                                 "big"
@@ -695,19 +729,19 @@ impl ZarrArray {
                 ])];
                 for c in &self.codecs {
                     codecs.push(match c {
-                        Codec::Gzip(l) => Json::obj([
+                        Codec::Gzip(l) => json::obj([
                             ("name", Json::from("gzip")),
                             (
                                 "configuration",
-                                Json::obj([("level", Json::from(*l as usize))]),
+                                json::obj([("level", Json::from(*l as usize))]),
                             ),
                         ]),
-                        Codec::Zstd(l) => Json::obj([
+                        Codec::Zstd(l) => json::obj([
                             ("name", Json::from("zstd")),
                             (
                                 "configuration",
-                                Json::obj([
-                                    ("level", Json::Num(*l as f64)),
+                                json::obj([
+                                    ("level", Json::from(*l as f64)),
                                     ("checksum", Json::Bool(false)),
                                 ]),
                             ),
@@ -716,31 +750,34 @@ impl ZarrArray {
                         _ => Json::Null,
                     });
                 }
-                let m = Json::obj([
+                let m = json::obj([
                     ("zarr_format", Json::from(3usize)),
                     ("node_type", Json::from("array")),
                     ("shape", list(&self.shape)),
                     ("data_type", Json::from(self.dtype.name())),
                     (
                         "chunk_grid",
-                        Json::obj([
+                        json::obj([
                             ("name", Json::from("regular")),
                             (
                                 "configuration",
-                                Json::obj([("chunk_shape", list(&self.chunks))]),
+                                json::obj([("chunk_shape", list(&self.chunks))]),
                             ),
                         ]),
                     ),
                     (
                         "chunk_key_encoding",
-                        Json::obj([
+                        json::obj([
                             ("name", Json::from("default")),
-                            ("configuration", Json::obj([("separator", Json::from("/"))])),
+                            ("configuration", json::obj([("separator", Json::from("/"))])),
                         ]),
                     ),
                     ("fill_value", self.fill_json()),
-                    ("codecs", Json::Arr(codecs)),
-                    ("attributes", attrs.unwrap_or(Json::Obj(vec![]))),
+                    ("codecs", Json::Array(codecs)),
+                    (
+                        "attributes",
+                        attrs.unwrap_or_else(|| json::obj::<String>([])),
+                    ),
                 ]);
                 write("zarr.json", &m)?;
             }
