@@ -61,6 +61,7 @@ fn resume_continues_exactly_where_it_stopped() {
                 out_dir: dir.clone(),
                 resume,
                 quiet: true,
+                ..RunOptions::default()
             },
         )
         .unwrap()
@@ -299,4 +300,170 @@ fn training_beats_the_trivial_predictor_on_an_unseen_volume() {
         v.boundary_accuracy, v.all_ones_accuracy, v.loss
     );
     assert!(v.boundary_accuracy > v.all_ones_accuracy + 0.1, "{v:?}");
+}
+
+fn run_opts(dir: &PathBuf, resume: bool) -> RunOptions {
+    RunOptions {
+        out_dir: dir.clone(),
+        resume,
+        quiet: true,
+        ..RunOptions::default()
+    }
+}
+
+/// A diverging run stops at the step, phase and tensor that went non-finite, and the good
+/// checkpoint written before it is left byte for byte.
+#[test]
+fn divergence_stops_with_the_tensor_and_keeps_the_good_checkpoint() {
+    let size = (12, 80, 80);
+    let (img, lbl) = volume(6, size);
+    let b = CpuBackend::<f32>::new();
+    let dir = tmp("diverge");
+    let good = tiny(2);
+    let data = Dataset::new(img, lbl, size, &good, "synthetic").unwrap();
+    train::train(&b, good.clone(), &data, &run_opts(&dir, false)).unwrap();
+    let model = Outputs { dir: dir.clone() }.model();
+    let before = std::fs::read(&model).unwrap();
+    let mut wild = good.clone();
+    wild.steps = 8;
+    wild.lr = 1e300;
+    wild.store_all = true;
+    let e = train::train(&b, wild, &data, &run_opts(&dir, true))
+        .err()
+        .expect("lr 1e300 must diverge")
+        .to_string();
+    assert!(e.contains("step 3") || e.contains("step 4"), "{e}");
+    assert!(
+        (e.contains("after the update") && e.contains("non-finite"))
+            || e.contains("first non-finite value"),
+        "{e}"
+    );
+    assert!(
+        std::fs::read(&model).unwrap() == before,
+        "checkpoint replaced"
+    );
+}
+
+/// Checkpoints whose tensors do not match the network are refused by name: a transposed kernel
+/// (same element count), tensors of a deeper network, a non-finite value.
+#[test]
+fn mismatched_checkpoints_are_refused_by_tensor_name() {
+    let b = CpuBackend::<f32>::new();
+    let dir = tmp("mismatch");
+    let mut deep = tiny(1);
+    deep.net.rev_blocks = 2;
+    let t = Trainer::new(&b, deep).unwrap();
+    let out = Outputs { dir: dir.clone() };
+    state::save(&t, &out).unwrap();
+    let ck = revseg::checkpoint::load(out.model()).unwrap();
+    let mut shallow = Trainer::new(&b, tiny(1)).unwrap();
+    let e = state::load_model(&b, &shallow.prog, &mut shallow.ex, &ck, "m")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not have") && e.contains("rev1"), "{e}");
+    // The shallow network's own checkpoint, edited.
+    let own = Trainer::new(&b, tiny(1)).unwrap();
+    state::save(&own, &out).unwrap();
+    let good = revseg::checkpoint::load(out.model()).unwrap();
+    let edit = |f: &dyn Fn(&mut (String, Vec<usize>, Vec<f32>))| {
+        let mut c = good.clone();
+        let w = c
+            .tensors
+            .iter_mut()
+            .find(|(n, _, _)| n == "embed_in.weight")
+            .unwrap();
+        f(w);
+        c
+    };
+    let transposed = edit(&|w| w.1.swap(0, 1));
+    let e = state::load_model(&b, &shallow.prog, &mut shallow.ex, &transposed, "m")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("embed_in.weight") && e.contains("shape"), "{e}");
+    let nan = edit(&|w| w.2[3] = f32::NAN);
+    let e = state::load_model(&b, &shallow.prog, &mut shallow.ex, &nan, "m")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("embed_in.weight") && e.contains("non-finite"),
+        "{e}"
+    );
+    state::load_model(&b, &shallow.prog, &mut shallow.ex, &good, "m").unwrap();
+}
+
+/// Weights that overflow in the forward give an error naming the op, not NaN affinities.
+#[test]
+fn non_finite_predictions_name_the_op() {
+    let b = CpuBackend::<f32>::new();
+    let size = (8, 64, 64);
+    let (img, _) = volume(7, size);
+    let mut t = Trainer::new(&b, tiny(1)).unwrap();
+    // Saturated embed_out channels meet the output layer's mixed-sign weights: inf - inf.
+    let i = t
+        .prog
+        .params
+        .iter()
+        .position(|p| p.name == "embed_out.weight")
+        .unwrap();
+    let n = t.prog.params[i].shape.len();
+    t.ex.set_param(&b, i, &vec![1e38; n]).unwrap();
+    let e = t
+        .predict(&img, size, false)
+        .err()
+        .expect("NaN expected")
+        .to_string();
+    assert!(
+        e.contains("predicted affinities") && e.contains("first non-finite value: conv"),
+        "{e}"
+    );
+}
+
+/// After a kill between a logged step and its checkpoint, resume drops the rows past the
+/// checkpoint and continues the clock; a fresh run into a used folder is refused.
+#[test]
+fn resume_truncates_the_log_and_a_used_folder_is_refused() {
+    let size = (12, 80, 80);
+    let (img, lbl) = volume(8, size);
+    let b = CpuBackend::<f32>::new();
+    let dir = tmp("log");
+    let out = Outputs { dir: dir.clone() };
+    let run = |steps: usize, resume: bool| {
+        let cfg = tiny(steps);
+        let data = Dataset::new(img.clone(), lbl.clone(), size, &cfg, "synthetic").unwrap();
+        train::train(&b, cfg, &data, &run_opts(&dir, resume))
+    };
+    run(2, false).unwrap();
+    let at2 = std::fs::read(out.model()).unwrap();
+    run(3, true).unwrap();
+    // As if killed after step 3 was logged but before its checkpoint landed.
+    std::fs::write(out.model(), at2).unwrap();
+    run(4, true).unwrap();
+    let csv = std::fs::read_to_string(out.metrics()).unwrap();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            l.split(',')
+                .map(|f| f.parse().unwrap_or(f64::NAN))
+                .collect()
+        })
+        .collect();
+    let steps: Vec<f64> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(steps, [1.0, 2.0, 3.0, 4.0], "{csv}");
+    let secs: Vec<f64> = rows.iter().map(|r| r[6]).collect();
+    assert!(
+        secs.windows(2).all(|w| w[1] >= w[0]),
+        "clock restarted: {csv}"
+    );
+    let e = run(2, false).err().unwrap().to_string();
+    assert!(
+        e.contains("already holds a training run") && e.contains("--resume"),
+        "{e}"
+    );
+    let e = run(4, true).err().unwrap().to_string();
+    assert!(
+        e.contains("nothing to train") && e.contains("step 4"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_to_string(out.metrics()).unwrap(), csv);
 }

@@ -114,8 +114,9 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     let dev = super::select_device(&a.device)?;
     let opt = RunOptions {
         out_dir: a.out.clone(),
-        resume: false,
-        quiet: false,
+        // The demo makes everything it trains on anew, so its folder is its own to replace.
+        overwrite: true,
+        ..RunOptions::default()
     };
     let test_image: Vec<f32> = test_vol.image.iter().map(|&v| v as f32 / 255.0).collect();
     let (summary, aff) = crate::on_device!(dev, |b| {

@@ -131,8 +131,8 @@ fn summary_json(cfg: &SynthConfig, vol: &SynthVolume, t_gen: f64, t_write: f64) 
                         "slip"
                     };
                     f.push(("kind".into(), kind.into()));
-                    f.push(("dy".into(), Json::from(*dy as f64)));
-                    f.push(("dx".into(), Json::from(*dx as f64)));
+                    f.push(("dy".into(), Json::from(*dy)));
+                    f.push(("dx".into(), Json::from(*dx)));
                 }
             }
             json::obj(f)

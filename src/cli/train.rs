@@ -1,9 +1,12 @@
 //! `revseg train`: train the network on an image volume and its labels.
 
 use crate::error::{Error, Result};
-use crate::train::{self, Dataset, RunOptions, TrainConfig};
+use crate::train::config::Settings;
+use crate::train::{self, state, Dataset, Outputs, RunOptions, TrainConfig};
 use clap::Args;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -22,9 +25,13 @@ pub struct TrainArgs {
     /// cpu, emu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Continue from the checkpoint in --out, exactly where it stopped.
+    /// Continue from the checkpoint in --out, exactly where it stopped, with its saved settings
+    /// (steps, lr, val_every, checkpoint_every, plateau_patience may be given again).
     #[arg(long)]
     pub resume: bool,
+    /// Replace a run that --out already holds (without it, a fresh run there is refused).
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     #[arg(long)]
     pub steps: Option<usize>,
     /// Patch D,H,W.
@@ -60,39 +67,116 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+/// Settings that a resumed run may change: how long it goes on and how it steps, not what it
+/// trains or on which data.
+const RESUMABLE: &[&str] = &[
+    "steps",
+    "lr",
+    "val_every",
+    "checkpoint_every",
+    "plateau_patience",
+];
+
 impl TrainArgs {
-    pub fn resolve(&self) -> Result<TrainConfig> {
-        let mut c = TrainConfig::default();
-        if let Some(p) = &self.config {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| Error::Io(format!("cannot read config {}: {e}", p.display())))?;
-            c.apply_toml(&text, &p.display().to_string())?;
-        }
-        let mut set = |k: &str, v: Option<String>| v.map_or(Ok(()), |v| c.set(k, &v));
-        set("steps", self.steps.map(|v| v.to_string()))?;
-        set("patch", self.patch.clone())?;
-        set("rev_blocks", self.rev_blocks.map(|v| v.to_string()))?;
-        set("widths", self.widths.clone())?;
-        set("lr", self.lr.map(|v| v.to_string()))?;
-        set("seed", self.seed.map(|v| v.to_string()))?;
-        set("val_every", self.val_every.map(|v| v.to_string()))?;
-        set("outputs", self.outputs.map(|v| v.to_string()))?;
-        set("voxel_size", self.voxel_size.clone())?;
-        if self.no_augment {
-            c.augment = false;
-        }
-        if self.store_all {
-            c.store_all = true;
+    /// The settings this command line gives: the TOML file, then the flags over it.
+    pub fn settings(&self) -> Result<Settings> {
+        let mut s = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::Io(format!("cannot read config {}: {e}", p.display())))?;
+                Settings::from_toml(&text, &p.display().to_string())?
+            }
+            None => Settings::default(),
+        };
+        let list = |k: &str, v: &Option<String>| -> Result<Settings> {
+            v.as_ref()
+                .map_or(Ok(Settings::default()), |v| Settings::from_key_value(k, v))
+        };
+        let flags = Settings {
+            steps: self.steps,
+            rev_blocks: self.rev_blocks,
+            lr: self.lr,
+            seed: self.seed,
+            val_every: self.val_every,
+            outputs: self.outputs,
+            augment: self.no_augment.then_some(false),
+            store_all: self.store_all.then_some(true),
+            ..Settings::default()
+        };
+        for part in [
+            list("patch", &self.patch)?,
+            list("widths", &self.widths)?,
+            list("voxel_size", &self.voxel_size)?,
+            flags,
+        ] {
+            s = s.merge(part);
         }
         for kv in &self.set {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| Error::Invalid(format!("--set '{kv}': expected key=value")))?;
-            c.set(k.trim(), v.trim())?;
+            s = s.merge(Settings::from_key_value(k, v)?);
+        }
+        Ok(s)
+    }
+
+    /// The configuration of this run. A resumed run is the saved one, with the settings of
+    /// `RESUMABLE` given again applied (each said in one line) and any other change refused.
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        let given = self.settings()?;
+        let mut c = TrainConfig::default();
+        if !self.resume {
+            c.apply(&given)?;
+            c.validate()?;
+            return Ok(c);
+        }
+        let path = Outputs {
+            dir: self.out.clone(),
+        }
+        .model();
+        let p = path.display().to_string();
+        if !path.exists() {
+            return Err(Error::Invalid(format!(
+                "--resume: {p} does not exist; train without --resume to start a run there"
+            )));
+        }
+        let saved = state::config_of(&crate::checkpoint::load(&path)?, &p)?;
+        let was = saved.settings();
+        c = saved.clone();
+        for key in given.keys() {
+            let one = Settings::default().merge(pick(&given, key));
+            let mut probe = saved.clone();
+            probe.apply(&one)?;
+            if probe.settings() == was {
+                continue;
+            }
+            let show = |s: &Settings| {
+                serde_json::to_value(s).map_or(String::new(), |j| j[key].to_string())
+            };
+            if !RESUMABLE.contains(&key) {
+                return Err(Error::Invalid(format!(
+                    "--resume: {key} is {} in the checkpoint and cannot change in a resumed run (only {} can); drop it, or train afresh into another --out",
+                    show(&was),
+                    RESUMABLE.join(", ")
+                )));
+            }
+            c.apply(&one)?;
+            eprintln!(
+                "resume: {key} {} -> {} (given again)",
+                show(&was),
+                show(&c.settings())
+            );
         }
         c.validate()?;
         Ok(c)
     }
+}
+
+/// The one setting `key` of `s`.
+fn pick(s: &Settings, key: &str) -> Settings {
+    let j = serde_json::to_value(s).unwrap_or_default();
+    let one = crate::json::obj([(key, j[key].clone())]);
+    serde_json::from_value(one).unwrap_or_default()
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
@@ -130,8 +214,18 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         out_dir: a.out.clone(),
         resume: a.resume,
         quiet: false,
+        overwrite: a.overwrite,
+        stop: Some(stop_on_signals()?),
     };
     let s = crate::on_device!(dev, |b| train::train(b, cfg, &data, &opt))?;
+    if s.interrupted {
+        eprintln!(
+            "interrupted: stopped after step {} with a checkpoint in {}; continue with --resume",
+            s.steps,
+            s.out_dir.display()
+        );
+        std::process::exit(130);
+    }
     let v = s.validation;
     if a.json {
         println!(
@@ -171,4 +265,17 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A first SIGINT or SIGTERM sets the flag (the loop finishes its step, saves and stops); a
+/// second one while the flag is set exits at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&flag)))
+            .map_err(|e| Error::Io(format!("cannot install the signal handler: {e}")))?;
+    }
+    Ok(flag)
 }

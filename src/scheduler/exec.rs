@@ -219,7 +219,19 @@ impl<B: Backend> Executor<B> {
         let out = self.plan.logits;
         let mut d = vec![B::Elem::ZERO; out.shape.len()];
         b.download(&self.arena, self.region(out), &mut d)?;
-        Ok(d)
+        if d.iter().all(|v| v.to_f64().is_finite()) {
+            return Ok(d);
+        }
+        // Run the forward again, checking every output, to name the first op that went bad.
+        self.upload(b, input, image, "image")?;
+        let culprit = self.execute(b, Phase::Forward, true)?;
+        Err(Error::Value {
+            what: "predicted affinities".into(),
+            detail: format!(
+                "not finite; first non-finite value: {}",
+                culprit.unwrap_or_else(|| "none in the forward (the output itself)".into())
+            ),
+        })
     }
 
     /// Runs the plan's instructions up to the end of `last_phase`. With `check_finite`, reads back

@@ -23,6 +23,8 @@ use crate::tensor::Element;
 use progress::Progress;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Figures of one validation.
@@ -43,6 +45,8 @@ pub struct TrainSummary {
     pub seconds: f64,
     pub out_dir: PathBuf,
     pub arena_bytes: usize,
+    /// Stopped early by `RunOptions::stop`, after saving a checkpoint.
+    pub interrupted: bool,
 }
 
 /// Files a training run writes into its output folder.
@@ -141,8 +145,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// Predict the held-out sections with a forward-only plan carrying the current weights.
     pub fn validate(&mut self, data: &Dataset) -> Result<Validation> {
         let (image, labels, shape) = data.validation()?;
-        let pred = self.predict(&image, shape, false)?;
+        let at = |e: Error| Error::Value {
+            what: format!("validation after step {}", self.step()),
+            detail: e.to_string(),
+        };
+        let pred = self.predict(&image, shape, false).map_err(at)?;
         let v = data::score(&pred, &labels, shape, self.cfg.net.outputs)?;
+        if !v.loss.is_finite() {
+            return Err(at(Error::Value {
+                what: "validation loss".into(),
+                detail: format!("not finite ({})", v.loss),
+            }));
+        }
         self.vals.push((self.step(), v));
         // Halve the learning rate when validation stops improving.
         if v.loss < self.best_val * (1.0 - 1e-4) {
@@ -156,6 +170,33 @@ impl<'a, B: Backend> Trainer<'a, B> {
             }
         }
         Ok(v)
+    }
+
+    /// Every parameter and running statistic is finite, or the first one that is not is named
+    /// with the step and the phase that produced it.
+    pub fn check_state(&self, phase: &str) -> Result<()> {
+        for (i, p) in self.prog.params.iter().enumerate() {
+            if self.ex.param(self.b, i)?.iter().any(|v| !v.is_finite()) {
+                return Err(self.diverged(&p.name, phase));
+            }
+        }
+        for (k, bn) in self.prog.bns.iter().enumerate() {
+            let (m, v) = self.ex.running(self.b, k)?;
+            if m.iter().chain(&v).any(|v| !v.is_finite()) {
+                return Err(self.diverged(&format!("{} running statistics", bn.name), phase));
+            }
+        }
+        Ok(())
+    }
+
+    fn diverged(&self, name: &str, phase: &str) -> Error {
+        Error::Value {
+            what: format!("{name} after the {phase} of step {}", self.step()),
+            detail: format!(
+                "holds a non-finite value: training diverged (learning rate {:e}); the last checkpoint stays as it was, lower lr and resume or start again",
+                self.lr
+            ),
+        }
     }
 
     /// An inference executor for patches of the training size, with the current weights.
@@ -249,15 +290,72 @@ impl<'a, B: Backend> Trainer<'a, B> {
 }
 
 /// What `train` reports as it goes.
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub out_dir: PathBuf,
     pub resume: bool,
     pub quiet: bool,
+    /// A fresh run into a folder that holds a run replaces it; without this it is refused.
+    pub overwrite: bool,
+    /// Set (by a signal handler) to stop after the current step with a checkpoint.
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+const CSV_HEADER: &str = "step,loss,lr,val_loss,val_boundary_accuracy,all_ones_accuracy,seconds";
+
+/// Outputs a run leaves in its folder (loss.png is only drawn from them).
+fn run_files(out: &Outputs) -> Vec<PathBuf> {
+    vec![out.model(), out.metrics(), out.plot()]
+}
+
+/// metrics.csv on resume: the rows up to the checkpoint's step are kept (later ones were logged
+/// after it and will be trained again), written atomically. Returns the clock of the last kept
+/// row, so `seconds` goes on from there, and the kept losses and validations for the plot.
+fn truncate_metrics(
+    path: &Path,
+    step: usize,
+) -> Result<(f64, Vec<(usize, f64)>, Vec<(usize, Validation)>)> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
+    };
+    let mut kept = vec![CSV_HEADER.to_string()];
+    let (mut clock, mut losses, mut vals) = (0.0, vec![], vec![]);
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let Some(s) = f.first().and_then(|s| s.parse::<usize>().ok()) else {
+            continue;
+        };
+        if s > step || f.len() != 7 {
+            continue;
+        }
+        let num = |i: usize| f[i].parse::<f64>().ok();
+        if let Some(l) = num(1) {
+            losses.push((s, l));
+        }
+        if let (Some(loss), Some(ba), Some(ones)) = (num(3), num(4), num(5)) {
+            let v = Validation {
+                loss,
+                boundary_accuracy: ba,
+                all_ones_accuracy: ones,
+            };
+            vals.push((s, v));
+        }
+        clock = num(6).unwrap_or(clock);
+        kept.push(line.to_string());
+    }
+    let body = kept.join("\n") + "\n";
+    crate::volume::array::write_file_atomic(path, |w| {
+        w.write_all(body.as_bytes())
+            .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
+    })?;
+    Ok((clock, losses, vals))
 }
 
 /// The training loop: steps, validation every `val_every` steps, checkpoints, metrics CSV and
-/// loss plot. On a non-finite loss it stops with the step and the first op that produced a
-/// non-finite value; the last checkpoint written stays as it was.
+/// loss plot. On a non-finite loss, parameter, running statistic or validation it stops with the
+/// step, the phase and the op or tensor by name; the last checkpoint written stays as it was.
 pub fn train<B: Backend>(
     b: &B,
     cfg: TrainConfig,
@@ -269,32 +367,57 @@ pub fn train<B: Backend>(
     let out = Outputs {
         dir: opt.out_dir.clone(),
     };
+    if !opt.resume {
+        let old: Vec<PathBuf> = run_files(&out).into_iter().filter(|p| p.exists()).collect();
+        if !old.is_empty() && !opt.overwrite {
+            return Err(Error::Invalid(format!(
+                "{} already holds a training run ({}): continue it with --resume, replace it with --overwrite, or choose another --out",
+                opt.out_dir.display(),
+                old.iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        for p in old {
+            std::fs::remove_file(&p)
+                .map_err(|e| Error::Io(format!("cannot remove {}: {e}", p.display())))?;
+        }
+    }
     let mut t = Trainer::new(b, cfg)?;
+    let mut clock = 0.0;
     if opt.resume {
         state::load(&mut t, &out)?;
+        let (c, losses, vals) = truncate_metrics(&out.metrics(), t.step())?;
+        (clock, t.losses, t.vals) = (c, losses, vals);
     }
     let start_step = t.step();
+    if start_step >= t.cfg.steps {
+        return Err(Error::Invalid(format!(
+            "nothing to train: the run is at step {start_step} and steps = {}; give --steps above {start_step} to train further",
+            t.cfg.steps
+        )));
+    }
     let mut csv = std::fs::OpenOptions::new()
         .create(true)
-        .append(start_step > 0)
-        .write(true)
-        .truncate(start_step == 0)
+        .append(true)
         .open(out.metrics())
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", out.metrics().display())))?;
+    let io =
+        |e: std::io::Error| Error::Io(format!("cannot write {}: {e}", out.metrics().display()));
     if start_step == 0 {
-        writeln!(
-            csv,
-            "step,loss,lr,val_loss,val_boundary_accuracy,all_ones_accuracy,seconds"
-        )
-        .map_err(Error::from)?;
+        writeln!(csv, "{CSV_HEADER}").map_err(io)?;
     }
     let arena = t.ex.plan.arena_len * std::mem::size_of::<B::Elem>();
     let voxels = (t.cfg.patch.0 * t.cfg.patch.1 * t.cfg.patch.2) as f64;
     let mut bar = Progress::new("train", t.cfg.steps.saturating_sub(start_step));
     let started = Instant::now();
+    let seconds = || clock + started.elapsed().as_secs_f64();
     let mut first = None;
     let mut last = f64::NAN;
     let mut validation = None;
+    let mut interrupted = false;
     while t.step() < t.cfg.steps {
         let t0 = Instant::now();
         let loss = t.train_step(data)?;
@@ -302,11 +425,8 @@ pub fn train<B: Backend>(
         first.get_or_insert(loss);
         last = loss;
         let step = t.step();
-        let mut row = format!(
-            "{step},{loss:.6},{:.6e},,,,{:.3}",
-            t.lr,
-            started.elapsed().as_secs_f64()
-        );
+        t.check_state("update")?;
+        let mut row = format!("{step},{loss:.6},{:.6e},,,,{:.3}", t.lr, seconds());
         if step % t.cfg.val_every == 0 || step == t.cfg.steps {
             let v = t.validate(data)?;
             validation = Some(v);
@@ -316,13 +436,14 @@ pub fn train<B: Backend>(
                 v.loss,
                 v.boundary_accuracy,
                 v.all_ones_accuracy,
-                started.elapsed().as_secs_f64()
+                seconds()
             );
             t.plot(&out.plot())?;
         }
-        writeln!(csv, "{row}").map_err(Error::from)?;
-        csv.flush().map_err(Error::from)?;
-        if step % t.cfg.checkpoint_every == 0 || step == t.cfg.steps {
+        writeln!(csv, "{row}").map_err(io)?;
+        csv.flush().map_err(io)?;
+        interrupted = opt.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
+        if step % t.cfg.checkpoint_every == 0 || step == t.cfg.steps || interrupted {
             state::save(&t, &out)?;
         }
         if !opt.quiet {
@@ -340,6 +461,9 @@ pub fn train<B: Backend>(
                 ),
             );
         }
+        if interrupted {
+            break;
+        }
     }
     if !opt.quiet {
         bar.finish();
@@ -350,8 +474,9 @@ pub fn train<B: Backend>(
         first_loss: first.unwrap_or(f64::NAN),
         last_loss: last,
         validation,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: seconds(),
         out_dir: opt.out_dir.clone(),
         arena_bytes: arena,
+        interrupted,
     })
 }

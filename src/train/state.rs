@@ -16,37 +16,56 @@ fn f32s(v: Vec<f64>) -> Vec<f32> {
     v.into_iter().map(|x| x as f32).collect()
 }
 
+/// The shape PyTorch gives a parameter: vectors (biases, BN parameters) are 1-D, kernels 5-D.
+fn torch_shape(s: crate::tensor::Shape5) -> Vec<usize> {
+    if s.n == 1 && s.d == 1 && s.h == 1 && s.w == 1 {
+        vec![s.c]
+    } else {
+        s.dims().to_vec()
+    }
+}
+
+/// Names and shapes of the model tensors (parameters, then BN running statistics), in the order
+/// `model_tensors` returns them.
+pub fn model_shapes(prog: &Program) -> Vec<(String, Vec<usize>)> {
+    let params = prog
+        .params
+        .iter()
+        .map(|p| (p.name.clone(), torch_shape(p.shape)));
+    let stats = prog.bns.iter().flat_map(|bn| {
+        ["running_mean", "running_var"].map(|k| (format!("{}.{k}", bn.name), vec![bn.channels]))
+    });
+    params.chain(stats).collect()
+}
+
 /// Model tensors (parameters and running statistics) of an executor, by PyTorch-style names.
 pub fn model_tensors<B: Backend>(
     b: &B,
     prog: &Program,
     ex: &crate::scheduler::Executor<B>,
 ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-    let mut out = Vec::new();
-    for (i, p) in prog.params.iter().enumerate() {
-        let s = p.shape;
-        // Vectors (biases, BN parameters) are 1-D in PyTorch; kernels are 5-D.
-        let shape = if s.n == 1 && s.d == 1 && s.h == 1 && s.w == 1 {
-            vec![s.c]
-        } else {
-            s.dims().to_vec()
-        };
-        out.push((p.name.clone(), shape, f32s(ex.param(b, i)?)));
+    let mut values = Vec::new();
+    for i in 0..prog.params.len() {
+        values.push(f32s(ex.param(b, i)?));
     }
-    for (k, bn) in prog.bns.iter().enumerate() {
+    for k in 0..prog.bns.len() {
         let (m, v) = ex.running(b, k)?;
-        out.push((
-            format!("{}.running_mean", bn.name),
-            vec![bn.channels],
-            f32s(m),
-        ));
-        out.push((
-            format!("{}.running_var", bn.name),
-            vec![bn.channels],
-            f32s(v),
-        ));
+        values.push(f32s(m));
+        values.push(f32s(v));
     }
-    Ok(out)
+    Ok(model_shapes(prog)
+        .into_iter()
+        .zip(values)
+        .map(|((n, s), v)| (n, s, v))
+        .collect())
+}
+
+/// The first tensor holding a NaN or an infinity, by name.
+pub fn first_nonfinite(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Option<&str> {
+    tensors
+        .iter()
+        .find(|(_, _, d)| d.iter().any(|v| !v.is_finite()))
+        .map(|(n, _, _)| n.as_str())
 }
 
 pub fn save<B: Backend>(t: &Trainer<B>, out: &Outputs) -> Result<()> {
@@ -56,6 +75,16 @@ pub fn save<B: Backend>(t: &Trainer<B>, out: &Outputs) -> Result<()> {
         let shape = vec![p.shape.len()];
         tensors.push((format!("optim.m.{}", p.name), shape.clone(), f32s(m)));
         tensors.push((format!("optim.v.{}", p.name), shape, f32s(v)));
+    }
+    if let Some(name) = first_nonfinite(&tensors) {
+        return Err(Error::Value {
+            what: format!("{name} at step {}", t.step()),
+            detail: format!(
+                "holds a non-finite value; {} was not written (a checkpoint already there stays as it was). Lower the learning rate (now {:e})",
+                out.model().display(),
+                t.lr
+            ),
+        });
     }
     let rng = t
         .rng
@@ -104,7 +133,10 @@ pub fn config_of(ck: &Checkpoint, path: &str) -> Result<TrainConfig> {
     TrainConfig::from_json_text(meta(ck, "config", path)?)
 }
 
-/// Load model tensors into an executor built for the same network (any patch size).
+/// Load model tensors into an executor built for the same network (any patch size). Every tensor
+/// must be there with its full shape and finite values; a tensor the network does not have is
+/// refused (a checkpoint of a deeper network, or of other scales, is not this one), except Adam's
+/// moments of the network's own parameters.
 pub fn load_model<B: Backend>(
     b: &B,
     prog: &Program,
@@ -112,32 +144,67 @@ pub fn load_model<B: Backend>(
     ck: &Checkpoint,
     path: &str,
 ) -> Result<()> {
-    let get = |name: &str, len: usize| -> Result<Vec<f64>> {
-        let (_, d) = ck.get(name).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{path}: tensor '{name}' is missing: the checkpoint is for another network"
-            ))
-        })?;
-        if d.len() != len {
-            return Err(Error::shape(
-                "checkpoint",
-                format!(
-                    "{path}: tensor '{name}' has {} values, the network expects {len}",
-                    d.len()
-                ),
-            ));
-        }
-        Ok(d.iter().map(|v| *v as f64).collect())
-    };
-    for (i, p) in prog.params.iter().enumerate() {
-        ex.set_param(b, i, &get(&p.name, p.shape.len())?)?;
+    let shapes = model_shapes(prog);
+    let known: std::collections::HashSet<String> = shapes
+        .iter()
+        .map(|(n, _)| n.clone())
+        .chain(
+            prog.params
+                .iter()
+                .flat_map(|p| ["m", "v"].map(|k| format!("optim.{k}.{}", p.name))),
+        )
+        .collect();
+    let extra: Vec<&str> = ck
+        .tensors
+        .iter()
+        .map(|(n, _, _)| n.as_str())
+        .filter(|n| !known.contains(*n))
+        .collect();
+    if !extra.is_empty() {
+        let shown: Vec<&str> = extra.iter().take(5).copied().collect();
+        return Err(Error::Invalid(format!(
+            "{path}: {} tensor(s) the network does not have ({}{}): the checkpoint is for another network (rev_blocks, widths or outputs differ from its config)",
+            extra.len(),
+            shown.join(", "),
+            if extra.len() > 5 { ", ..." } else { "" }
+        )));
     }
-    for (k, bn) in prog.bns.iter().enumerate() {
-        let m = get(&format!("{}.running_mean", bn.name), bn.channels)?;
-        let v = get(&format!("{}.running_var", bn.name), bn.channels)?;
+    let mut values = Vec::with_capacity(shapes.len());
+    for (name, shape) in &shapes {
+        values.push(tensor(ck, name, shape, path)?);
+    }
+    let mut values = values.into_iter();
+    for i in 0..prog.params.len() {
+        ex.set_param(b, i, &values.next().unwrap_or_default())?;
+    }
+    for k in 0..prog.bns.len() {
+        let m = values.next().unwrap_or_default();
+        let v = values.next().unwrap_or_default();
         ex.set_running(b, k, &m, &v)?;
     }
     Ok(())
+}
+
+/// A tensor of the checkpoint with exactly `shape` and finite values.
+fn tensor(ck: &Checkpoint, name: &str, shape: &[usize], path: &str) -> Result<Vec<f64>> {
+    let (s, d) = ck.get(name).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{path}: tensor '{name}' is missing: the checkpoint is for another network"
+        ))
+    })?;
+    if s != shape {
+        return Err(Error::shape(
+            "checkpoint",
+            format!("{path}: tensor '{name}' has shape {s:?}, the network expects {shape:?}"),
+        ));
+    }
+    if d.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Value {
+            what: format!("{path}: tensor '{name}'"),
+            detail: "holds a non-finite value: the model diverged when it was saved; use an earlier checkpoint or retrain with a lower learning rate".into(),
+        });
+    }
+    Ok(d.iter().map(|v| *v as f64).collect())
 }
 
 /// Resume: weights, running statistics, Adam's moments and the loop's counters and random state.
@@ -154,27 +221,24 @@ pub fn load<B: Backend>(t: &mut Trainer<B>, out: &Outputs) -> Result<()> {
     }
     load_model(t.b, &t.prog, &mut t.ex, &ck, &p)?;
     for (i, prm) in t.prog.params.iter().enumerate() {
-        let n = prm.shape.len();
         let get = |kind: &str| -> Result<Vec<f64>> {
             let name = format!("optim.{kind}.{}", prm.name);
-            let (_, d) = ck.get(&name).ok_or_else(|| {
-                Error::Invalid(format!(
+            if ck.get(&name).is_none() {
+                return Err(Error::Invalid(format!(
                     "{p}: '{name}' is missing: not a training checkpoint"
-                ))
-            })?;
-            if d.len() != n {
-                return Err(Error::shape(
-                    "checkpoint",
-                    format!("{p}: '{name}' has {} values, expected {n}", d.len()),
-                ));
+                )));
             }
-            Ok(d.iter().map(|v| *v as f64).collect())
+            tensor(&ck, &name, &[prm.shape.len()], &p)
         };
         let (m, v) = (get("m")?, get("v")?);
         t.ex.set_moments(t.b, i, &m, &v)?;
     }
     t.ex.step = parse(meta(&ck, "step", &p)?, "step", &p)?;
-    t.lr = parse(meta(&ck, "lr", &p)?, "lr", &p)?;
+    // A learning rate given on resume (the config differs from the saved one) replaces the
+    // loop's current rate, which plateaus may have lowered; otherwise the loop goes on with it.
+    if saved.lr == t.cfg.lr {
+        t.lr = parse(meta(&ck, "lr", &p)?, "lr", &p)?;
+    }
     t.best_val = parse(meta(&ck, "best_val", &p)?, "best_val", &p)?;
     t.bad_vals = parse(meta(&ck, "bad_vals", &p)?, "bad_vals", &p)?;
     let words: Vec<u64> = meta(&ck, "rng", &p)?

@@ -689,7 +689,7 @@ impl ZarrArray {
                     }
                     Compressor::Zstd(l) => json::obj([
                         ("id", Json::from("zstd")),
-                        ("level", Json::from(l as f64)),
+                        ("level", Json::from(l)),
                         ("checksum", Json::Bool(false)),
                     ]),
                 };
@@ -741,7 +741,7 @@ impl ZarrArray {
                             (
                                 "configuration",
                                 json::obj([
-                                    ("level", Json::from(*l as f64)),
+                                    ("level", Json::from(*l)),
                                     ("checksum", Json::Bool(false)),
                                 ]),
                             ),
