@@ -34,9 +34,12 @@ fn hash(v: &[u8]) -> u64 {
     })
 }
 
-/// A scratch directory of its own for one target.
+/// A scratch directory of its own for each use of a target: the replay test and the target's
+/// own test run in parallel, and a file rewritten under an open reader is a different test.
 pub fn scratch(target: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("revseg-fuzz-{target}-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("revseg-fuzz-{target}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
