@@ -2,6 +2,7 @@
 //!
 //! Map of the crate: docs/ARCHITECTURE.md.
 
+pub mod alloc;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

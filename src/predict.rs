@@ -214,6 +214,13 @@ pub fn predict_stream<B: Backend>(
         )));
     }
     let (ny, nx) = (shape.1, shape.2);
+    // One window depth of sections is held at once: the weighted sums (channels planes), their
+    // weights, the image slab and the reader's copy before conversion (at most 8 bytes a voxel).
+    crate::alloc::check(
+        &format!("predict: {pd} sections of {ny}x{nx} in flight"),
+        &[pd, ny, nx, channels + 4],
+        4,
+    )?;
     let plane = ny * nx;
     let weight = bump(pd, ph, pw);
     let n = [pd, ph, pw];

@@ -157,6 +157,14 @@ pub fn run<B: Backend>(
     only: Option<&str>,
     mut progress: impl FnMut(&ConvBench),
 ) -> Result<Vec<ConvBench>> {
+    if !(min_secs.is_finite() && min_secs > 0.0) {
+        return Err(crate::Error::Value {
+            what: "--min-secs".into(),
+            detail: format!("{min_secs} is not a finite number of seconds above 0, e.g. 0.5"),
+        });
+    }
+    // The layers are those of the superhuman net: its pooling decides which patches exist.
+    crate::model::NetConfig::superhuman(0).check_patch(patch.0, patch.1, patch.2)?;
     let layers = superhuman_convs(&SUPERHUMAN_WIDTHS, patch.0, patch.1, patch.2, 3);
     let mut out = Vec::new();
     for l in layers

@@ -17,6 +17,12 @@ pub enum Norm {
     None,
 }
 
+/// Limits of [`NetConfig::validate`] and [`NetConfig::check_patch`].
+pub const MAX_REV_BLOCKS: usize = 1000;
+pub const MAX_SCALES: usize = 16;
+pub const MAX_WIDTH: usize = 1 << 14;
+pub const MAX_TENSOR_BYTES: usize = 1 << 40;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetConfig {
     pub widths: Vec<usize>,
@@ -38,6 +44,25 @@ impl NetConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        // Bounds far above any real network keep every count of parameters, buffers and FLOPs
+        // derived from them well inside u64, and refuse a program too large to build.
+        let over = |what: &str, v: usize, max: usize| {
+            Error::Invalid(format!(
+                "{what} {v} is over the limit of {max} (the published networks use at most a few)"
+            ))
+        };
+        if self.rev_blocks > MAX_REV_BLOCKS {
+            return Err(over("rev_blocks", self.rev_blocks, MAX_REV_BLOCKS));
+        }
+        if self.widths.len() > MAX_SCALES {
+            return Err(over("the number of scales", self.widths.len(), MAX_SCALES));
+        }
+        if let Some(&w) = self.widths.iter().find(|&&w| w > MAX_WIDTH) {
+            return Err(over("width", w, MAX_WIDTH));
+        }
+        if self.outputs > MAX_WIDTH {
+            return Err(over("outputs", self.outputs, MAX_WIDTH));
+        }
         if self.widths.is_empty() {
             return Err(Error::Invalid(
                 "the network needs at least one width".into(),
@@ -61,13 +86,22 @@ impl NetConfig {
         Ok(())
     }
 
-    /// Patch sizes must survive scales-1 poolings by 2 in y and x.
+    /// Patch sizes must survive scales-1 poolings by 2 in y and x, and the largest feature map
+    /// must fit in [`MAX_TENSOR_BYTES`].
     pub fn check_patch(&self, d: usize, h: usize, w: usize) -> Result<()> {
-        let f = 1usize << (self.widths.len() - 1);
+        let f = 1usize << (self.widths.len().clamp(1, MAX_SCALES) - 1);
         if d == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) || h == 0 || w == 0 {
             return Err(Error::Invalid(format!(
                 "patch {d}x{h}x{w}: with {} scales, H and W must be positive multiples of {f} (1x2x2 pooling between scales)",
                 self.widths.len()
+            )));
+        }
+        let channels = self.widths.iter().copied().chain([self.outputs]).max();
+        let bytes = crate::alloc::bytes_of(&[channels.unwrap_or(1), d, h, w], 4);
+        if bytes.is_none_or(|b| b > MAX_TENSOR_BYTES) {
+            let need = bytes.map_or("more than 2^64".to_string(), |b| b.to_string());
+            return Err(Error::Invalid(format!(
+                "patch {d}x{h}x{w}: its largest feature map needs {need} bytes, over the {MAX_TENSOR_BYTES} bytes (1 TiB) any device holds; use a smaller patch"
             )));
         }
         Ok(())

@@ -130,7 +130,10 @@ pub fn steepest_ascent<L: Label>(aff: &[f32], d: Dims, low: f32, high: f32) -> V
             (z + 1 < d.z).then(|| az[i + sxy]),
         ];
         let m = e.iter().map(|v| v.unwrap_or(low)).fold(low, f32::max);
-        if m <= low {
+        // Zlateski & Seung: edges at or above `high` always join, so a voxel is background only
+        // when its best edge is at or below `low` and below `high`. The two differ only when
+        // low >= high, as relative thresholds give on a uniform affinity graph (all ones).
+        if m <= low && m < high {
             continue;
         }
         let mut bits = 0u8;
@@ -600,6 +603,37 @@ mod tests {
         // Everything at or below low: no edges.
         let sag: Vec<u32> = steepest_ascent(&aff, dims, 0.9, 0.95);
         assert_eq!(sag, vec![0; 5]);
+    }
+
+    #[test]
+    fn edges_at_high_join_even_when_low_is_as_high() {
+        // 1 x 1 x 6 line, x-edges 1, 1, 0, 1, 1 (between 0-1, 1-2, 2-3, 3-4, 4-5) and
+        // low = high = 1: every edge of 1 is "infinitely strong", the 0 edge is cut, so the two
+        // connected runs {0, 1, 2} and {3, 4, 5} are one basin each.
+        let mut aff = vec![0f32; 18];
+        aff[12..18].copy_from_slice(&[0.0, 1.0, 1.0, 0.0, 1.0, 1.0]);
+        let p = Params {
+            low: 1.0,
+            high: 1.0,
+            merge: vec![],
+            dust: 0,
+            relative: false,
+        };
+        let (seg, st) = watershed::<u32>(&aff, d(1, 1, 6), &p).unwrap();
+        assert_eq!(seg, vec![1, 1, 1, 2, 2, 2]);
+        assert_eq!((st.basins, st.segments, st.background), (2, 2, 0));
+    }
+
+    #[test]
+    fn all_ones_affinities_are_one_segment_with_the_default_thresholds() {
+        // Relative thresholds of a uniform distribution are both 1.0; 1000 voxels pass the dust
+        // size of 600.
+        let dims = d(10, 10, 10);
+        let aff = vec![1f32; 3 * dims.voxels()];
+        let (seg, st) = watershed::<u32>(&aff, dims, &Params::watershed_jl()).unwrap();
+        assert_eq!((st.low, st.high), (1.0, 1.0));
+        assert_eq!((st.segments, st.background), (1, 0));
+        assert!(seg.iter().all(|&l| l == 1));
     }
 
     #[test]

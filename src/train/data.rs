@@ -76,8 +76,20 @@ impl Dataset {
             0
         };
         if win[1] > shape.1 || win[2] > shape.2 {
+            // Only a margin that is there can be turned off.
+            let (parts, fix) = if cfg.augment {
+                (
+                    "patch, context and augmentation margin",
+                    "a smaller patch or --no-augment",
+                )
+            } else {
+                (
+                    "patch plus one voxel of context on each side",
+                    "a smaller patch",
+                )
+            };
             return Err(Error::Invalid(format!(
-                "{what}: the sampling window {}x{} (patch plus augmentation margin) exceeds the volume's {}x{} in y, x; use a smaller patch or --no-augment",
+                "{what}: the sampling window {}x{} ({parts}) exceeds the volume's {}x{} in y, x; use {fix}",
                 win[1], win[2], shape.1, shape.2
             )));
         }

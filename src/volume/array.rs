@@ -328,6 +328,7 @@ impl<T: Voxel> Array<T> {
 
     pub fn filled(shape: Vec<usize>, v: T) -> Result<Self> {
         let n = shape_len(&shape)?;
+        crate::alloc::check_elems::<T>(&format!("an array of shape {shape:?}"), n)?;
         Ok(Array {
             shape,
             data: vec![v; n],

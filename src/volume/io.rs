@@ -401,6 +401,42 @@ fn h5_read_region<T: IoVoxel>(
     super::hdf5::convert_stored::<T>(ctx, stored)
 }
 
+/// Refuses unchunked data that the file cannot hold: libhdf5 (1.10) copies a contiguous or
+/// compact dataset's declared extent without checking it against the file or the object header
+/// and crashes (SIGSEGV) on a corrupt layout message, so the extent is checked here first.
+fn h5_check_storage(
+    ds: &hdf5::Dataset,
+    ctx: &str,
+    file: &Path,
+    shape: &[usize],
+    elem: usize,
+) -> Result<()> {
+    use hdf5::plist::dataset_create::Layout;
+    let layout = ds.layout();
+    if layout == Layout::Chunked {
+        return Ok(());
+    }
+    let need = crate::alloc::bytes_of(shape, elem).unwrap_or(usize::MAX) as u64;
+    let file_len = std::fs::metadata(file).map_err(|e| io_err(file, e))?.len();
+    let corrupt = |why: String| Error::Io(format!("{ctx}: corrupt dataset: {why}"));
+    let stored = ds.storage_size();
+    // An unallocated contiguous dataset reads its fill value without touching the file.
+    let allocated = layout == Layout::Compact || ds.offset().is_some();
+    if allocated && stored < need {
+        return Err(corrupt(format!(
+            "{layout:?} storage holds {stored} bytes but shape {shape:?} needs {need}"
+        )));
+    }
+    if let Some(off) = ds.offset() {
+        if off.checked_add(need).is_none_or(|end| end > file_len) {
+            return Err(corrupt(format!(
+                "its {need} bytes at offset {off} lie past the end of the {file_len}-byte file"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// CREMI and gunpowder keep the voxel size as a `resolution` attribute [z, y, x] in nm.
 fn h5_voxel_size(ds: &hdf5::Dataset) -> Option<VoxelSize> {
     let a = ds.attr("resolution").ok()?;
@@ -449,6 +485,7 @@ pub fn open_volume(spec: &str) -> Result<VolumeReader> {
                     "{ctx}: stored type {desc:?} is not a plain integer or float"
                 ))
             })?;
+            h5_check_storage(&ds, &ctx, &file, &shape, desc.size())?;
             let vs = h5_voxel_size(&ds);
             (shape, dtype, vs, Source::Hdf5 { ds, ctx })
         }
@@ -527,6 +564,13 @@ impl VolumeReader {
     /// The box `offset .. offset + shape`, converted exactly to `T`.
     pub fn read_region<T: IoVoxel>(&self, offset: &[usize], shape: &[usize]) -> Result<Array<T>> {
         check_box("read_region", &self.shape, offset, shape).map_err(|e| self.named(e))?;
+        // Formats decode into the stored type and then convert, so both copies are held at once.
+        let per_voxel = self.dtype.size() + std::mem::size_of::<T>();
+        crate::alloc::check(
+            &format!("{}: reading a region of shape {shape:?}", self.spec),
+            shape,
+            per_voxel,
+        )?;
         let r = match &self.source {
             Source::Tiff(a) => any_one!(a, |x| x.slice(offset, shape).map(AnyArray::from))
                 .and_then(|s| s.to_typed()),

@@ -828,7 +828,11 @@ impl ZarrArray {
 
     /// Decodes stored chunk bytes into C-order elements.
     fn decode_chunk<T: Voxel>(&self, mut bytes: Vec<u8>, file: &Path) -> Result<Vec<T>> {
-        let want = self.chunk_len() * self.dtype.size();
+        let want = crate::alloc::check(
+            &format!("{}: a chunk of {:?}", file.display(), self.chunks),
+            &self.chunks,
+            self.dtype.size(),
+        )?;
         let bad = |msg: String| Error::Io(format!("{}: corrupt chunk: {msg}", file.display()));
         let mut perm: Option<&Vec<usize>> = None;
         for c in self.codecs.iter().rev() {
