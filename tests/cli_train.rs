@@ -140,7 +140,7 @@ fn a_signal_saves_a_checkpoint_and_stops() {
         "checkpoint_every=1000",
     ]);
     a.extend(NET);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_revseg"))
+    let child = Command::new(env!("CARGO_BIN_EXE_revseg"))
         .args(&a)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
