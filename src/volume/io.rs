@@ -30,6 +30,7 @@ use super::array::{
     c_strides, check_box, copy_box, encode_elements, io_err, shape_len, AnyArray, Array, ByteOrder,
     Dtype, Voxel, VoxelSize,
 };
+use super::hdf5::h5err;
 use super::json_read::{as_arr, as_f64, as_str, as_usize, get, parse};
 use super::raw::RawVolume;
 use super::zarr::{Compressor, CreateOptions, ZarrArray, ZarrVersion};
@@ -359,10 +360,6 @@ impl std::fmt::Debug for VolumeReader {
             .field("voxel_size", &self.voxel_size)
             .finish()
     }
-}
-
-fn h5err(ctx: &str, what: &str, e: hdf5::Error) -> Error {
-    Error::Io(format!("{ctx}: {what}: {e}"))
 }
 
 /// The dtype a stored HDF5 type reads as (signed integers as the unsigned type of their width).
@@ -798,6 +795,7 @@ pub fn create_volume_with(
         _ => {}
     }
     w.created_dirs = create_parents(&target)?;
+    crate::fsutil::remove_stale_temps(&target);
     w.done = false;
     let sink = (|| -> Result<Sink> {
         Ok(match parsed {
@@ -906,7 +904,7 @@ pub fn create_volume_with(
         Err(e) => {
             w.remove_created_dirs();
             w.done = true;
-            Err(e)
+            Err(crate::fsutil::not_written(spec, e))
         }
     }
 }
@@ -1051,6 +1049,11 @@ impl VolumeWriter {
 
     /// Writes `data` at `offset`; values are converted exactly to the volume's dtype.
     pub fn write_region<T: Voxel>(&mut self, offset: &[usize], data: &Array<T>) -> Result<()> {
+        self.write_region_inner(offset, data)
+            .map_err(|e| crate::fsutil::not_written(&self.spec, e))
+    }
+
+    fn write_region_inner<T: Voxel>(&mut self, offset: &[usize], data: &Array<T>) -> Result<()> {
         let spec = self.spec.clone();
         let named = |e: Error| match e {
             Error::Region { op, detail } => Error::Region {
@@ -1132,7 +1135,9 @@ impl VolumeWriter {
 
     /// Puts the volume at its target. Regions never written hold 0.
     pub fn finish(mut self) -> Result<()> {
-        let r = self.finish_inner();
+        let r = self
+            .finish_inner()
+            .map_err(|e| crate::fsutil::not_written(&self.spec, e));
         self.done = true;
         if r.is_err() {
             self.cleanup();
@@ -1162,10 +1167,13 @@ impl VolumeWriter {
                 file,
                 ds,
             } => {
+                // While the dataset is open: closing it flushes its chunk cache and drops errors.
+                if let Some(f) = file.as_ref() {
+                    f.flush().map_err(|e| h5err(&self.spec, "flushing", e))?;
+                }
                 ds.take();
                 if let Some(f) = file.take() {
-                    f.close()
-                        .map_err(|e| h5err(&self.spec, "closing before rename", e))?;
+                    super::hdf5::close_synced(f, tmp, &self.spec)?;
                 }
                 std::fs::rename(&*tmp, &*target).map_err(|e| io_err(target, e))
             }

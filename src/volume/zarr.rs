@@ -13,7 +13,8 @@
 
 use super::array::{
     c_strides, check_box, copy_box, decode_elements, encode_elements, io_err, shape_len,
-    write_file_atomic, AnyArray, Array, ByteOrder, Dtype, Scalar, Voxel, VoxelSize,
+    write_file_atomic, write_file_renamed, AnyArray, Array, ByteOrder, Dtype, Scalar, Voxel,
+    VoxelSize,
 };
 use super::json_read::{as_arr, as_f64, as_str, as_usize, get, parse};
 use crate::error::{Error, Result};
@@ -914,7 +915,7 @@ impl ZarrArray {
             std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         }
         let bytes = self.encode_chunk(data)?;
-        write_file_atomic(&p, |w| w.write_all(&bytes).map_err(|e| io_err(&p, e)))
+        write_file_renamed(&p, |w| w.write_all(&bytes).map_err(|e| io_err(&p, e)))
     }
 
     fn fill<T: Voxel>(&self) -> T {
