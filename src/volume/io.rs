@@ -584,6 +584,8 @@ pub struct WriteOptions {
     pub voxel_size: Option<VoxelSize>,
     /// gzip for HDF5 and zarr chunks.
     pub compress: bool,
+    /// gzip level 0..=9 when compressing (None: 4 for HDF5, 5 for zarr).
+    pub gzip_level: Option<u32>,
     /// zarr v2 (default) or v3.
     pub zarr_v3: bool,
 }
@@ -849,7 +851,7 @@ pub fn create_volume_with(
                 let co = CreateOptions {
                     version,
                     compressor: if opt.compress {
-                        Compressor::Gzip(5)
+                        Compressor::Gzip(opt.gzip_level.unwrap_or(5).min(9))
                     } else {
                         Compressor::None
                     },
@@ -937,7 +939,8 @@ fn h5_create_dataset(
             let b = if shape.contains(&0) {
                 b
             } else if opt.compress {
-                b.chunk(chunks.to_vec()).deflate(4)
+                b.chunk(chunks.to_vec())
+                    .deflate(opt.gzip_level.unwrap_or(4).min(9) as u8)
             } else {
                 b.chunk(chunks.to_vec())
             };
