@@ -7,6 +7,9 @@ use revseg::volume::io::{create_volume, create_volume_with, open_volume, WriteOp
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::{data_and_checkpoint, revseg};
+
 const DIR_VAR: &str = "REVSEG_SMALL_FS";
 
 /// Runs the ignored test `test` with a `kb` KiB tmpfs at the directory named by `$REVSEG_SMALL_FS`.
@@ -47,18 +50,6 @@ fn in_small_fs(test: &str, kb: usize) {
 /// The small disk, inside the namespace; None when an ignored test is run by hand.
 fn small_fs() -> Option<PathBuf> {
     std::env::var_os(DIR_VAR).map(PathBuf::from)
-}
-
-fn revseg(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_revseg"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 fn entries(d: &Path) -> Vec<String> {
@@ -103,44 +94,6 @@ fn write_u16(spec: &str, vol: &Array<u16>) {
     w.finish().unwrap();
 }
 
-/// A small synthetic volume and a one-step checkpoint, on the real disk.
-fn data_and_checkpoint(tag: &str) -> (PathBuf, String, String) {
-    let d = std::env::temp_dir().join(format!("revseg-fulldisk-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    let s = |n: &str| d.join(n).display().to_string();
-    let (c, o, e) = revseg(&[
-        "synth",
-        "--out",
-        &s("data"),
-        "--size",
-        "16,80,80",
-        "--seed",
-        "3",
-    ]);
-    assert_eq!(c, Some(0), "{o}{e}");
-    let (c, o, e) = revseg(&[
-        "train",
-        "--input",
-        &s("data/image.zarr"),
-        "--labels",
-        &s("data/labels.zarr"),
-        "--out",
-        &s("run"),
-        "--steps",
-        "1",
-        "--widths",
-        "8,12",
-        "--rev-blocks",
-        "1",
-        "--patch",
-        "4,32,32",
-        "--device",
-        "cpu",
-    ]);
-    assert_eq!(c, Some(0), "{o}{e}");
-    (d.clone(), s("data/image.zarr"), s("run/model.safetensors"))
-}
-
 #[test]
 fn predict_on_a_full_disk_fails_and_keeps_the_previous_output() {
     in_small_fs("predict_inner", 600);
@@ -152,7 +105,7 @@ fn predict_on_a_full_disk_fails_and_keeps_the_previous_output() {
 #[ignore = "runs inside in_small_fs"]
 fn predict_inner() {
     let Some(small) = small_fs() else { return };
-    let (d, image, ck) = data_and_checkpoint("predict");
+    let (d, image, ck) = data_and_checkpoint("fulldisk");
     let prev = ramp_u16(&[2, 3, 5]);
     for (name, spec) in [
         ("a.h5", "a.h5:/aff"),

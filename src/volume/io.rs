@@ -196,6 +196,16 @@ impl VolumeSpec {
         Err(unknown(s, "unknown volume format"))
     }
 
+    /// The file (or zarr directory) the volume lives in.
+    pub fn file(&self) -> &Path {
+        match self {
+            VolumeSpec::Tiff { path }
+            | VolumeSpec::Zarr { path }
+            | VolumeSpec::Raw { path, .. } => path,
+            VolumeSpec::Hdf5 { file, .. } => file,
+        }
+    }
+
     pub fn format(&self) -> Format {
         match self {
             VolumeSpec::Tiff { .. } => Format::Tiff,
@@ -745,12 +755,7 @@ pub fn create_volume_with(
         Some(c) => c.clone(),
         None => default_chunks(shape),
     };
-    let target = match &parsed {
-        VolumeSpec::Tiff { path } | VolumeSpec::Zarr { path } | VolumeSpec::Raw { path, .. } => {
-            path.clone()
-        }
-        VolumeSpec::Hdf5 { file, .. } => file.clone(),
-    };
+    let target = parsed.file().to_path_buf();
     let mut w = VolumeWriter {
         spec: spec.to_string(),
         shape: shape.to_vec(),
