@@ -57,6 +57,23 @@ pub fn remove_stale_temps(path: &Path) {
     }
 }
 
+/// Syncs every file under `dir`, once each, so that a write error that the file system reports
+/// late (NFS, quotas) is seen before the data is renamed into place.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    let err = |p: &Path, e: std::io::Error| Error::Io(format!("{}: {e}", p.display()));
+    for e in std::fs::read_dir(dir).map_err(|e| err(dir, e))? {
+        let p = e.map_err(|e| err(dir, e))?.path();
+        if p.is_dir() {
+            sync_tree(&p)?;
+        } else {
+            std::fs::File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| err(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// `p` with symbolic links and `..` resolved, also when `p` itself does not exist yet (its
 /// nearest existing ancestor is resolved and the rest appended).
 pub fn resolved(p: &Path) -> PathBuf {

@@ -624,15 +624,17 @@ pub fn write_file_atomic(
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
 ) -> Result<()> {
     crate::fsutil::remove_stale_temps(path);
-    write_file_renamed(path, fill)
+    write_file_renamed(path, fill, true)
         .map_err(|e| crate::fsutil::not_written(&path.display().to_string(), e))
 }
 
 /// [`write_file_atomic`] without the sweep, for the many small files of one directory (zarr
-/// chunks) where reading the directory per file would cost quadratic time.
+/// chunks) where reading the directory per file would cost quadratic time; `sync: false` leaves
+/// the sync to the caller (zarr chunks are rewritten per section and synced once at the end).
 pub fn write_file_renamed(
     path: &std::path::Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+    sync: bool,
 ) -> Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -653,7 +655,9 @@ pub fn write_file_renamed(
         fill(&mut w)?;
         let f = w.into_inner().map_err(|e| io(e.into_error(), &tmp))?;
         // Some file systems (NFS, quotas) report a full disk only when the data reaches it.
-        f.sync_all().map_err(|e| io(e, &tmp))?;
+        if sync {
+            f.sync_all().map_err(|e| io(e, &tmp))?;
+        }
         drop(f);
         std::fs::rename(&tmp, path).map_err(|e| io(e, path))
     })();

@@ -1191,6 +1191,7 @@ impl VolumeWriter {
                 version,
                 ..
             } => {
+                crate::fsutil::sync_tree(tmp)?;
                 replace_dir(tmp, target)?;
                 write_zarr_groups(target, *version)
             }

@@ -915,7 +915,11 @@ impl ZarrArray {
             std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         }
         let bytes = self.encode_chunk(data)?;
-        write_file_renamed(&p, |w| w.write_all(&bytes).map_err(|e| io_err(&p, e)))
+        write_file_renamed(
+            &p,
+            |w| w.write_all(&bytes).map_err(|e| io_err(&p, e)),
+            false,
+        )
     }
 
     fn fill<T: Voxel>(&self) -> T {
