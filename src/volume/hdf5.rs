@@ -139,12 +139,18 @@ impl Element for f64 {
     }
 }
 
-/// The library's message in one line (its error stacks span several).
+/// The library's message in one line (its error stacks span several), a failed system call cut
+/// down to the call and the system's reason (buffer addresses and offsets say nothing to users).
 pub(super) fn h5err(ctx: impl std::fmt::Display, what: &str, e: hdf5::Error) -> Error {
-    Error::Io(format!(
-        "{ctx}: {what}: {}",
-        crate::fsutil::one_line(&e.to_string())
-    ))
+    let msg = crate::fsutil::one_line(&e.to_string());
+    let cause = msg
+        .split_once("error message = '")
+        .and_then(|(head, rest)| {
+            let reason = rest.split('\'').next()?;
+            let call = head.split(": time =").next()?;
+            Some(format!("{call}: {reason}"))
+        });
+    Error::Io(format!("{ctx}: {what}: {}", cause.unwrap_or(msg)))
 }
 
 fn open(file: &Path) -> Result<hdf5::File> {

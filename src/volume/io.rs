@@ -1192,8 +1192,9 @@ impl VolumeWriter {
                 ..
             } => {
                 crate::fsutil::sync_tree(tmp)?;
-                replace_dir(tmp, target)?;
-                write_zarr_groups(target, *version)
+                // Before the array appears: once it is in place, nothing may fail any more.
+                write_zarr_groups(target, *version)?;
+                replace_dir(tmp, target)
             }
             Sink::Raw {
                 path,
