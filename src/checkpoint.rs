@@ -98,39 +98,6 @@ fn header(
     Ok(b)
 }
 
-/// Removes `.NAME.tmp-PID-*` files beside `path` whose writer process no longer exists.
-fn remove_stale_temps(path: &Path) {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return;
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let prefix = format!(".{}.tmp-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let f = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = f.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        // Only where liveness can be checked; elsewhere a stale file is left rather than risk
-        // deleting a live writer's data.
-        if Path::new("/proc/self").exists()
-            && pid != std::process::id()
-            && !Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// Writes a checkpoint atomically (module documentation). Tensor names must be unique and not
 /// `__metadata__`; each shape must match its data's length; metadata keys must be unique.
 pub fn save<N: AsRef<str>>(
@@ -178,7 +145,7 @@ pub fn save<N: AsRef<str>>(
         ));
     }
 
-    remove_stale_temps(path);
+    crate::fsutil::remove_stale_temps(path);
     let name = path
         .file_name()
         .ok_or_else(|| bad(path, "not a file name"))?

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod error;
+pub mod fsutil;
 pub mod gradcheck;
 pub mod json;
 pub mod metrics;

@@ -638,3 +638,87 @@ fn zarr_fill_values_are_exact_and_non_finite_ones_read() {
         "{e}"
     );
 }
+
+/// A PID no process has: past the kernel's maximum.
+fn dead_pid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(4_194_304)
+        + 1
+}
+
+#[test]
+fn the_next_write_sweeps_temporaries_of_dead_writers_and_keeps_live_ones() {
+    use revseg::volume::io::create_volume;
+    let d = tmpdir("stale");
+    let dead = dead_pid();
+    let vol = pattern::<u16>(&[2, 3, 4], 500, 1.0);
+    // (output, temporaries its writers leave: directories for zarr, files otherwise)
+    let cases: [(&str, &[String]); 4] = [
+        (
+            "a.zarr",
+            &[
+                format!(".a.zarr.partial-{dead}-0"),
+                format!(".a.zarr.old-{dead}-2"),
+            ],
+        ),
+        (
+            "a.raw",
+            &[
+                format!(".a.raw.partial-{dead}-1"),
+                format!(".a.raw.json.tmp-{dead}-0"),
+            ],
+        ),
+        ("a.tif", &[format!(".a.tif.tmp-{dead}-0")]),
+        ("a.h5", &[format!(".a.h5.partial-{dead}-0")]),
+    ];
+    let mut live = Vec::new();
+    for (out, temps) in &cases {
+        for t in temps.iter() {
+            if out.ends_with(".zarr") {
+                std::fs::create_dir_all(d.join(t)).unwrap();
+                std::fs::write(d.join(t).join("0.0.0"), b"stale").unwrap();
+            } else {
+                std::fs::write(d.join(t), b"stale").unwrap();
+            }
+        }
+        // PID 1 always runs: a writer that is still at work.
+        let l = format!(".{out}.partial-1-0");
+        std::fs::write(d.join(&l), b"live").unwrap();
+        live.push(l);
+        // The old copy of an array is kept until the array is back in place.
+        if *out == "a.zarr" {
+            std::fs::create_dir(d.join(out)).unwrap();
+            std::fs::write(d.join(out).join(".zarray"), b"{}").unwrap();
+        }
+        let spec = match *out {
+            "a.h5" => format!("{}:/v", d.join(out).display()),
+            _ => d.join(out).display().to_string(),
+        };
+        let mut w = create_volume(&spec, &vol.shape, Dtype::U16, None).unwrap();
+        w.write_region(&[0, 0, 0], &vol).unwrap();
+        w.finish().unwrap();
+        let back = revseg::volume::io::open_volume(&spec).unwrap();
+        assert_eq!(back.read_all::<u16>().unwrap(), vol, "{spec}");
+    }
+    // The segment writer and checkpoints sweep theirs too.
+    std::fs::write(d.join(format!(".s.h5.partial-{dead}")), b"stale").unwrap();
+    revseg::volume::hdf5::write_dataset(d.join("s.h5"), "/x", &[2], &[1u8, 2], false).unwrap();
+    std::fs::write(d.join(format!(".m.safetensors.tmp-{dead}-0")), b"stale").unwrap();
+    revseg::checkpoint::save(
+        d.join("m.safetensors"),
+        &[("w", vec![2], &[1.0f32, 2.0][..])],
+        &[],
+    )
+    .unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    left.sort();
+    live.sort();
+    assert_eq!(left, live);
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -113,12 +113,10 @@ pub fn read_image_sections(
             })
         }
     };
-    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
-        return Err(Error::Value {
-            what: r.spec().into(),
-            detail: format!("image value at index {i} of sections {z0}.. is not finite"),
-        });
-    }
+    crate::train::augment::check_image_range(r.spec(), &data, |i| {
+        let (zz, yy, xx) = (z0 + i / (y * x), i / x % y, i % x);
+        format!("at z {zz}, y {yy}, x {xx}")
+    })?;
     Ok(data)
 }
 
@@ -142,4 +140,11 @@ pub fn read_labels(spec: &str) -> Result<(Vec<u32>, (usize, usize, usize))> {
         }
     };
     Ok((r.read_all::<u32>()?.data, shape))
+}
+
+/// The file of a volume spec, for comparing with outputs.
+pub fn spec_file(spec: &str) -> Result<std::path::PathBuf> {
+    Ok(crate::volume::io::VolumeSpec::parse(spec)?
+        .file()
+        .to_path_buf())
 }

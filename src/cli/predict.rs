@@ -40,6 +40,13 @@ pub struct PredictArgs {
 }
 
 pub fn run(a: &PredictArgs) -> Result<()> {
+    crate::fsutil::refuse_output_over_inputs(
+        ("--output", &super::spec_file(&a.output)?),
+        &[
+            ("--input", &super::spec_file(&a.input)?),
+            ("--checkpoint", std::path::Path::new(&a.checkpoint)),
+        ],
+    )?;
     let ck = crate::checkpoint::load(&a.checkpoint)?;
     let cfg = state::config_of(&ck, &a.checkpoint)?;
     let patch = match &a.patch {

@@ -139,6 +139,10 @@ fn read_affinities(spec: &str, order: &str) -> Result<(Vec<f32>, Dims)> {
 pub fn run(a: &SegmentArgs) -> Result<()> {
     let aff_spec = a.affinities.as_str();
     let out = parse_spec(&a.output)?;
+    crate::fsutil::refuse_output_over_inputs(
+        ("--output", &out.file),
+        &[("--affinities", &super::spec_file(aff_spec)?)],
+    )?;
     let thresholds = parse_thresholds(&a.thresholds)?;
     let score = parse_score(&a.score)?;
     let params = watershed_params(a)?;

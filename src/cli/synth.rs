@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::json::{self, Json};
 use crate::synth::{synthesize, ArtefactKind, SynthConfig, SynthVolume};
 use crate::volume::array::{Array, Dtype, VoxelSize};
+use crate::volume::io::{create_volume_with, WriteOptions};
 use crate::volume::png;
-use crate::volume::zarr::{Compressor, CreateOptions, ZarrArray};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -162,31 +162,37 @@ fn summary_json(cfg: &SynthConfig, vol: &SynthVolume, t_gen: f64, t_write: f64) 
     ])
 }
 
+/// The volumes are complete in temporary places before they are renamed into place, so that a
+/// failure (a full disk) leaves the previous ones as they were.
 fn write_outputs(dir: &Path, cfg: &SynthConfig, vol: &SynthVolume) -> Result<()> {
     let (z, y, x) = vol.shape;
     let shape = [z, y, x];
-    let chunks = [z.min(16), y.min(256), x.min(256)];
-    let opt = CreateOptions {
-        compressor: Compressor::Gzip(1),
+    let opt = WriteOptions {
+        chunks: Some(vec![z.min(16), y.min(256), x.min(256)]),
         voxel_size: Some(VoxelSize {
             z: 6.0 * cfg.anisotropy,
             y: 6.0,
             x: 6.0,
         }),
-        overwrite: true,
-        ..CreateOptions::default()
+        compress: true,
+        gzip_level: Some(1),
+        ..WriteOptions::default()
     };
-    let img = ZarrArray::create_with(dir.join("image.zarr"), &shape, &chunks, Dtype::U8, &opt)?;
+    let spec = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let mut img = create_volume_with(&spec("image.zarr"), &shape, Dtype::U8, &opt)?;
     img.write_region(&[0, 0, 0], &Array::new(shape.to_vec(), vol.image.clone())?)?;
-    let lab = ZarrArray::create_with(dir.join("labels.zarr"), &shape, &chunks, Dtype::U32, &opt)?;
+    let mut lab = create_volume_with(&spec("labels.zarr"), &shape, Dtype::U32, &opt)?;
     lab.write_region(&[0, 0, 0], &Array::new(shape.to_vec(), vol.labels.clone())?)?;
+    write_preview(&dir.join("preview.png"), vol)?;
+    img.finish()?;
+    lab.finish()?;
+    // Last: it describes the volumes, so it only replaces the old one once they are in place.
     let summary = summary_json(cfg, vol, 0.0, 0.0);
     let p = dir.join("synth.json");
     crate::volume::array::write_file_atomic(&p, |w| {
         use std::io::Write;
         writeln!(w, "{summary}").map_err(|e| Error::Io(format!("{}: {e}", p.display())))
-    })?;
-    write_preview(&dir.join("preview.png"), vol)
+    })
 }
 
 /// Sections shown in the preview: the first, the middle, and up to two artefacts.

@@ -180,6 +180,16 @@ fn pick(s: &Settings, key: &str) -> Settings {
 }
 
 pub fn run(a: &TrainArgs) -> Result<()> {
+    let inputs = [
+        ("--input", super::spec_file(&a.input)?),
+        ("--labels", super::spec_file(&a.labels)?),
+    ];
+    let inputs: Vec<(&str, &std::path::Path)> =
+        inputs.iter().map(|(f, p)| (*f, p.as_path())).collect();
+    let outs = train::Outputs { dir: a.out.clone() };
+    for out in [outs.model(), outs.metrics(), outs.plot()] {
+        crate::fsutil::refuse_output_over_inputs(("--out", &out), &inputs)?;
+    }
     let mut cfg = a.resolve()?;
     if cfg.voxel_size.is_none() {
         let v = crate::volume::io::open_volume(&a.input)?.voxel_size();

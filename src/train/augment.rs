@@ -354,12 +354,7 @@ pub fn augment(
         ));
     }
     let (py, px) = (wy - 2 * m, wx - 2 * m);
-    if let Some(v) = image.data.iter().find(|v| !(0.0..=1.0).contains(*v)) {
-        return Err(Error::Value {
-            what: "augment image".into(),
-            detail: format!("value {v} is not in [0, 1]; normalise the image first"),
-        });
-    }
+    check_image_range("augment image", &image.data, |i| format!("at index {i}"))?;
     let mut report = AugmentReport::default();
 
     // 1. Flip / transpose.
@@ -526,6 +521,27 @@ pub fn gaussian_blur_section(sec: &mut [f32], ny: usize, nx: usize, sigma: f64) 
             }
             sec[y * nx + x] = (acc as f32).clamp(0.0, 1.0);
         }
+    }
+}
+
+/// The network sees images in [0, 1] (uint8 / 255, uint16 / 65535, floats as stored); training
+/// and prediction refuse anything else alike, `at(i)` naming where value `i` lies.
+pub fn check_image_range(what: &str, data: &[f32], at: impl Fn(usize) -> String) -> Result<()> {
+    match data.iter().position(|v| !(0.0..=1.0).contains(v)) {
+        None => Ok(()),
+        Some(i) => Err(Error::Value {
+            what: what.into(),
+            detail: format!(
+                "value {} {} is {}; scale float images to [0, 1] first (uint8 and uint16 images are scaled when read)",
+                data[i],
+                at(i),
+                if data[i].is_finite() {
+                    "not in [0, 1]"
+                } else {
+                    "not finite"
+                }
+            ),
+        }),
     }
 }
 

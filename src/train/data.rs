@@ -57,12 +57,7 @@ impl Dataset {
                 detail: "labels are all zero: nothing to learn from".into(),
             });
         }
-        if let Some(i) = image.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Value {
-                what: what.into(),
-                detail: format!("image value at index {i} is not finite"),
-            });
-        }
+        augment::check_image_range(what, &image, |i| format!("at index {i}"))?;
         let aug = if cfg.augment {
             AugmentConfig::default()
         } else {

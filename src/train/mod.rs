@@ -444,6 +444,8 @@ pub fn train<B: Backend>(
         csv.flush().map_err(io)?;
         interrupted = opt.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst));
         if step % t.cfg.checkpoint_every == 0 || step == t.cfg.steps || interrupted {
+            // The rows a checkpoint covers are on disk before it is.
+            csv.sync_data().map_err(io)?;
             state::save(&t, &out)?;
         }
         if !opt.quiet {

@@ -621,12 +621,24 @@ impl VoxelSize {
 
 /// Writes a file through a temporary file in the same directory and a rename, so that readers
 /// (and a crash half-way) never see a partly written file. The temporary file is removed when
-/// `fill` fails.
+/// `fill` fails; temporaries that dead writers left beside `path` are removed first.
 pub fn write_file_atomic(
     path: &std::path::Path,
     fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
 ) -> Result<()> {
-    use std::io::Write;
+    crate::fsutil::remove_stale_temps(path);
+    write_file_renamed(path, fill, true)
+        .map_err(|e| crate::fsutil::not_written(&path.display().to_string(), e))
+}
+
+/// [`write_file_atomic`] without the sweep, for the many small files of one directory (zarr
+/// chunks) where reading the directory per file would cost quadratic time; `sync: false` leaves
+/// the sync to the caller (zarr chunks are rewritten per section and synced once at the end).
+pub fn write_file_renamed(
+    path: &std::path::Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+    sync: bool,
+) -> Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
@@ -644,8 +656,12 @@ pub fn write_file_atomic(
         let f = std::fs::File::create(&tmp).map_err(|e| io(e, &tmp))?;
         let mut w = std::io::BufWriter::new(f);
         fill(&mut w)?;
-        w.flush().map_err(|e| io(e, &tmp))?;
-        drop(w);
+        let f = w.into_inner().map_err(|e| io(e.into_error(), &tmp))?;
+        // Some file systems (NFS, quotas) report a full disk only when the data reaches it.
+        if sync {
+            f.sync_all().map_err(|e| io(e, &tmp))?;
+        }
+        drop(f);
         std::fs::rename(&tmp, path).map_err(|e| io(e, path))
     })();
     if result.is_err() {

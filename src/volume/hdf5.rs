@@ -139,8 +139,18 @@ impl Element for f64 {
     }
 }
 
-fn h5err(file: &Path, what: &str, e: hdf5::Error) -> Error {
-    Error::Io(format!("{}: {what}: {e}", file.display()))
+/// The library's message in one line (its error stacks span several), a failed system call cut
+/// down to the call and the system's reason (buffer addresses and offsets say nothing to users).
+pub(super) fn h5err(ctx: impl std::fmt::Display, what: &str, e: hdf5::Error) -> Error {
+    let msg = crate::fsutil::one_line(&e.to_string());
+    let cause = msg
+        .split_once("error message = '")
+        .and_then(|(head, rest)| {
+            let reason = rest.split('\'').next()?;
+            let call = head.split(": time =").next()?;
+            Some(format!("{call}: {reason}"))
+        });
+    Error::Io(format!("{ctx}: {what}: {}", cause.unwrap_or(msg)))
 }
 
 fn open(file: &Path) -> Result<hdf5::File> {
@@ -150,14 +160,14 @@ fn open(file: &Path) -> Result<hdf5::File> {
             file.display()
         )));
     }
-    hdf5::File::open(file).map_err(|e| h5err(file, "cannot open as HDF5", e))
+    hdf5::File::open(file).map_err(|e| h5err(file.display(), "cannot open as HDF5", e))
 }
 
 /// Every dataset in the file, as absolute paths, sorted.
 pub fn list_datasets(file: &Path) -> Result<Vec<String>> {
     let f = open(file)?;
     let mut out = Vec::new();
-    collect_datasets(&f, &mut out).map_err(|e| h5err(file, "listing datasets", e))?;
+    collect_datasets(&f, &mut out).map_err(|e| h5err(file.display(), "listing datasets", e))?;
     out.sort();
     Ok(out)
 }
@@ -323,7 +333,12 @@ impl Writer {
             tmp,
             file: None,
         };
-        w.file = Some(w.open_tmp()?);
+        crate::fsutil::remove_stale_temps(&w.target);
+        let target = w.target.display().to_string();
+        w.file = Some(
+            w.open_tmp()
+                .map_err(|e| crate::fsutil::not_written(&target, e))?,
+        );
         Ok(w)
     }
 
@@ -336,9 +351,10 @@ impl Writer {
         };
         if self.target.exists() {
             std::fs::copy(&self.target, &self.tmp).map_err(ctx)?;
-            hdf5::File::open_rw(&self.tmp).map_err(|e| h5err(&self.target, "open for update", e))
+            hdf5::File::open_rw(&self.tmp)
+                .map_err(|e| h5err(self.target.display(), "open for update", e))
         } else {
-            hdf5::File::create(&self.tmp).map_err(|e| h5err(&self.target, "create", e))
+            hdf5::File::create(&self.tmp).map_err(|e| h5err(self.target.display(), "create", e))
         }
     }
 
@@ -362,7 +378,9 @@ impl Writer {
             ));
         }
         let f = self.file.as_ref().expect("file open until commit");
-        let e = |e: hdf5::Error| Error::Io(format!("{ctx}: write failed: {e}"));
+        let target = self.target.display().to_string();
+        let e =
+            |e: hdf5::Error| crate::fsutil::not_written(&target, h5err(&ctx, "write failed", e));
         if f.link_exists(dataset) {
             f.unlink(dataset).map_err(e)?;
         }
@@ -377,22 +395,32 @@ impl Writer {
             f.new_dataset::<T>().shape(shape).create(dataset)
         }
         .map_err(e)?;
-        ds.write_raw(data).map_err(e)
+        ds.write_raw(data).map_err(e)?;
+        // Chunks wait in the cache; a write failing when the dataset closes would go unseen.
+        f.flush().map_err(e)
     }
 
     /// Closes the temporary file and renames it over the target.
     pub fn commit(mut self) -> Result<()> {
-        if let Some(f) = self.file.take() {
-            f.close()
-                .map_err(|e| h5err(&self.target, "closing before rename", e))?;
-        }
+        let target = self.target.display().to_string();
+        let f = self.file.take().expect("file open until commit");
+        close_synced(f, &self.tmp, &target).map_err(|e| crate::fsutil::not_written(&target, e))?;
         std::fs::rename(&self.tmp, &self.target).map_err(|e| {
             Error::Io(format!(
-                "{}: cannot move finished file into place: {e}",
-                self.target.display()
+                "{target}: cannot move finished file into place: {e}"
             ))
         })
     }
+}
+
+/// Flushes, closes and syncs an HDF5 file written at `tmp`, with every error reported (a
+/// dataset or file closed by drop loses them). Datasets of `f` must be closed already.
+pub(super) fn close_synced(f: hdf5::File, tmp: &Path, ctx: &str) -> Result<()> {
+    f.flush().map_err(|e| h5err(ctx, "flushing", e))?;
+    f.close().map_err(|e| h5err(ctx, "closing", e))?;
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| super::array::io_err(tmp, e))
 }
 
 impl Drop for Writer {

@@ -30,6 +30,7 @@ use super::array::{
     c_strides, check_box, copy_box, encode_elements, io_err, shape_len, AnyArray, Array, ByteOrder,
     Dtype, Voxel, VoxelSize,
 };
+use super::hdf5::h5err;
 use super::raw::RawVolume;
 use super::zarr::{Compressor, CreateOptions, ZarrArray, ZarrVersion};
 use crate::error::{Error, Result};
@@ -194,6 +195,16 @@ impl VolumeSpec {
         Err(unknown(s, "unknown volume format"))
     }
 
+    /// The file (or zarr directory) the volume lives in.
+    pub fn file(&self) -> &Path {
+        match self {
+            VolumeSpec::Tiff { path }
+            | VolumeSpec::Zarr { path }
+            | VolumeSpec::Raw { path, .. } => path,
+            VolumeSpec::Hdf5 { file, .. } => file,
+        }
+    }
+
     pub fn format(&self) -> Format {
         match self {
             VolumeSpec::Tiff { .. } => Format::Tiff,
@@ -327,10 +338,6 @@ impl std::fmt::Debug for VolumeReader {
             .field("voxel_size", &self.voxel_size)
             .finish()
     }
-}
-
-fn h5err(ctx: &str, what: &str, e: hdf5::Error) -> Error {
-    Error::Io(format!("{ctx}: {what}: {e}"))
 }
 
 /// The dtype a stored HDF5 type reads as (signed integers as the unsigned type of their width).
@@ -599,6 +606,8 @@ pub struct WriteOptions {
     pub voxel_size: Option<VoxelSize>,
     /// gzip for HDF5 and zarr chunks.
     pub compress: bool,
+    /// gzip level 0..=9 when compressing (None: 4 for HDF5, 5 for zarr).
+    pub gzip_level: Option<u32>,
     /// zarr v2 (default) or v3.
     pub zarr_v3: bool,
 }
@@ -758,12 +767,7 @@ pub fn create_volume_with(
         Some(c) => c.clone(),
         None => default_chunks(shape),
     };
-    let target = match &parsed {
-        VolumeSpec::Tiff { path } | VolumeSpec::Zarr { path } | VolumeSpec::Raw { path, .. } => {
-            path.clone()
-        }
-        VolumeSpec::Hdf5 { file, .. } => file.clone(),
-    };
+    let target = parsed.file().to_path_buf();
     let mut w = VolumeWriter {
         spec: spec.to_string(),
         shape: shape.to_vec(),
@@ -810,6 +814,7 @@ pub fn create_volume_with(
         _ => {}
     }
     w.created_dirs = create_parents(&target)?;
+    crate::fsutil::remove_stale_temps(&target);
     w.done = false;
     let sink = (|| -> Result<Sink> {
         Ok(match parsed {
@@ -863,7 +868,7 @@ pub fn create_volume_with(
                 let co = CreateOptions {
                     version,
                     compressor: if opt.compress {
-                        Compressor::Gzip(5)
+                        Compressor::Gzip(opt.gzip_level.unwrap_or(5).min(9))
                     } else {
                         Compressor::None
                     },
@@ -918,7 +923,7 @@ pub fn create_volume_with(
         Err(e) => {
             w.remove_created_dirs();
             w.done = true;
-            Err(e)
+            Err(crate::fsutil::not_written(spec, e))
         }
     }
 }
@@ -951,7 +956,8 @@ fn h5_create_dataset(
             let b = if shape.contains(&0) {
                 b
             } else if opt.compress {
-                b.chunk(chunks.to_vec()).deflate(4)
+                b.chunk(chunks.to_vec())
+                    .deflate(opt.gzip_level.unwrap_or(4).min(9) as u8)
             } else {
                 b.chunk(chunks.to_vec())
             };
@@ -1063,6 +1069,11 @@ impl VolumeWriter {
 
     /// Writes `data` at `offset`; values are converted exactly to the volume's dtype.
     pub fn write_region<T: Voxel>(&mut self, offset: &[usize], data: &Array<T>) -> Result<()> {
+        self.write_region_inner(offset, data)
+            .map_err(|e| crate::fsutil::not_written(&self.spec, e))
+    }
+
+    fn write_region_inner<T: Voxel>(&mut self, offset: &[usize], data: &Array<T>) -> Result<()> {
         let spec = self.spec.clone();
         let named = |e: Error| match e {
             Error::Region { op, detail } => Error::Region {
@@ -1144,7 +1155,9 @@ impl VolumeWriter {
 
     /// Puts the volume at its target. Regions never written hold 0.
     pub fn finish(mut self) -> Result<()> {
-        let r = self.finish_inner();
+        let r = self
+            .finish_inner()
+            .map_err(|e| crate::fsutil::not_written(&self.spec, e));
         self.done = true;
         if r.is_err() {
             self.cleanup();
@@ -1174,10 +1187,13 @@ impl VolumeWriter {
                 file,
                 ds,
             } => {
+                // While the dataset is open: closing it flushes its chunk cache and drops errors.
+                if let Some(f) = file.as_ref() {
+                    f.flush().map_err(|e| h5err(&self.spec, "flushing", e))?;
+                }
                 ds.take();
                 if let Some(f) = file.take() {
-                    f.close()
-                        .map_err(|e| h5err(&self.spec, "closing before rename", e))?;
+                    super::hdf5::close_synced(f, tmp, &self.spec)?;
                 }
                 std::fs::rename(&*tmp, &*target).map_err(|e| io_err(target, e))
             }
@@ -1187,8 +1203,10 @@ impl VolumeWriter {
                 version,
                 ..
             } => {
-                replace_dir(tmp, target)?;
-                write_zarr_groups(target, *version)
+                crate::fsutil::sync_tree(tmp)?;
+                // Before the array appears: once it is in place, nothing may fail any more.
+                write_zarr_groups(target, *version)?;
+                replace_dir(tmp, target)
             }
             Sink::Raw {
                 path,

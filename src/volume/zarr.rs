@@ -13,7 +13,8 @@
 
 use super::array::{
     c_strides, check_box, copy_box, decode_elements, encode_elements, io_err, shape_len,
-    write_file_atomic, AnyArray, Array, ByteOrder, Dtype, Scalar, Voxel, VoxelSize,
+    write_file_atomic, write_file_renamed, AnyArray, Array, ByteOrder, Dtype, Scalar, Voxel,
+    VoxelSize,
 };
 use crate::error::{Error, Result};
 use crate::json::{self, Json};
@@ -955,7 +956,11 @@ impl ZarrArray {
             std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
         }
         let bytes = self.encode_chunk(data)?;
-        write_file_atomic(&p, |w| w.write_all(&bytes).map_err(|e| io_err(&p, e)))
+        write_file_renamed(
+            &p,
+            |w| w.write_all(&bytes).map_err(|e| io_err(&p, e)),
+            false,
+        )
     }
 
     fn fill<T: Voxel>(&self) -> T {

@@ -1,0 +1,56 @@
+//! Helpers for tests that run the binary.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Exit code, stdout and stderr of `revseg ARGS`.
+pub fn revseg(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_revseg"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A small synthetic volume (16 x 80 x 80) and a one-step checkpoint in a fresh temporary
+/// directory: (directory, image spec, checkpoint path).
+pub fn data_and_checkpoint(tag: &str) -> (PathBuf, String, String) {
+    let d = std::env::temp_dir().join(format!("revseg-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    let s = |n: &str| d.join(n).display().to_string();
+    let (c, o, e) = revseg(&[
+        "synth",
+        "--out",
+        &s("data"),
+        "--size",
+        "16,80,80",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(c, Some(0), "{o}{e}");
+    let (c, o, e) = revseg(&[
+        "train",
+        "--input",
+        &s("data/image.zarr"),
+        "--labels",
+        &s("data/labels.zarr"),
+        "--out",
+        &s("run"),
+        "--steps",
+        "1",
+        "--widths",
+        "8,12",
+        "--rev-blocks",
+        "1",
+        "--patch",
+        "4,32,32",
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(c, Some(0), "{o}{e}");
+    (d.clone(), s("data/image.zarr"), s("run/model.safetensors"))
+}
