@@ -182,7 +182,72 @@ fn collect_datasets(g: &hdf5::Group, out: &mut Vec<String>) -> hdf5::Result<()> 
     Ok(())
 }
 
+/// libhdf5 1.10 trusts the structures of a file: a corrupt symbol table, local heap or layout
+/// message can crash it (SIGSEGV, found by tests/fuzz_readers.rs) where no Rust code can catch
+/// it. So the lookup of a dataset and its header is first made in a forked child: if the child
+/// dies of a signal, the file is reported as corrupt instead of taking the process down. A child
+/// that does not finish in time (another thread held the library's lock when it forked) is
+/// killed and the lookup goes ahead as before. REVSEG_HDF5_PROBE=0 turns the probe off.
+fn probe(file: &Path, dataset: &str) -> Result<()> {
+    if std::env::var_os("REVSEG_HDF5_PROBE").is_some_and(|v| v == "0") {
+        return Ok(());
+    }
+    let look = || -> hdf5::Result<()> {
+        let f = hdf5::File::open(file)?;
+        match f.dataset(dataset) {
+            Ok(ds) => {
+                let _ = (
+                    ds.shape(),
+                    ds.dtype()?.to_descriptor(),
+                    ds.layout(),
+                    ds.chunk(),
+                );
+            }
+            Err(_) => {
+                let _ = collect_datasets(&f, &mut Vec::new());
+                let _ = f.group(dataset);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the child only runs the lookup and leaves with _exit (no destructors, no atexit
+    // handlers of the parent); the parent waits for it or kills it.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let _ = look();
+        unsafe { libc::_exit(0) };
+    }
+    if pid < 0 {
+        return Ok(()); // No child to be had: look the normal way.
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut status = 0;
+    loop {
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if r < 0 || std::time::Instant::now() > deadline {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Err(Error::Io(format!(
+            "{}: corrupt HDF5 file: the HDF5 library crashed (signal {}) reading the header of '{dataset}'; the file is damaged: restore or re-export it",
+            file.display(),
+            libc::WTERMSIG(status)
+        )));
+    }
+    Ok(())
+}
+
 fn open_dataset(f: &hdf5::File, file: &Path, dataset: &str) -> Result<hdf5::Dataset> {
+    probe(file, dataset)?;
     if let Ok(ds) = f.dataset(dataset) {
         return Ok(ds);
     }

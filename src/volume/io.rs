@@ -419,13 +419,27 @@ fn h5_check_storage(
     elem: usize,
 ) -> Result<()> {
     use hdf5::plist::dataset_create::Layout;
+    let corrupt = |why: String| Error::Io(format!("{ctx}: corrupt dataset: {why}"));
+    if shape.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{ctx}: a scalar dataset, not a volume; give the path of an array dataset"
+        )));
+    }
     let layout = ds.layout();
     if layout == Layout::Chunked {
+        // libhdf5 sizes its chunk buffers from the layout message: a chunk rank that is not the
+        // dataspace's, or a chunk larger than memory, is refused before it reads.
+        let chunk = ds.chunk().unwrap_or_default();
+        if chunk.len() != shape.len() || chunk.contains(&0) {
+            return Err(corrupt(format!(
+                "chunks {chunk:?} do not match its shape {shape:?}"
+            )));
+        }
+        crate::alloc::check(&format!("{ctx}: one chunk"), &chunk, elem)?;
         return Ok(());
     }
     let need = crate::alloc::bytes_of(shape, elem).unwrap_or(usize::MAX) as u64;
     let file_len = std::fs::metadata(file).map_err(|e| io_err(file, e))?.len();
-    let corrupt = |why: String| Error::Io(format!("{ctx}: corrupt dataset: {why}"));
     let stored = ds.storage_size();
     // An unallocated contiguous dataset reads its fill value without touching the file.
     let allocated = layout == Layout::Compact || ds.offset().is_some();

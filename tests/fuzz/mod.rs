@@ -78,8 +78,14 @@ pub fn fuzz(target: &str, seeds: &[Vec<u8>], text: bool, run: impl Fn(&[u8])) {
     for s in seeds {
         run_one(target, s, &run).unwrap_or_else(|e| panic!("{e}"));
     }
+    // REVSEG_FUZZ_TRACE=FILE keeps the input being run there, to recover one that kills the
+    // process (an abort or the OOM killer leaves no panic to catch).
+    let trace = std::env::var_os("REVSEG_FUZZ_TRACE").map(PathBuf::from);
     while Instant::now() < end {
         let input = mutate::mutant(&mut rng, seeds, text);
+        if let Some(t) = &trace {
+            std::fs::write(t, &input).unwrap();
+        }
         run_one(target, &input, &run).unwrap_or_else(|e| panic!("{e} after {n} inputs"));
         n += 1;
     }
