@@ -186,8 +186,7 @@ fn collect_datasets(g: &hdf5::Group, out: &mut Vec<String>) -> hdf5::Result<()> 
 /// message can crash it (SIGSEGV, found by tests/fuzz_readers.rs) where no Rust code can catch
 /// it. So the lookup of a dataset and its header is first made in a forked child: if the child
 /// dies of a signal, the file is reported as corrupt instead of taking the process down. A child
-/// that does not finish in time (another thread held the library's lock when it forked) is
-/// killed and the lookup goes ahead as before. REVSEG_HDF5_PROBE=0 turns the probe off.
+/// that does not finish in time is killed and the lookup goes ahead as before. REVSEG_HDF5_PROBE=0 turns the probe off.
 fn probe(file: &Path, dataset: &str) -> Result<()> {
     if std::env::var_os("REVSEG_HDF5_PROBE").is_some_and(|v| v == "0") {
         return Ok(());
@@ -210,13 +209,20 @@ fn probe(file: &Path, dataset: &str) -> Result<()> {
         }
         Ok(())
     };
-    // SAFETY: the child only runs the lookup and leaves with _exit (no destructors, no atexit
-    // handlers of the parent); the parent waits for it or kills it.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        let _ = look();
-        unsafe { libc::_exit(0) };
-    }
+    // Forking while holding the library's (reentrant) lock means no other thread is inside
+    // libhdf5 at that moment, so the child's copy of its state is consistent, and the child's
+    // one thread owns the lock. SAFETY: the child only runs the lookup and leaves with _exit (no
+    // destructors or atexit handlers of the parent); the parent waits for it or kills it.
+    let pid = hdf5::sync::sync(|| {
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // The parent holds its file lock; the child only reads.
+            std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
+            let _ = look();
+            unsafe { libc::_exit(0) };
+        }
+        pid
+    });
     if pid < 0 {
         return Ok(()); // No child to be had: look the normal way.
     }
