@@ -163,7 +163,7 @@ fn a_signal_saves_a_checkpoint_and_stops() {
     assert!(t.contains("interrupted") && t.contains("--resume"), "{t}");
     let rows = std::fs::read_to_string(&csv).unwrap().lines().count() - 1;
     let step = checkpoint_step(&dir);
-    assert!(step >= 2 && step < 100000, "{step}");
+    assert!((2..100000).contains(&step), "{step}");
     assert_eq!(rows, step, "every logged step is in the checkpoint");
     let o = train(&dir, &["--resume", "--steps", &(step + 1).to_string()]);
     assert!(o.status.success(), "{}", text(&o));

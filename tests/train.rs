@@ -211,11 +211,13 @@ fn config_from_toml_and_json_round_trip() {
 /// exponent form and rounded, and the checkpoint was then refused).
 #[test]
 fn large_integers_round_trip_exactly() {
-    let mut c = TrainConfig::default();
-    c.seed = 1_000_000_000_000_000_123;
-    c.val_every = (1usize << 60) + 1;
-    c.checkpoint_every = usize::MAX;
-    c.plateau_patience = (1usize << 53) + 1;
+    let c = TrainConfig {
+        seed: 1_000_000_000_000_000_123,
+        val_every: (1usize << 60) + 1,
+        checkpoint_every: usize::MAX,
+        plateau_patience: (1usize << 53) + 1,
+        ..TrainConfig::default()
+    };
     let text = c.to_json().to_string();
     assert!(text.contains("\"seed\":1000000000000000123"), "{text}");
     assert_eq!(TrainConfig::from_json_text(&text).unwrap(), c);
@@ -302,9 +304,9 @@ fn training_beats_the_trivial_predictor_on_an_unseen_volume() {
     assert!(v.boundary_accuracy > v.all_ones_accuracy + 0.1, "{v:?}");
 }
 
-fn run_opts(dir: &PathBuf, resume: bool) -> RunOptions {
+fn run_opts(dir: &std::path::Path, resume: bool) -> RunOptions {
     RunOptions {
-        out_dir: dir.clone(),
+        out_dir: dir.to_path_buf(),
         resume,
         quiet: true,
         ..RunOptions::default()
@@ -407,11 +409,10 @@ fn non_finite_predictions_name_the_op() {
         .unwrap();
     let n = t.prog.params[i].shape.len();
     t.ex.set_param(&b, i, &vec![1e38; n]).unwrap();
-    let e = t
-        .predict(&img, size, false)
-        .err()
-        .expect("NaN expected")
-        .to_string();
+    let Err(e) = t.predict(&img, size, false) else {
+        panic!("NaN expected");
+    };
+    let e = e.to_string();
     assert!(
         e.contains("predicted affinities") && e.contains("first non-finite value: conv"),
         "{e}"

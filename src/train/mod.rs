@@ -308,13 +308,17 @@ fn run_files(out: &Outputs) -> Vec<PathBuf> {
     vec![out.model(), out.metrics(), out.plot()]
 }
 
+/// What the kept rows of metrics.csv give a resumed run.
+struct Logged {
+    /// `seconds` of the last kept row: the clock goes on from there.
+    clock: f64,
+    losses: Vec<(usize, f64)>,
+    vals: Vec<(usize, Validation)>,
+}
+
 /// metrics.csv on resume: the rows up to the checkpoint's step are kept (later ones were logged
-/// after it and will be trained again), written atomically. Returns the clock of the last kept
-/// row, so `seconds` goes on from there, and the kept losses and validations for the plot.
-fn truncate_metrics(
-    path: &Path,
-    step: usize,
-) -> Result<(f64, Vec<(usize, f64)>, Vec<(usize, Validation)>)> {
+/// after it and will be trained again), written atomically.
+fn truncate_metrics(path: &Path, step: usize) -> Result<Logged> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -350,7 +354,11 @@ fn truncate_metrics(
         w.write_all(body.as_bytes())
             .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
     })?;
-    Ok((clock, losses, vals))
+    Ok(Logged {
+        clock,
+        losses,
+        vals,
+    })
 }
 
 /// The training loop: steps, validation every `val_every` steps, checkpoints, metrics CSV and
@@ -389,8 +397,8 @@ pub fn train<B: Backend>(
     let mut clock = 0.0;
     if opt.resume {
         state::load(&mut t, &out)?;
-        let (c, losses, vals) = truncate_metrics(&out.metrics(), t.step())?;
-        (clock, t.losses, t.vals) = (c, losses, vals);
+        let logged = truncate_metrics(&out.metrics(), t.step())?;
+        (clock, t.losses, t.vals) = (logged.clock, logged.losses, logged.vals);
     }
     let start_step = t.step();
     if start_step >= t.cfg.steps {

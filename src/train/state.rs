@@ -38,12 +38,15 @@ pub fn model_shapes(prog: &Program) -> Vec<(String, Vec<usize>)> {
     params.chain(stats).collect()
 }
 
+/// Named tensors: (name, PyTorch shape, values).
+pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// Model tensors (parameters and running statistics) of an executor, by PyTorch-style names.
 pub fn model_tensors<B: Backend>(
     b: &B,
     prog: &Program,
     ex: &crate::scheduler::Executor<B>,
-) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+) -> Result<Tensors> {
     let mut values = Vec::new();
     for i in 0..prog.params.len() {
         values.push(f32s(ex.param(b, i)?));
@@ -61,7 +64,7 @@ pub fn model_tensors<B: Backend>(
 }
 
 /// The first tensor holding a NaN or an infinity, by name.
-pub fn first_nonfinite(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Option<&str> {
+pub fn first_nonfinite(tensors: &Tensors) -> Option<&str> {
     tensors
         .iter()
         .find(|(_, _, d)| d.iter().any(|v| !v.is_finite()))
