@@ -54,6 +54,57 @@ pub fn demo_config(steps: usize, seed: u64) -> TrainConfig {
     }
 }
 
+/// The demo's segmentation: watershed with absolute thresholds (the network's affinities are
+/// probabilities, so percentiles of their histogram would move with how well it trained), then
+/// mean agglomeration.
+pub fn demo_watershed_params() -> Params {
+    Params {
+        low: 0.01,
+        high: 0.99,
+        merge: vec![(200, 0.3)],
+        dust: 50,
+        relative: false,
+    }
+}
+
+pub const DEMO_THRESHOLDS: [f64; 7] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7];
+
+/// One agglomeration threshold's segmentation and its scores.
+pub struct Row {
+    pub threshold: f64,
+    pub metrics: crate::metrics::Metrics,
+    pub segmentation: Vec<u32>,
+}
+
+/// Segments `aff` (3, Z, Y, X) the demo's way at every threshold of [`DEMO_THRESHOLDS`] and
+/// scores each against `labels`.
+pub fn segment_and_score(aff: &[f32], labels: &[u32], dims: Dims) -> Result<Vec<Row>> {
+    let (frag, _) = watershed::<u32>(aff, dims, &demo_watershed_params())?;
+    let agg = agglomerate(aff, &frag, dims, &DEMO_THRESHOLDS, Score::OneMinusMean)?;
+    (0..DEMO_THRESHOLDS.len())
+        .map(|i| {
+            let seg = agg.apply(i, &frag);
+            Ok(Row {
+                threshold: DEMO_THRESHOLDS[i],
+                metrics: evaluate(&seg, labels, dims, None)?,
+                segmentation: seg,
+            })
+        })
+        .collect()
+}
+
+/// Index of the row with the lowest adapted Rand error.
+pub fn best_row(rows: &[Row]) -> usize {
+    (0..rows.len())
+        .min_by(|&a, &b| {
+            rows[a]
+                .metrics
+                .adapted_rand_error
+                .total_cmp(&rows[b].metrics.adapted_rand_error)
+        })
+        .unwrap_or(0)
+}
+
 fn write_u8(spec: &str, shape: (usize, usize, usize), data: Vec<u8>) -> Result<()> {
     let s = vec![shape.0, shape.1, shape.2];
     let mut w = create_volume(spec, &s, Dtype::U8, None)?;
@@ -144,38 +195,14 @@ pub fn run(a: &DemoArgs) -> Result<()> {
 
     eprintln!("[4/5] segmenting: watershed, then agglomeration at several thresholds");
     let dims = Dims::new(test_size.0, test_size.1, test_size.2);
-    let params = Params {
-        low: 0.01,
-        high: 0.99,
-        merge: vec![(200, 0.3)],
-        dust: 50,
-        relative: false,
-    };
-    let (frag, _) = watershed::<u32>(&aff, dims, &params)?;
-    let thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7];
-    let agg = agglomerate(&aff, &frag, dims, &thresholds, Score::OneMinusMean)?;
     eprintln!("[5/5] scoring against the test volume's labels");
-    let mut rows = Vec::new();
-    for (i, t) in thresholds.iter().enumerate() {
-        let seg = agg.apply(i, &frag);
-        let m = evaluate(&seg, &test_vol.labels, dims, None)?;
-        rows.push((*t, m, seg));
-    }
-    let best = rows
-        .iter()
-        .enumerate()
-        .min_by(|x, y| {
-            x.1 .1
-                .adapted_rand_error
-                .total_cmp(&y.1 .1.adapted_rand_error)
-        })
-        .map(|(i, _)| i)
-        .unwrap();
+    let rows = segment_and_score(&aff, &test_vol.labels, dims)?;
+    let best = best_row(&rows);
     let shape = [test_size.0, test_size.1, test_size.2];
     write_u32(
         &format!("{}:/segmentation", out("test_segmentation.h5")),
         &shape,
-        rows[best].2.clone(),
+        rows[best].segmentation.clone(),
     )?;
     write_u32(
         &format!("{}:/labels", out("test_labels.h5")),
@@ -194,10 +221,13 @@ pub fn run(a: &DemoArgs) -> Result<()> {
                 ("last_loss", summary.last_loss.into()),
                 ("test_boundary_accuracy", v.boundary_accuracy.into()),
                 ("all_ones_accuracy", v.all_ones_accuracy.into()),
-                ("best_threshold", rows[best].0.into()),
-                ("adapted_rand_error", rows[best].1.adapted_rand_error.into()),
-                ("voi_split", rows[best].1.voi_split.into()),
-                ("voi_merge", rows[best].1.voi_merge.into()),
+                ("best_threshold", rows[best].threshold.into()),
+                (
+                    "adapted_rand_error",
+                    rows[best].metrics.adapted_rand_error.into()
+                ),
+                ("voi_split", rows[best].metrics.voi_split.into()),
+                ("voi_merge", rows[best].metrics.voi_merge.into()),
                 ("seconds", secs.into()),
             ])
         );
@@ -218,7 +248,12 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     );
     println!("\nsegmentation (watershed, then mean-affinity agglomeration):");
     println!("| threshold | segments | adapted Rand error | VOI split | VOI merge |\n|---|---|---|---|---|");
-    for (t, m, seg) in &rows {
+    for Row {
+        threshold: t,
+        metrics: m,
+        segmentation: seg,
+    } in &rows
+    {
         let n = seg
             .iter()
             .copied()
@@ -237,7 +272,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     println!("  test_affinities.h5:/affinities             predicted affinities");
     println!(
         "  test_segmentation.h5:/segmentation         segmentation at threshold {:.1}",
-        rows[best].0
+        rows[best].threshold
     );
     Ok(())
 }
