@@ -28,6 +28,10 @@ pub struct DemoArgs {
     pub seed: u64,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// A training setting on top of the demo's (`key=value`, the keys of `revseg train`'s
+    /// `--set`), for trying variants on the same data; repeatable.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -153,7 +157,14 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     )?;
 
     eprintln!("[2/5] training the reversible network ({} steps)", a.steps);
-    let cfg = demo_config(a.steps, a.seed);
+    let mut cfg = demo_config(a.steps, a.seed);
+    for kv in &a.set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::Invalid(format!("--set '{kv}': expected key=value")))?;
+        cfg.set(k, v)?;
+    }
+    cfg.validate()?;
     let image: Vec<f32> = train_vol.image.iter().map(|&v| v as f32 / 255.0).collect();
     let data = Dataset::new(
         image,
@@ -177,7 +188,9 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         let mut t = Trainer::new(b, cfg.clone())?;
         let ck = crate::checkpoint::load(a.out.join("model.safetensors"))?;
         train::state::load_model(b, &t.prog, &mut t.ex, &ck, "model.safetensors")?;
-        let aff = t.predict(&test_image, test_size, false)?;
+        let mut aff = t.predict(&test_image, test_size, false)?;
+        // Long-range channels are a training target only; segmentation reads the nearest three.
+        aff.truncate(3 * test_size.0 * test_size.1 * test_size.2);
         Ok::<_, Error>((s, aff))
     })?;
     let v = score(&aff, &test_vol.labels, test_size, 3)?;
@@ -208,6 +221,18 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         &format!("{}:/labels", out("test_labels.h5")),
         &shape,
         test_vol.labels.clone(),
+    )?;
+
+    crate::render::write_section_panels(
+        &a.out.join("test_panels.png"),
+        &crate::render::Section {
+            shape: test_size,
+            image: &test_image,
+            labels: &test_vol.labels,
+            affinities: &aff,
+            segmentation: &rows[best].segmentation,
+        },
+        test_size.0 / 2,
     )?;
 
     let secs = t0.elapsed().as_secs_f64();
@@ -274,5 +299,6 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         "  test_segmentation.h5:/segmentation         segmentation at threshold {:.1}",
         rows[best].threshold
     );
+    println!("  test_panels.png                            middle test section: image, truth, affinities, segmentation");
     Ok(())
 }

@@ -131,7 +131,9 @@ impl Dataset {
         let (t, m) = affinity_targets(
             &lbl,
             offsets_for(cfg.net.outputs)?,
-            TargetOptions::default(),
+            TargetOptions {
+                widen_borders: cfg.widen_borders,
+            },
         )?;
         let crop = |v: &[f32], channels: usize| -> Vec<f32> {
             let mut out = Vec::with_capacity(channels * pd * ph * pw);
