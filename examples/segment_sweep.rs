@@ -89,6 +89,20 @@ fn main() {
         );
     }
     println!("| affinities, fragments, watershed, score | fragments | best adapted Rand | threshold | VOI split | VOI merge |\n|---|---|---|---|---|---|");
+    // Where the z affinity goes wrong: per section, the fraction of z edges on the wrong side.
+    let plane = dims.y * dims.x;
+    let per_z: Vec<String> = (1..dims.z)
+        .map(|z| {
+            let r = z * plane..(z + 1) * plane;
+            let wrong = perfect[r.clone()]
+                .iter()
+                .zip(&aff[r])
+                .filter(|(t, p)| (**t > 0.5) != (**p >= 0.5))
+                .count();
+            format!("{z}:{:.2}", wrong as f64 / plane as f64)
+        })
+        .collect();
+    println!("z edges wrong, per section: {}", per_z.join(" "));
     // The target the network is trained on: Superhuman's widened borders.
     let widened = affinities_from_labels(&widen_borders(&labels, dims), dims);
     sweep(
