@@ -226,4 +226,11 @@ fn main() {
             *s,
         );
     }
+    // Trusting the z channel more or less than the in-plane ones: z affinities raised to a power.
+    for gamma in [0.5f32, 0.75, 1.5, 2.0] {
+        let mut g = aff.clone();
+        g[..n].iter_mut().for_each(|v| *v = v.powf(gamma));
+        let name = format!("predicted, z affinity ^ {gamma}, 3D, demo, mean");
+        sweep(&name, &g, &labels, dims, false, &p3, mean);
+    }
 }
