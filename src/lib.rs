@@ -17,6 +17,7 @@ pub mod nvtx;
 pub mod ops;
 pub mod plot;
 pub mod predict;
+pub mod render;
 pub mod rng;
 pub mod scheduler;
 pub mod segment;

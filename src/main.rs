@@ -33,6 +33,8 @@ enum Cmd {
     Segment(cli::segment::SegmentArgs),
     /// Compare a segmentation with ground truth (adapted Rand error, VOI, boundary accuracy).
     Eval(cli::eval::EvalArgs),
+    /// One section of image, ground truth, affinities and segmentation side by side as a PNG.
+    Render(cli::render::RenderArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cli::bench::BenchCmd),
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Cmd::Synth(a) => cli::synth::run(a).map(|_| true),
         Cmd::Segment(a) => cli::segment::run(a).map(|_| true),
         Cmd::Eval(a) => cli::eval::run(a).map(|_| true),
+        Cmd::Render(a) => cli::render::run(a).map(|_| true),
         Cmd::Bench(b) => cli::bench::run(b).map(|_| true),
     };
     match res {

@@ -288,3 +288,47 @@ impl LinePlot {
         crate::volume::png::write(path, w, h, 3, &self.render(w, h))
     }
 }
+
+/// Images of one size side by side, each with its title above, on white; each panel is RGB
+/// (`w * h * 3` bytes) and is shown `scale` times larger (nearest neighbour) so that a 160-pixel
+/// section stays readable. Returns (width, height, RGB pixels).
+pub fn panels(
+    titles: &[&str],
+    images: &[Vec<u8>],
+    w: usize,
+    h: usize,
+    scale: usize,
+) -> (usize, usize, Vec<u8>) {
+    let (gap, top) = (8usize, 14usize);
+    let (pw, ph) = (w * scale, h * scale);
+    let width = images.len() * pw + (images.len() + 1) * gap;
+    let height = top + ph + gap;
+    let mut c = Canvas::new(width, height);
+    for (k, img) in images.iter().enumerate() {
+        let x0 = gap + k * (pw + gap);
+        c.text(x0 as i64, 3, titles.get(k).copied().unwrap_or(""), BLACK);
+        for y in 0..ph {
+            for x in 0..pw {
+                let i = ((y / scale) * w + x / scale) * 3;
+                c.set(
+                    (x0 + x) as i64,
+                    (top + y) as i64,
+                    [img[i], img[i + 1], img[i + 2]],
+                );
+            }
+        }
+    }
+    (width, height, c.px)
+}
+
+/// A colour per label, far apart for neighbouring ids; 0 (background) is black.
+pub fn label_color(l: u64) -> Rgb {
+    if l == 0 {
+        return BLACK;
+    }
+    let mut h = l.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^= h >> 29;
+    // Kept away from black and white so that borders and background stay visible.
+    let ch = |v: u64| 40 + (v & 0xff) as u8 % 200;
+    [ch(h), ch(h >> 8), ch(h >> 16)]
+}

@@ -296,7 +296,14 @@ fn training_beats_the_trivial_predictor_on_an_unseen_volume() {
     let test_size = (8, 96, 96);
     let (timg, tlbl) = volume(12, test_size);
     let pred = t.predict(&timg, test_size, false).unwrap();
-    let v = train::data::score(&pred, &tlbl, test_size, 3).unwrap();
+    let v = train::data::score(
+        &pred,
+        &tlbl,
+        test_size,
+        3,
+        revseg::train::targets::TargetOptions::default(),
+    )
+    .unwrap();
     eprintln!(
         "unseen volume: boundary accuracy {:.4}, all-ones {:.4}, loss {:.4}",
         v.boundary_accuracy, v.all_ones_accuracy, v.loss

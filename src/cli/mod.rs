@@ -7,6 +7,7 @@ pub mod gradcheck;
 pub mod net;
 pub mod plan;
 pub mod predict;
+pub mod render;
 pub mod segment;
 pub mod synth;
 pub mod train;

@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::json::{self, Json};
-use crate::synth::{synthesize, ArtefactKind, SynthConfig, SynthVolume};
+use crate::synth::{difficulty, synthesize, ArtefactKind, Difficulty, SynthConfig, SynthVolume};
 use crate::volume::array::{Array, Dtype, VoxelSize};
 use crate::volume::io::{create_volume_with, WriteOptions};
 use crate::volume::png;
@@ -111,6 +111,25 @@ fn artefact_str(k: &ArtefactKind) -> String {
     }
 }
 
+fn difficulty_json(d: &Difficulty) -> Json {
+    let q = |v: &[usize; 5]| {
+        json::obj([
+            ("min", Json::from(v[0])),
+            ("p10", v[1].into()),
+            ("median", v[2].into()),
+            ("p90", v[3].into()),
+            ("max", v[4].into()),
+        ])
+    };
+    json::obj([
+        ("objects", Json::from(d.objects)),
+        ("object_voxels", q(&d.size)),
+        ("object_z_sections", q(&d.z_extent)),
+        ("z_neighbour_same_label", d.z_same.into()),
+        ("xy_neighbour_same_label", d.xy_same.into()),
+    ])
+}
+
 fn summary_json(cfg: &SynthConfig, vol: &SynthVolume, t_gen: f64, t_write: f64) -> Json {
     let (z, y, x) = vol.shape;
     let arts = vol
@@ -148,6 +167,10 @@ fn summary_json(cfg: &SynthConfig, vol: &SynthVolume, t_gen: f64, t_write: f64) 
             Json::from("dense: every voxel belongs to an object 1..n, no 0"),
         ),
         ("artefacts", Json::Array(arts)),
+        (
+            "difficulty",
+            difficulty_json(&difficulty(&vol.labels, vol.shape)),
+        ),
         (
             "section_contrast",
             Json::Array(

@@ -26,6 +26,9 @@ pub struct TrainConfig {
     pub plateau_patience: usize,
     pub checkpoint_every: usize,
     pub augment: bool,
+    /// Superhuman's border widening of the targets (every voxel next to another object in its
+    /// section is boundary). Off, the target is the exact one-edge border of the labels.
+    pub widen_borders: bool,
     /// Keep every activation instead of reconstructing (the classic backward).
     pub store_all: bool,
     /// Voxel size (z, y, x) in nm of the training data, from its file or the command line;
@@ -48,6 +51,7 @@ impl Default for TrainConfig {
             plateau_patience: 3,
             checkpoint_every: 200,
             augment: true,
+            widen_borders: true,
             store_all: false,
             voxel_size: None,
         }
@@ -74,6 +78,7 @@ pub struct Settings {
     pub plateau_patience: Option<usize>,
     pub checkpoint_every: Option<usize>,
     pub augment: Option<bool>,
+    pub widen_borders: Option<bool>,
     pub store_all: Option<bool>,
     pub voxel_size: Option<[f64; 3]>,
 }
@@ -147,6 +152,7 @@ impl Settings {
             plateau_patience,
             checkpoint_every,
             augment,
+            widen_borders,
             store_all,
             voxel_size
         )
@@ -206,6 +212,7 @@ impl TrainConfig {
             plateau_patience,
             checkpoint_every,
             augment,
+            widen_borders,
             store_all
         );
         if let Some([z, y, x]) = s.voxel_size {
@@ -240,6 +247,7 @@ impl TrainConfig {
             plateau_patience: Some(self.plateau_patience),
             checkpoint_every: Some(self.checkpoint_every),
             augment: Some(self.augment),
+            widen_borders: Some(self.widen_borders),
             store_all: Some(self.store_all),
             voxel_size: self.voxel_size.map(|(z, y, x)| [z, y, x]),
         }
@@ -329,6 +337,7 @@ pub const KEYS: &[&str] = &[
     "plateau_patience",
     "checkpoint_every",
     "augment",
+    "widen_borders",
     "store_all",
     "voxel_size",
 ];

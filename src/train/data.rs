@@ -131,7 +131,9 @@ impl Dataset {
         let (t, m) = affinity_targets(
             &lbl,
             offsets_for(cfg.net.outputs)?,
-            TargetOptions::default(),
+            TargetOptions {
+                widen_borders: cfg.widen_borders,
+            },
         )?;
         let crop = |v: &[f32], channels: usize| -> Vec<f32> {
             let mut out = Vec::with_capacity(channels * pd * ph * pw);
@@ -170,7 +172,8 @@ impl Dataset {
     }
 }
 
-/// Validation figures of predicted affinities against labels: the class-rebalanced BCE (as the
+/// Validation figures of predicted affinities against labels' `targets` (those the network was
+/// trained on, so that a run without border widening is not scored against widened borders): the class-rebalanced BCE (as the
 /// training loss defines it, on probabilities) over every channel, and the boundary accuracy over
 /// the three nearest-neighbour channels, with the all-ones predictor's accuracy beside it.
 pub fn score(
@@ -178,9 +181,10 @@ pub fn score(
     labels: &[u32],
     shape: (usize, usize, usize),
     channels: usize,
+    targets: TargetOptions,
 ) -> Result<Validation> {
     let lbl = Array::new(vec![shape.0, shape.1, shape.2], labels.to_vec())?;
-    let (t, m) = affinity_targets(&lbl, offsets_for(channels)?, TargetOptions::default())?;
+    let (t, m) = affinity_targets(&lbl, offsets_for(channels)?, targets)?;
     if pred.len() != t.data.len() {
         return Err(Error::shape(
             "score",

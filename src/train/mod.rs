@@ -150,7 +150,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
             detail: e.to_string(),
         };
         let pred = self.predict(&image, shape, false).map_err(at)?;
-        let v = data::score(&pred, &labels, shape, self.cfg.net.outputs)?;
+        let v = data::score(
+            &pred,
+            &labels,
+            shape,
+            self.cfg.net.outputs,
+            targets::TargetOptions {
+                widen_borders: self.cfg.widen_borders,
+            },
+        )?;
         if !v.loss.is_finite() {
             return Err(at(Error::Value {
                 what: "validation loss".into(),
