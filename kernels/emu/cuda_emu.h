@@ -28,19 +28,30 @@ extern thread_local dim3 gridDim;
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
-// Shared memory is per block; an OS thread runs one block at a time, so a thread_local static is
-// exactly one block's copy. Its contents carry over between blocks, as uninitialised memory may.
-#define __shared__ static thread_local
+// Shared memory is per block and lives in one arena per OS thread (an OS thread runs one block at
+// a time), so the emulator can poison it at each block start and watch every access to it. Kernels
+// declare it with REVSEG_SHARED (common.cuh); a bare `__shared__` is deliberately left undefined here.
 #define __align__(n) alignas(n)
 
 namespace emu {
-void syncthreads();
+// One REVSEG_SHARED declaration: its place in the current block's arena, assigned by the first
+// thread of the block that reaches it (all threads of a block then see the same words).
+struct SharedSite {
+    unsigned long long block_gen;
+    void* ptr;
+};
+void syncthreads(const char* file, int line);
 void* dynamic_shared();
+void* static_shared(SharedSite& site, std::size_t bytes);
 }  // namespace emu
 
-#define __syncthreads() ::emu::syncthreads()
+#define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
 // `extern __shared__ T name[]` in CUDA; a pointer to this block's dynamic shared memory here.
 #define REVSEG_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::emu::dynamic_shared())
+// `__shared__ T name dims;` in CUDA: here a reference to the same-shaped array in the block's arena.
+#define REVSEG_SHARED(T, name, dims)                     \
+    static thread_local ::emu::SharedSite name##__site;  \
+    T(&name) dims = *static_cast<T(*) dims>(::emu::static_shared(name##__site, sizeof(T dims)))
 
 // Math: the float functions of <math.h> (expf, log1pf, sqrtf, fabsf, fmaf, ...), plus CUDA's extras.
 inline float rsqrtf(float x) {

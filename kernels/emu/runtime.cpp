@@ -3,27 +3,38 @@
 // Blocks are handed out to a pool of OS threads (one per core). Within a block, a kernel that never
 // calls __syncthreads runs its threads as a plain loop. A kernel that does runs each CUDA thread as
 // a fiber: __syncthreads parks the fiber and returns to the block's scheduler, which resumes every
-// fiber round-robin, so all threads reach a barrier before any passes it. Fibers and their stacks
+// fiber in turn, so all threads reach a barrier before any passes it. The order of that turn (and
+// of the plain loop, and of the blocks) is the launch's schedule: ascending, descending, or a
+// seeded permutation per barrier interval, so that a missing barrier shows as different bits.
+// Threads that stop at different barriers, or return while others wait, are reported (state.h). Fibers and their stacks
 // are made once per OS thread and reused; a fiber is entered with setcontext the first time only,
 // and switched with _setjmp/_longjmp afterwards, which (unlike swapcontext) make no system call.
 #include <ucontext.h>
 
-#include <atomic>
+#include <algorithm>
 #include <condition_variable>
 #include <csetjmp>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
+#include <numeric>
 #include <thread>
-#include <vector>
 
-#include "cuda_emu.h"
-#include "registry.h"
+#include "state.h"
 
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local dim3 blockDim;
 thread_local dim3 gridDim;
+
+namespace emu_rt {
+thread_local Launch* t_launch;
+thread_local unsigned t_tid;
+thread_local unsigned long long t_block;
+thread_local unsigned t_epoch;
+thread_local bool t_check;
+}  // namespace emu_rt
+
+using namespace emu_rt;
 
 namespace {
 
@@ -32,26 +43,6 @@ constexpr std::size_t kStackBytes = 64 * 1024;
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr unsigned kMaxDynamicShared = 48 * 1024;
 constexpr unsigned kMaxGridYZ = 65535;
-
-enum Status : int {
-    kOk = 0,
-    kUnknownKernel = 1,
-    kArgsSize = 2,
-    kSyncInLoopKernel = 3,
-    kBadConfig = 4,
-    kSharedTooLarge = 5,
-};
-
-struct Launch {
-    const EmuKernelEntry* kernel;
-    dim3 grid, block;
-    unsigned threads;
-    unsigned shared_bytes;
-    const void* args;
-    unsigned long long blocks;
-    std::atomic<unsigned long long> next{0};
-    std::atomic<int> status{kOk};
-};
 
 enum FiberState { kNew, kRunning, kIdle };
 
@@ -62,23 +53,23 @@ struct Fiber {
     FiberState state;
     bool done;
     uint3 idx;
+    // The __syncthreads this fiber is parked at.
+    const char* at_file;
+    int at_line;
 };
 
 struct Worker {
     std::vector<Fiber*> fibers;
-    void* dyn = nullptr;
-    std::size_t dyn_bytes = 0;
+    std::vector<unsigned> order;
     ~Worker() {
         for (Fiber* f : fibers) {
             std::free(f->stack);
             std::free(f);
         }
-        std::free(dyn);
     }
 };
 
 thread_local Worker t_worker;
-thread_local const Launch* t_launch;
 thread_local Fiber* t_cur;
 thread_local jmp_buf t_sched;
 thread_local bool t_fiber_mode;
@@ -96,27 +87,80 @@ void fiber_main() {
     }
 }
 
+// (Re)makes a fiber that starts at fiber_main: new ones, and those of a block abandoned at a
+// divergent barrier, whose stacks hold a kernel half-way.
+void start_fiber(Fiber* f) {
+    if (getcontext(&f->uc) != 0) {
+        std::fprintf(stderr, "revseg emulator: getcontext failed\n");
+        std::abort();
+    }
+    f->uc.uc_stack.ss_sp = f->stack;
+    f->uc.uc_stack.ss_size = kStackBytes;
+    f->uc.uc_link = nullptr;
+    makecontext(&f->uc, fiber_main, 0);
+    f->state = kNew;
+}
+
 void ensure_fibers(unsigned n) {
     auto& fs = t_worker.fibers;
     while (fs.size() < n) {
         // Plain C allocation: Fiber is trivially copyable and holds jmp_buf/ucontext_t.
         Fiber* f = static_cast<Fiber*>(std::calloc(1, sizeof(Fiber)));
-        if (f == nullptr || (f->stack = static_cast<char*>(std::malloc(kStackBytes))) == nullptr ||
-            getcontext(&f->uc) != 0) {
+        if (f == nullptr || (f->stack = static_cast<char*>(std::malloc(kStackBytes))) == nullptr) {
             std::fprintf(stderr, "revseg emulator: cannot allocate a fiber stack\n");
             std::abort();
         }
-        f->uc.uc_stack.ss_sp = f->stack;
-        f->uc.uc_stack.ss_size = kStackBytes;
-        f->uc.uc_link = nullptr;
-        makecontext(&f->uc, fiber_main, 0);
-        f->state = kNew;
+        start_fiber(f);
         fs.push_back(f);
     }
 }
 
 uint3 thread_index(const dim3& b, unsigned t) {
     return uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
+}
+
+unsigned long long splitmix(unsigned long long x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// The order in which the block's threads run until their next barrier, in barrier interval
+// `round`: the launch's schedule. A random schedule draws a fresh permutation per interval.
+const std::vector<unsigned>& thread_order(const Launch& l, unsigned round) {
+    auto& o = t_worker.order;
+    o.resize(l.threads);
+    std::iota(o.begin(), o.end(), 0u);
+    if (l.schedule == kDescending) {
+        std::reverse(o.begin(), o.end());
+    } else if (l.schedule == kRandom) {
+        unsigned long long r = splitmix(l.seed ^ splitmix(t_block * 1000003ull + round));
+        for (unsigned i = l.threads; i > 1; --i) {
+            r = splitmix(r);
+            std::swap(o[i - 1], o[r % i]);
+        }
+    }
+    return o;
+}
+
+void divergent(const Launch& l, const Fiber* waiting, unsigned waiting_tid, const Fiber* other,
+               unsigned other_tid) {
+    char buf[768];
+    if (other == nullptr) {
+        std::snprintf(buf, sizeof buf,
+                      "kernel %s: divergent __syncthreads: %s waits at %s:%d but thread %u of the "
+                      "block has already returned (every thread of a block must reach the same "
+                      "barrier)",
+                      l.kernel->name, where(t_block, waiting_tid).c_str(), waiting->at_file,
+                      waiting->at_line, other_tid);
+    } else {
+        std::snprintf(buf, sizeof buf,
+                      "kernel %s: divergent __syncthreads: %s waits at %s:%d, thread %u at %s:%d",
+                      l.kernel->name, where(t_block, waiting_tid).c_str(), waiting->at_file,
+                      waiting->at_line, other_tid, other->at_file, other->at_line);
+    }
+    const_cast<Launch&>(l).fail(kCheckFailed, buf);
 }
 
 void run_block_fibers(const Launch& l) {
@@ -128,13 +172,19 @@ void run_block_fibers(const Launch& l) {
         fs[i]->idx = thread_index(l.block, i);
     }
     unsigned left = l.threads;
-    while (left > 0) {
-        for (unsigned i = 0; i < l.threads; ++i) {
+    for (unsigned round = 0; left > 0; ++round) {
+        t_epoch = round;
+        const unsigned none = l.threads;
+        unsigned first_parked = none, first_done = none;
+        bool mismatch = false;
+        for (unsigned i : thread_order(l, round)) {
             Fiber* f = fs[i];
             if (f->done) {
+                first_done = first_done == none ? i : first_done;
                 continue;
             }
             t_cur = f;
+            t_tid = i;
             threadIdx = f->idx;
             if (!_setjmp(t_sched)) {
                 FiberState was = f->state;
@@ -149,17 +199,38 @@ void run_block_fibers(const Launch& l) {
             if (f->state == kIdle) {
                 f->done = true;
                 --left;
+                first_done = first_done == none ? i : first_done;
+            } else if (first_parked == none) {
+                first_parked = i;
+            } else if (!mismatch && (fs[first_parked]->at_line != f->at_line ||
+                                     std::strcmp(fs[first_parked]->at_file, f->at_file) != 0)) {
+                divergent(l, fs[first_parked], first_parked, f, i);
+                mismatch = true;
             }
+        }
+        if (left > 0 && (mismatch || first_done != none)) {
+            if (!mismatch) {
+                divergent(l, fs[first_parked], first_parked, nullptr, first_done);
+            }
+            // Threads parked at a barrier that will never open: start them afresh next block.
+            for (unsigned i = 0; i < l.threads; ++i) {
+                if (!fs[i]->done) {
+                    start_fiber(fs[i]);
+                }
+            }
+            return;
         }
     }
 }
 
 bool run_block_loop(const Launch& l) {
     t_fiber_mode = false;
+    t_epoch = 0;
     if (setjmp(t_loop_escape)) {
         return false;
     }
-    for (unsigned i = 0; i < l.threads; ++i) {
+    for (unsigned i : thread_order(l, 0)) {
+        t_tid = i;
         threadIdx = thread_index(l.block, i);
         l.kernel->entry(l.args);
     }
@@ -168,29 +239,30 @@ bool run_block_loop(const Launch& l) {
 
 void run_blocks(Launch& l) {
     t_launch = &l;
+    t_check = l.check;
     blockDim = l.block;
     gridDim = l.grid;
-    if (l.shared_bytes > t_worker.dyn_bytes) {
-        std::free(t_worker.dyn);
-        t_worker.dyn = std::aligned_alloc(64, (l.shared_bytes + 63) / 64 * 64);
-        t_worker.dyn_bytes = t_worker.dyn ? l.shared_bytes : 0;
-    }
     for (;;) {
-        unsigned long long b = l.next.fetch_add(1);
-        if (b >= l.blocks || l.status.load() != kOk) {
+        unsigned long long n = l.next.fetch_add(1);
+        if (n >= l.blocks || l.status.load() != kOk) {
             break;
         }
+        // Blocks are handed out in the schedule's order too (random: descending for odd seeds).
+        const bool down = l.schedule == kDescending || (l.schedule == kRandom && (l.seed & 1));
+        const unsigned long long b = down ? l.blocks - 1 - n : n;
+        t_block = b;
         blockIdx = uint3{static_cast<unsigned>(b % l.grid.x),
                          static_cast<unsigned>((b / l.grid.x) % l.grid.y),
                          static_cast<unsigned>(b / (static_cast<unsigned long long>(l.grid.x) *
                                                     l.grid.y))};
+        shared_block_start(l.shared_bytes);
         if (l.kernel->uses_sync) {
             run_block_fibers(l);
         } else if (!run_block_loop(l)) {
-            int expected = kOk;
-            l.status.compare_exchange_strong(expected, kSyncInLoopKernel);
+            l.fail(kSyncInLoopKernel, "");
         }
     }
+    t_check = false;
 }
 
 // Persistent OS threads; one launch at a time (launches from several host threads queue here).
@@ -269,23 +341,32 @@ const EmuKernelEntry* find(const char* name) {
 
 }  // namespace
 
-void emu::syncthreads() {
+void emu::syncthreads(const char* file, int line) {
     if (!t_fiber_mode) {
         _longjmp(t_loop_escape, 1);
     }
+    t_cur->at_file = file;
+    t_cur->at_line = line;
     if (!_setjmp(t_cur->ctx)) {
         _longjmp(t_sched, 1);
     }
 }
 
-void* emu::dynamic_shared() {
-    return t_worker.dyn;
-}
+// How to run a launch (src/backend/gpu/emu.rs mirrors it): the schedule, whether to check, and the
+// regions the kernel was given as (address, bytes) pairs.
+struct EmuOptions {
+    int schedule;
+    int check;
+    unsigned long long seed;
+    const unsigned long long* regions;
+    std::size_t region_count;
+};
 
 // Runs one kernel over its grid and returns when every block has finished (a launch followed by a
-// synchronize). Returns a Status; the Rust side turns it into an error message.
+// synchronize). Returns a Status; for kCheckFailed (and a few others) `msg` holds the report.
 extern "C" int emu_launch(const char* name, const unsigned grid[3], const unsigned block[3],
-                          unsigned shared_bytes, const void* args, std::size_t args_size) {
+                          unsigned shared_bytes, const void* args, std::size_t args_size,
+                          const EmuOptions* opt, char* msg, std::size_t msg_cap) {
     const EmuKernelEntry* k = find(name);
     if (k == nullptr) {
         return kUnknownKernel;
@@ -309,7 +390,35 @@ extern "C" int emu_launch(const char* name, const unsigned grid[3], const unsign
     l.shared_bytes = shared_bytes;
     l.args = args;
     l.blocks = 1ull * grid[0] * grid[1] * grid[2];
+    l.schedule = opt->schedule;
+    l.seed = opt->seed;
+    l.check = opt->check != 0;
+    std::vector<std::atomic<unsigned long long>*> shadows;
+    if (l.check) {
+        l.buffers = buffers_snapshot();
+        for (std::size_t i = 0; i < opt->region_count; ++i) {
+            const std::uintptr_t b = opt->regions[2 * i];
+            const std::size_t bytes = opt->regions[2 * i + 1];
+            if (bytes == 0) {
+                continue;
+            }
+            // calloc: all-zero (no writer yet) without touching pages a launch never writes.
+            auto* w = static_cast<std::atomic<unsigned long long>*>(
+                std::calloc((bytes + 3) / 4, sizeof(unsigned long long)));
+            if (w == nullptr) {
+                return kBadConfig;
+            }
+            shadows.push_back(w);
+            l.regions.push_back(Region{b, b + bytes, w});
+        }
+    }
     pool().run(l);
+    for (auto* w : shadows) {
+        std::free(w);
+    }
+    if (msg_cap > 0) {
+        std::snprintf(msg, msg_cap, "%s", l.report.c_str());
+    }
     return l.status.load();
 }
 
