@@ -175,6 +175,7 @@ fn build_emulator(kdir: &Path, out: &Path, files: &[String], kernels: &[Kernel])
         .collect();
     sources.push(("emu_runtime".into(), kdir.join("emu/runtime.cpp"), false));
     sources.push(("emu_checks".into(), kdir.join("emu/checks.cpp"), false));
+    sources.push(("emu_warp".into(), kdir.join("emu/warp.cpp"), false));
     sources.push(("emu_registry".into(), reg_path, false));
     let mut jobs = Vec::new();
     let mut objects = Vec::new();
@@ -391,8 +392,9 @@ fn write_table(
     }
     writeln!(
         t,
-        "];\npub const COMMON: &str = include_str!({:?});",
-        kdir.join("common.cuh").display()
+        "];\npub const COMMON: &str = include_str!({:?});\npub const INTRINSICS: &str = include_str!({:?});",
+        kdir.join("common.cuh").display(),
+        kdir.join("intrinsics.cuh").display()
     )
     .unwrap();
     fs::write(out.join("kernels.rs"), t).unwrap();

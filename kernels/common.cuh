@@ -21,6 +21,8 @@
 // Static shared memory: `REVSEG_SHARED(float, tile, [16][65]);` declares `__shared__ float tile[16][65]`.
 // The emulator's version places it where it can be poisoned and checked (emu/cuda_emu.h).
 #define REVSEG_SHARED(T, name, dims) __shared__ T name dims
+// The same, 16-byte aligned (ldmatrix rows, 16-byte cp.async); the emulator aligns every one so.
+#define REVSEG_SHARED_ALIGN16(T, name, dims) __shared__ __align__(16) T name dims
 #define REVSEG_UNROLL _Pragma("unroll")
 #endif
 

@@ -37,6 +37,10 @@ struct Word {
     int writer;  // kNobody: not written since the block started
     unsigned r_epoch;
     int reader;  // kNobody or kSeveral, for r_epoch
+    unsigned w_sync;  // the writer's warp's __syncwarp count at the write
+    // Bytes of the word: ever written in this block; written by `writer`; read in r_epoch. Two
+    // threads touching different bytes of one word (16-bit data) do not race.
+    unsigned char init_bytes, w_bytes, r_bytes;
 };
 
 struct SharedArena {
@@ -62,7 +66,7 @@ SharedArena& arena() {
 void reset(SharedArena& s, std::size_t begin, std::size_t end) {
     std::memset(s.mem + begin, 0xFF, end - begin);
     for (std::size_t w = begin / 4; w < (end + 3) / 4; ++w) {
-        s.shadow[w] = Word{0, kNobody, kNoEpoch, kNobody};
+        s.shadow[w] = Word{0, kNobody, kNoEpoch, kNobody, 0, 0, 0, 0};
     }
 }
 
@@ -111,11 +115,20 @@ void shared_access(SharedArena& s, std::size_t off, unsigned size, bool write, v
     const int tid = static_cast<int>(t_tid);
     for (std::size_t w = off / 4; w <= (off + size - 1) / 4; ++w) {
         Word& x = s.shadow[w];
-        const bool written_now = x.writer >= 0 && x.w_epoch == t_epoch;
+        // The bytes of this word the access touches.
+        const std::size_t lo = w * 4 > off ? w * 4 : off;
+        const std::size_t hi = (w + 1) * 4 < off + size ? (w + 1) * 4 : off + size;
+        const unsigned char bm =
+            static_cast<unsigned char>(((1u << (hi - lo)) - 1u) << (lo - w * 4));
+        const bool synced_in_warp = t_warp_syncs != nullptr && x.writer >= 0 &&
+                                    x.writer / 32 == tid / 32 &&
+                                    t_warp_syncs[tid / 32] > x.w_sync;
+        const bool other_wrote = x.writer >= 0 && x.writer != tid && x.w_epoch == t_epoch &&
+                                 !synced_in_warp && (x.w_bytes & bm) != 0;
         if (!write) {
-            if (x.writer == kNobody) {
+            if ((x.init_bytes & bm) != bm) {
                 shared_report("reads uninitialised (never written in this block)", w, -1, pc);
-            } else if (written_now && x.writer != tid) {
+            } else if (other_wrote) {
                 shared_report(
                     "race: no __syncthreads between another thread's write and this read of", w,
                     x.writer, pc);
@@ -123,21 +136,28 @@ void shared_access(SharedArena& s, std::size_t off, unsigned size, bool write, v
             if (x.r_epoch != t_epoch) {
                 x.r_epoch = t_epoch;
                 x.reader = tid;
-            } else if (x.reader != tid) {
-                x.reader = kSeveral;
+                x.r_bytes = bm;
+            } else {
+                x.reader = x.reader == tid ? tid : kSeveral;
+                x.r_bytes |= bm;
             }
             continue;
         }
-        if (written_now && x.writer != tid) {
+        if (other_wrote) {
             shared_report("race: two writes without a __syncthreads between them to", w, x.writer,
                           pc);
-        } else if (x.r_epoch == t_epoch && x.reader != tid && x.reader != kNobody) {
+        } else if (x.r_epoch == t_epoch && x.reader != tid && x.reader != kNobody &&
+                   (x.r_bytes & bm) != 0) {
             shared_report(
                 "race: no __syncthreads between another thread's read and this write of", w,
                 x.reader >= 0 ? x.reader : -1, pc);
         }
+        const bool same = x.writer == tid && x.w_epoch == t_epoch;
+        x.w_bytes = same ? static_cast<unsigned char>(x.w_bytes | bm) : bm;
+        x.init_bytes |= bm;
         x.writer = tid;
         x.w_epoch = t_epoch;
+        x.w_sync = t_warp_syncs != nullptr ? t_warp_syncs[tid / 32] : 0;
     }
 }
 
@@ -158,7 +178,9 @@ void global_report(const char* what, const Region& r, std::size_t k, std::uintpt
     t_launch->fail(kCheckFailed, buf);
 }
 
-void on_access(std::uintptr_t a, unsigned size, bool write, void* pc) {
+}  // namespace
+
+void check_access(std::uintptr_t a, unsigned size, bool write, void* pc) {
     if (!t_check) {
         return;
     }
@@ -203,8 +225,6 @@ void on_access(std::uintptr_t a, unsigned size, bool write, void* pc) {
         }
     }
 }
-
-}  // namespace
 
 void shared_block_start(unsigned dynamic_bytes) {
     SharedArena& s = arena();
@@ -282,16 +302,16 @@ extern "C" void emu_unregister_buffer(const void* p) {
 // The sanitizer interface g++ emits calls to (see the top of this file).
 #define EMU_HOOK(n)                                                                       \
     extern "C" void __tsan_read##n(void* p) {                                             \
-        on_access(reinterpret_cast<std::uintptr_t>(p), n, false, __builtin_return_address(0)); \
+        check_access(reinterpret_cast<std::uintptr_t>(p), n, false, __builtin_return_address(0)); \
     }                                                                                     \
     extern "C" void __tsan_write##n(void* p) {                                            \
-        on_access(reinterpret_cast<std::uintptr_t>(p), n, true, __builtin_return_address(0));  \
+        check_access(reinterpret_cast<std::uintptr_t>(p), n, true, __builtin_return_address(0));  \
     }                                                                                     \
     extern "C" void __tsan_unaligned_read##n(void* p) {                                   \
-        on_access(reinterpret_cast<std::uintptr_t>(p), n, false, __builtin_return_address(0)); \
+        check_access(reinterpret_cast<std::uintptr_t>(p), n, false, __builtin_return_address(0)); \
     }                                                                                     \
     extern "C" void __tsan_unaligned_write##n(void* p) {                                  \
-        on_access(reinterpret_cast<std::uintptr_t>(p), n, true, __builtin_return_address(0));  \
+        check_access(reinterpret_cast<std::uintptr_t>(p), n, true, __builtin_return_address(0));  \
     }
 EMU_HOOK(1)
 EMU_HOOK(2)
@@ -300,11 +320,11 @@ EMU_HOOK(8)
 EMU_HOOK(16)
 
 extern "C" void __tsan_read_range(void* p, unsigned long n) {
-    on_access(reinterpret_cast<std::uintptr_t>(p), static_cast<unsigned>(n), false,
+    check_access(reinterpret_cast<std::uintptr_t>(p), static_cast<unsigned>(n), false,
               __builtin_return_address(0));
 }
 extern "C" void __tsan_write_range(void* p, unsigned long n) {
-    on_access(reinterpret_cast<std::uintptr_t>(p), static_cast<unsigned>(n), true,
+    check_access(reinterpret_cast<std::uintptr_t>(p), static_cast<unsigned>(n), true,
               __builtin_return_address(0));
 }
 extern "C" void __tsan_init() {}

@@ -19,7 +19,7 @@
 #include <numeric>
 #include <thread>
 
-#include "state.h"
+#include "warp.h"
 
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
@@ -32,6 +32,7 @@ thread_local unsigned t_tid;
 thread_local unsigned long long t_block;
 thread_local unsigned t_epoch;
 thread_local bool t_check;
+thread_local const unsigned* t_warp_syncs;
 }  // namespace emu_rt
 
 using namespace emu_rt;
@@ -46,6 +47,14 @@ constexpr unsigned kMaxGridYZ = 65535;
 
 enum FiberState { kNew, kRunning, kIdle };
 
+constexpr int kMaxCopies = 64;
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    int bytes;
+    int group;
+};
+
 struct Fiber {
     jmp_buf ctx;
     ucontext_t uc;
@@ -53,14 +62,21 @@ struct Fiber {
     FiberState state;
     bool done;
     uint3 idx;
-    // The __syncthreads this fiber is parked at.
+    // Parked: at the warp collective `op`, or (op null) at the __syncthreads at at_file:at_line.
+    bool blocked;
+    emu::WarpOp* op;
     const char* at_file;
     int at_line;
+    // cp.async copies not yet done, and the number of committed groups.
+    AsyncCopy copies[kMaxCopies];
+    int ncopies;
+    int committed;
 };
 
 struct Worker {
     std::vector<Fiber*> fibers;
     std::vector<unsigned> order;
+    std::vector<unsigned> warp_syncs;
     ~Worker() {
         for (Fiber* f : fibers) {
             std::free(f->stack);
@@ -71,15 +87,27 @@ struct Worker {
 
 thread_local Worker t_worker;
 thread_local Fiber* t_cur;
+// The running thread's cp.async state in plain-loop mode.
+thread_local Fiber t_loop_fiber;
 thread_local jmp_buf t_sched;
 thread_local bool t_fiber_mode;
 thread_local jmp_buf t_loop_escape;
 
 // Each fiber runs blocks forever: after a block it parks at the loop top (kIdle), and the next
 // block resumes it there.
+void unwaited_copies() {
+    if (t_cur->ncopies > 0) {
+        t_launch->fail(kCheckFailed, std::string("kernel ") + t_launch->kernel->name + ", " +
+                                         where(t_block, t_tid) +
+                                         ": returns with cp.async copies never waited for "
+                                         "(cp_async_wait)");
+    }
+}
+
 void fiber_main() {
     for (;;) {
         t_launch->kernel->entry(t_launch->args);
+        unwaited_copies();
         t_cur->state = kIdle;
         if (!_setjmp(t_cur->ctx)) {
             _longjmp(t_sched, 1);
@@ -163,64 +191,139 @@ void divergent(const Launch& l, const Fiber* waiting, unsigned waiting_tid, cons
     const_cast<Launch&>(l).fail(kCheckFailed, buf);
 }
 
+void abandon_block(const Launch& l) {
+    // Threads parked at a barrier that will never open: start them afresh next block.
+    for (unsigned i = 0; i < l.threads; ++i) {
+        if (!t_worker.fibers[i]->done) {
+            start_fiber(t_worker.fibers[i]);
+        }
+    }
+}
+
+// Gives every warp collective whose lanes have all arrived its results; false on a collective
+// that can never complete (reported).
+bool resolve_warps(const Launch& l, bool& any) {
+    auto& fs = t_worker.fibers;
+    any = false;
+    for (unsigned w = 0; w * 32 < l.threads; ++w) {
+        emu::WarpOp* ops[32] = {};
+        const unsigned lanes = std::min(32u, l.threads - 32 * w);
+        bool waiting = false;
+        for (unsigned j = 0; j < lanes; ++j) {
+            Fiber* f = fs[32 * w + j];
+            if (!f->done && f->blocked && f->op != nullptr) {
+                ops[j] = f->op;
+                waiting = true;
+            }
+        }
+        if (!waiting) {
+            continue;
+        }
+        unsigned released = 0, syncs = 0;
+        std::string err;
+        const unsigned saved = t_tid;
+        auto read = [](unsigned tid, const void* p, unsigned n) {
+            t_tid = tid;
+            check_access(reinterpret_cast<std::uintptr_t>(p), n, false, nullptr);
+        };
+        if (!resolve_warp(w, lanes, ops, released, syncs, read, err)) {
+            const_cast<Launch&>(l).fail(kCheckFailed, std::string("kernel ") + l.kernel->name +
+                                                          ", block: " + where(t_block, 32 * w) +
+                                                          " (first lane of the warp): " + err);
+            return false;
+        }
+        t_tid = saved;
+        t_worker.warp_syncs[w] += syncs;
+        for (unsigned j = 0; j < lanes; ++j) {
+            if (released >> j & 1) {
+                fs[32 * w + j]->blocked = false;
+                fs[32 * w + j]->op = nullptr;
+                any = true;
+            }
+        }
+    }
+    return true;
+}
+
 void run_block_fibers(const Launch& l) {
     ensure_fibers(l.threads);
     t_fiber_mode = true;
     auto& fs = t_worker.fibers;
     for (unsigned i = 0; i < l.threads; ++i) {
         fs[i]->done = false;
+        fs[i]->blocked = false;
+        fs[i]->op = nullptr;
+        fs[i]->ncopies = 0;
+        fs[i]->committed = 0;
         fs[i]->idx = thread_index(l.block, i);
     }
+    t_worker.warp_syncs.assign((l.threads + 31) / 32, 0);
+    t_warp_syncs = t_worker.warp_syncs.data();
     unsigned left = l.threads;
     for (unsigned round = 0; left > 0; ++round) {
         t_epoch = round;
         const unsigned none = l.threads;
         unsigned first_parked = none, first_done = none;
         bool mismatch = false;
-        for (unsigned i : thread_order(l, round)) {
-            Fiber* f = fs[i];
-            if (f->done) {
-                first_done = first_done == none ? i : first_done;
-                continue;
-            }
-            t_cur = f;
-            t_tid = i;
-            threadIdx = f->idx;
-            if (!_setjmp(t_sched)) {
-                FiberState was = f->state;
-                f->state = kRunning;
-                if (was == kNew) {
-                    setcontext(&f->uc);
-                } else {
-                    _longjmp(f->ctx, 1);
+        // Passes until every thread still running waits at a barrier: in each, every runnable
+        // thread runs until it parks; then the warp collectives complete, which makes more runnable.
+        for (bool more = true; more;) {
+            for (unsigned i : thread_order(l, round)) {
+                Fiber* f = fs[i];
+                if (f->done) {
+                    first_done = first_done == none ? i : first_done;
+                    continue;
+                }
+                if (f->blocked) {
+                    continue;
+                }
+                t_cur = f;
+                t_tid = i;
+                threadIdx = f->idx;
+                if (!_setjmp(t_sched)) {
+                    FiberState was = f->state;
+                    f->state = kRunning;
+                    if (was == kNew) {
+                        setcontext(&f->uc);
+                    } else {
+                        _longjmp(f->ctx, 1);
+                    }
+                }
+                // Back here when the fiber parked (kRunning) or finished (kIdle).
+                if (f->state == kIdle) {
+                    f->done = true;
+                    --left;
+                    first_done = first_done == none ? i : first_done;
+                    continue;
+                }
+                f->blocked = true;
+                if (f->op != nullptr) {
+                    continue;
+                }
+                if (first_parked == none) {
+                    first_parked = i;
+                } else if (!mismatch &&
+                           (fs[first_parked]->at_line != f->at_line ||
+                            std::strcmp(fs[first_parked]->at_file, f->at_file) != 0)) {
+                    divergent(l, fs[first_parked], first_parked, f, i);
+                    mismatch = true;
                 }
             }
-            // Back here when the fiber reached a barrier (kRunning) or finished (kIdle).
-            if (f->state == kIdle) {
-                f->done = true;
-                --left;
-                first_done = first_done == none ? i : first_done;
-            } else if (first_parked == none) {
-                first_parked = i;
-            } else if (!mismatch && (fs[first_parked]->at_line != f->at_line ||
-                                     std::strcmp(fs[first_parked]->at_file, f->at_file) != 0)) {
-                divergent(l, fs[first_parked], first_parked, f, i);
-                mismatch = true;
+            if (mismatch || !resolve_warps(l, more)) {
+                abandon_block(l);
+                return;
             }
         }
-        if (left > 0 && (mismatch || first_done != none)) {
-            if (!mismatch) {
-                divergent(l, fs[first_parked], first_parked, nullptr, first_done);
-            }
-            // Threads parked at a barrier that will never open: start them afresh next block.
-            for (unsigned i = 0; i < l.threads; ++i) {
-                if (!fs[i]->done) {
-                    start_fiber(fs[i]);
-                }
-            }
+        if (left > 0 && first_done != none) {
+            divergent(l, fs[first_parked], first_parked, nullptr, first_done);
+            abandon_block(l);
             return;
         }
+        for (unsigned i = 0; i < l.threads; ++i) {
+            fs[i]->blocked = false;
+        }
     }
+    t_warp_syncs = nullptr;
 }
 
 bool run_block_loop(const Launch& l) {
@@ -229,10 +332,14 @@ bool run_block_loop(const Launch& l) {
     if (setjmp(t_loop_escape)) {
         return false;
     }
+    t_cur = &t_loop_fiber;
     for (unsigned i : thread_order(l, 0)) {
         t_tid = i;
         threadIdx = thread_index(l.block, i);
+        t_loop_fiber.ncopies = 0;
+        t_loop_fiber.committed = 0;
         l.kernel->entry(l.args);
+        unwaited_copies();
     }
     return true;
 }
@@ -345,11 +452,54 @@ void emu::syncthreads(const char* file, int line) {
     if (!t_fiber_mode) {
         _longjmp(t_loop_escape, 1);
     }
+    t_cur->op = nullptr;
     t_cur->at_file = file;
     t_cur->at_line = line;
     if (!_setjmp(t_cur->ctx)) {
         _longjmp(t_sched, 1);
     }
+}
+
+void emu::warp_collective(WarpOp& op) {
+    if (!t_fiber_mode) {
+        _longjmp(t_loop_escape, 1);
+    }
+    t_cur->op = &op;
+    if (!_setjmp(t_cur->ctx)) {
+        _longjmp(t_sched, 1);
+    }
+}
+
+void emu::cp_async(void* dst, const void* src, int bytes) {
+    Fiber& f = *t_cur;
+    if (f.ncopies == kMaxCopies) {
+        t_launch->fail(kCheckFailed, std::string("kernel ") + t_launch->kernel->name + ", " +
+                                         where(t_block, t_tid) +
+                                         ": more than 64 cp.async copies in flight");
+        return;
+    }
+    f.copies[f.ncopies++] = AsyncCopy{dst, src, bytes, f.committed};
+}
+
+void emu::cp_async_commit() {
+    ++t_cur->committed;
+}
+
+// Completes the copies of every committed group but the newest `pending`.
+void emu::cp_async_wait(int pending) {
+    Fiber& f = *t_cur;
+    int kept = 0;
+    for (int i = 0; i < f.ncopies; ++i) {
+        const AsyncCopy c = f.copies[i];
+        if (c.group < f.committed - pending) {
+            check_access(reinterpret_cast<std::uintptr_t>(c.src), c.bytes, false, nullptr);
+            check_access(reinterpret_cast<std::uintptr_t>(c.dst), c.bytes, true, nullptr);
+            std::memcpy(c.dst, c.src, c.bytes);
+        } else {
+            f.copies[kept++] = c;
+        }
+    }
+    f.ncopies = kept;
 }
 
 // How to run a launch (src/backend/gpu/emu.rs mirrors it): the schedule, whether to check, and the

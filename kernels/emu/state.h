@@ -68,6 +68,13 @@ extern thread_local unsigned long long t_block;
 // Barrier intervals passed by the running block (the shadow state's epoch).
 extern thread_local unsigned t_epoch;
 extern thread_local bool t_check;
+// __syncwarp barriers passed per warp of the running block (null outside fiber mode): a lane may
+// read what another lane of its warp wrote before a __syncwarp they both passed.
+extern thread_local const unsigned* t_warp_syncs;
+
+// The checks' view of one access by the running thread (also for the runtime's own copies:
+// cp.async, ldmatrix).
+void check_access(std::uintptr_t a, unsigned size, bool write, void* pc);
 
 // Called by the scheduler at each block start: resets the block's shared memory to poison.
 void shared_block_start(unsigned dynamic_bytes);

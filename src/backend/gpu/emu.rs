@@ -258,7 +258,7 @@ impl Launcher for EmuLauncher {
                 args.len(),
                 Self::args_size(kernel)
             ),
-            3 => "the kernel calls __syncthreads but is declared with REVSEG_KERNEL (use REVSEG_KERNEL_SYNC)".into(),
+            3 => "the kernel calls __syncthreads or a warp collective but is declared with REVSEG_KERNEL (use REVSEG_KERNEL_SYNC)".into(),
             4 => format!("bad launch configuration grid {grid:?} block {block:?}"),
             5 if !report.is_empty() => report,
             5 => format!("{shared_bytes} bytes of dynamic shared memory is over the 48 KiB limit"),
