@@ -63,7 +63,10 @@ macro_rules! on_devices {
     ($($name:ident => $body:ident),* $(,)?) => {$(
         #[test]
         fn $name() {
-            emu_under_two_schedules(|d| $body(d));
+            // scripts/gpu-check on a GPU: the emulator half is what CI runs already.
+            if std::env::var_os("REVSEG_PARITY_CUDA_ONLY").is_none() {
+                emu_under_two_schedules(|d| $body(d));
+            }
             if cuda::device_count() > 0 {
                 $body(&device::cuda_backend(0).expect("a CUDA device is listed but does not open"));
             } else if std::env::var_os("REVSEG_REQUIRE_CUDA").is_some() {

@@ -382,6 +382,12 @@ class Pool {
         size_ = n;
     }
     void run(Launch& l) {
+        // A grid of a few blocks runs on the calling thread: handing it to the pool costs two
+        // thread wake-ups, which on a loaded machine take longer than the blocks themselves.
+        if (l.blocks <= 2) {
+            run_blocks(l);
+            return;
+        }
         std::lock_guard<std::mutex> one_launch(launch_mu_);
         {
             std::lock_guard<std::mutex> g(mu_);
