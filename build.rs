@@ -23,6 +23,9 @@ const ARCHS: [u32; 2] = [80, 90];
 /// The newest PTX ISA the GPU machines' driver (580, CUDA 13.0) loads.
 const MAX_PTX_ISA: (u32, u32) = (9, 0);
 
+/// Test-only kernels of the emulator (relative to kernels/, without .cu).
+const FAULTY: &str = "emu/faulty";
+
 struct Kernel {
     name: String,
     file: String,
@@ -49,8 +52,11 @@ fn main() {
         .collect();
     files.sort();
     let kernels = scan_kernels(&kdir, &files);
+    // Broken on purpose, for the tests of the emulator's checks: emulator only, never on a GPU.
+    let emu_files: Vec<String> = files.iter().cloned().chain([FAULTY.to_string()]).collect();
+    let emu_kernels = scan_kernels(&kdir, &emu_files);
 
-    build_emulator(&kdir, &out, &files, &kernels);
+    build_emulator(&kdir, &out, &emu_files, &emu_kernels);
 
     let nvcc = if env::var_os("REVSEG_NO_NVCC").is_some() {
         None
@@ -162,18 +168,35 @@ fn build_emulator(kdir: &Path, out: &Path, files: &[String], kernels: &[Kernel])
     fs::write(&reg_path, reg).unwrap();
 
     let cxx = env::var("CXX").unwrap_or_else(|_| "g++".into());
-    let mut sources: Vec<(String, PathBuf)> = files
+    // (object name, source, whether its memory accesses are watched by the checks)
+    let mut sources: Vec<(String, PathBuf, bool)> = files
         .iter()
-        .map(|f| (f.clone(), kdir.join(format!("{f}.cu"))))
+        .map(|f| (f.replace('/', "_"), kdir.join(format!("{f}.cu")), true))
         .collect();
-    sources.push(("emu_runtime".into(), kdir.join("emu/runtime.cpp")));
-    sources.push(("emu_registry".into(), reg_path));
+    sources.push(("emu_runtime".into(), kdir.join("emu/runtime.cpp"), false));
+    sources.push(("emu_checks".into(), kdir.join("emu/checks.cpp"), false));
+    sources.push(("emu_warp".into(), kdir.join("emu/warp.cpp"), false));
+    sources.push(("emu_registry".into(), reg_path, false));
     let mut jobs = Vec::new();
     let mut objects = Vec::new();
-    for (name, src) in &sources {
+    for (name, src, watched) in &sources {
         let obj = out.join(format!("emu_{name}.o"));
-        let child = Command::new(&cxx)
-            .args(["-x", "c++", "-std=c++17", "-O2", "-g0", "-fPIC"])
+        let mut cmd = Command::new(&cxx);
+        if *watched {
+            // ThreadSanitizer's instrumentation without its runtime: g++ calls __tsan_read4(addr)
+            // etc. before every non-local access, and kernels/emu/checks.cpp defines those calls
+            // (bounds, races, uninitialised shared memory). Line tables let a report's code
+            // address be resolved to a source line with addr2line.
+            cmd.args([
+                "-fsanitize=thread",
+                "--param=tsan-instrument-func-entry-exit=0",
+                "-g1",
+            ]);
+        } else {
+            cmd.arg("-g0");
+        }
+        let child = cmd
+            .args(["-x", "c++", "-std=c++17", "-O2", "-fPIC"])
             // The emulated thread indices are thread-locals read in every kernel's inner loops; the
             // initial-exec model makes each read one instruction instead of a call.
             .arg("-ftls-model=initial-exec")
@@ -369,8 +392,9 @@ fn write_table(
     }
     writeln!(
         t,
-        "];\npub const COMMON: &str = include_str!({:?});",
-        kdir.join("common.cuh").display()
+        "];\npub const COMMON: &str = include_str!({:?});\npub const INTRINSICS: &str = include_str!({:?});",
+        kdir.join("common.cuh").display(),
+        kdir.join("intrinsics.cuh").display()
     )
     .unwrap();
     fs::write(out.join("kernels.rs"), t).unwrap();

@@ -8,7 +8,7 @@
 // mode 0: sum x. mode 1: sum (x - mean)^2. mode 2: sum dy and sum dy * xhat, xhat = (x - mean) invstd.
 // Grid (splits, c), RED_THREADS threads.
 REVSEG_KERNEL_SYNC(bn_partial, ChanArgs) {
-    __shared__ float sh[RED_THREADS];
+    REVSEG_SHARED(float, sh, [RED_THREADS]);
     const int c = static_cast<int>(blockIdx.y);
     float s[2];
     if (a.mode == 0) {

@@ -18,6 +18,11 @@
 #define REVSEG_KERNEL(name, Args) extern "C" __global__ void name(const Args a)
 #define REVSEG_KERNEL_SYNC(name, Args) extern "C" __global__ void name(const Args a)
 #define REVSEG_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
+// Static shared memory: `REVSEG_SHARED(float, tile, [16][65]);` declares `__shared__ float tile[16][65]`.
+// The emulator's version places it where it can be poisoned and checked (emu/cuda_emu.h).
+#define REVSEG_SHARED(T, name, dims) __shared__ T name dims
+// The same, 16-byte aligned (ldmatrix rows, 16-byte cp.async); the emulator aligns every one so.
+#define REVSEG_SHARED_ALIGN16(T, name, dims) __shared__ __align__(16) T name dims
 #define REVSEG_UNROLL _Pragma("unroll")
 #endif
 

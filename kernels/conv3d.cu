@@ -90,8 +90,8 @@ __device__ __forceinline__ void mma_tile(const float (*As)[BMP], const float (*B
 // Grid: x = n * position tiles, y = M tiles.
 template <bool INPUT_GRAD>
 __device__ __forceinline__ void conv_gemm(const ConvArgs& a) {
-    __shared__ float As[BK][BMP];
-    __shared__ float Bs[BK][BNP];
+    REVSEG_SHARED(float, As, [BK][BMP]);
+    REVSEG_SHARED(float, Bs, [BK][BNP]);
     const Geom g = geom(a);
     const int cin = INPUT_GRAD ? g.co : g.ci;
     const int mdim = INPUT_GRAD ? g.ci : g.co;
@@ -173,8 +173,8 @@ REVSEG_KERNEL_SYNC(conv3d_backward_input, ConvArgs) {
 // Partial weight gradients: out[s][co][k] = sum over positions q of split s of
 // dy[n, co, p] * X_col[k][n, p] (q = n * sp + p). Grid: x = K tiles, y = co tiles, z = splits.
 REVSEG_KERNEL_SYNC(conv3d_backward_weight_partial, ConvArgs) {
-    __shared__ float As[BK][BMP];
-    __shared__ float Bs[BK][BNP];
+    REVSEG_SHARED(float, As, [BK][BMP]);
+    REVSEG_SHARED(float, Bs, [BK][BNP]);
     const Geom g = geom(a);
     const int kdim = g.ci * g.taps;
     const int k0 = static_cast<int>(blockIdx.x) * BN;
@@ -247,7 +247,7 @@ REVSEG_KERNEL(conv3d_backward_weight_reduce, ConvArgs) {
 
 // Bias gradient, pass 1: per (split, channel) sums of dy into part[c][split]. Grid (splits, co).
 REVSEG_KERNEL_SYNC(conv3d_backward_bias_partial, ChanArgs) {
-    __shared__ float sh[RED_THREADS];
+    REVSEG_SHARED(float, sh, [RED_THREADS]);
     float s[2];
     channel_split_sums(
         a.n, a.c, a.sp, a.chunk, [&](long long i, Kahan& k1, Kahan&) { kahan_add(k1, a.dy[i]); },

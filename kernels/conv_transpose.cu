@@ -59,7 +59,7 @@ REVSEG_KERNEL(conv_transpose_backward_input, ConvTArgs) {
 // dw[ci, co, 0, i, j] = sum over n, d, h, w of x[n, ci, d, h, w] * dy[n, co, d, 2h+i, 2w+j].
 // Grid: one block of RED_THREADS per (ci, co).
 REVSEG_KERNEL_SYNC(conv_transpose_backward_weight, ConvTArgs) {
-    __shared__ float sh[RED_THREADS];
+    REVSEG_SHARED(float, sh, [RED_THREADS]);
     const int ci = static_cast<int>(blockIdx.x) / a.co;
     const int co = static_cast<int>(blockIdx.x) % a.co;
     const int w2 = 2 * a.wd;

@@ -19,7 +19,7 @@ __device__ __forceinline__ float sigmoid(float z) {
 // Counts of masked positive and negative voxels of channel blockIdx.y in split blockIdx.x, as
 // unsigned integers in part (exact at any size). Grid (splits, c).
 REVSEG_KERNEL_SYNC(bce_count_partial, LossArgs) {
-    __shared__ unsigned int sh[RED_THREADS];
+    REVSEG_SHARED(unsigned int, sh, [RED_THREADS]);
     const long long c = blockIdx.y;
     const long long m = static_cast<long long>(a.n) * a.sp;
     const long long j0 = static_cast<long long>(blockIdx.x) * a.chunk;
@@ -79,7 +79,7 @@ REVSEG_KERNEL(bce_weights_apply, LossArgs) {
 // Per split of the flat tensor: sum of the mask and of mask * weight * bce over masked voxels, into
 // part[split][2]. Grid (splits).
 REVSEG_KERNEL_SYNC(bce_loss_partial, LossArgs) {
-    __shared__ float sh[RED_THREADS];
+    REVSEG_SHARED(float, sh, [RED_THREADS]);
     const long long j0 = static_cast<long long>(blockIdx.x) * a.chunk;
     const long long j1 = j0 + a.chunk < a.total ? j0 + a.chunk : a.total;
     Kahan count = {0.0f, 0.0f}, loss = {0.0f, 0.0f};
@@ -101,7 +101,7 @@ REVSEG_KERNEL_SYNC(bce_loss_partial, LossArgs) {
 // One block: adds the partials (thread t takes splits t, t + RED_THREADS, ... in order, then a fixed
 // tree), writes loss[0] = sum / max(1, mask total) and the normaliser to tot[0].
 REVSEG_KERNEL_SYNC(bce_loss_finalize, LossArgs) {
-    __shared__ float sh[RED_THREADS];
+    REVSEG_SHARED(float, sh, [RED_THREADS]);
     Kahan count = {0.0f, 0.0f}, loss = {0.0f, 0.0f};
     for (int s = static_cast<int>(threadIdx.x); s < a.splits; s += RED_THREADS) {
         kahan_add(count, a.part[2 * s]);

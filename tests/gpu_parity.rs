@@ -5,7 +5,8 @@
 
 use revseg::backend::cpu::CpuBackend;
 use revseg::backend::device;
-use revseg::backend::gpu::cuda;
+use revseg::backend::gpu::emu::{EmuConfig, Schedule};
+use revseg::backend::gpu::{cuda, EmuLauncher, GpuBackend};
 use revseg::backend::{Backend, BnRunning, BnStats, Bump, Region, View, Write};
 use revseg::error::{Error, Result};
 use revseg::gradcheck::{self, normwise_err};
@@ -15,16 +16,57 @@ use revseg::ops::optim::{AdamParams, SgdParams};
 use revseg::rng::Rng;
 use revseg::scheduler::{self, Batch, Executor, Strategy};
 use revseg::tensor::Shape5;
+use std::cell::RefCell;
 
 /// f32 on both sides, different summation orders (tiles, trees, FMA on the GPU): the CPU's own f32
 /// error against exact results is ~1e-7 to 1e-6 norm-wise for these sizes.
 const TOL: f64 = 1e-5;
 
+thread_local! {
+    /// The device outputs of one body's run, in order, while `emu_under_two_schedules` runs it.
+    static RECORD: RefCell<Option<Vec<Vec<u32>>>> = const { RefCell::new(None) };
+}
+
+fn record(v: &[f32]) {
+    RECORD.with(|r| {
+        if let Some(log) = r.borrow_mut().as_mut() {
+            log.push(v.iter().map(|x| x.to_bits()).collect());
+        }
+    });
+}
+
+/// The body on the emulator with every check on (races, bounds, uninitialised shared memory,
+/// divergent barriers), once with the threads of each block in ascending and once in descending
+/// order: the kernels are deterministic by design, so any difference in the bits is a race.
+fn emu_under_two_schedules(body: impl Fn(&GpuBackend<EmuLauncher>)) {
+    let mut runs = Vec::new();
+    for schedule in [Schedule::Ascending, Schedule::Descending] {
+        RECORD.with(|r| *r.borrow_mut() = Some(Vec::new()));
+        body(&GpuBackend::new(EmuLauncher::with_config(EmuConfig {
+            schedule,
+            check: true,
+        })));
+        runs.push(RECORD.with(|r| r.borrow_mut().take().unwrap()));
+    }
+    assert_eq!(runs[0].len(), runs[1].len());
+    for (i, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+        let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
+        assert!(
+            diff == 0,
+            "output {i}: {diff} of {} values differ between the ascending and descending schedules (a race)",
+            a.len()
+        );
+    }
+}
+
 macro_rules! on_devices {
     ($($name:ident => $body:ident),* $(,)?) => {$(
         #[test]
         fn $name() {
-            $body(&device::emu_backend());
+            // scripts/gpu-check on a GPU: the emulator half is what CI runs already.
+            if std::env::var_os("REVSEG_PARITY_CUDA_ONLY").is_none() {
+                emu_under_two_schedules(|d| $body(d));
+            }
             if cuda::device_count() > 0 {
                 $body(&device::cuda_backend(0).expect("a CUDA device is listed but does not open"));
             } else if std::env::var_os("REVSEG_REQUIRE_CUDA").is_some() {
@@ -150,6 +192,7 @@ fn f64s(v: &[f32]) -> Vec<f64> {
 fn parity<B: Backend<Elem = f32>>(dev: &B, what: &str, p: &Prog) {
     let want = run(&CpuBackend::<f32>::new(), p).expect("CPU run");
     let got = run(dev, p).unwrap_or_else(|e| panic!("{what} on {}: {e}", dev.name()));
+    got.iter().for_each(|v| record(v));
     for ((name, _), (w, g)) in p.outs.iter().zip(want.iter().zip(&got)) {
         assert!(
             w.iter().all(|v| v.is_finite()) && w.iter().any(|&v| v != 0.0),
@@ -575,6 +618,7 @@ fn determinism_body<B: Backend<Elem = f32>>(dev: &B) {
     }
     let first = run(dev, &p).unwrap();
     let second = run(dev, &p).unwrap();
+    first.iter().for_each(|v| record(v));
     for ((name, _), (a, b)) in p.outs.iter().zip(first.iter().zip(&second)) {
         assert!(a.iter().any(|&v| v != 0.0), "{name}: all zero");
         let same = a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits());
@@ -638,6 +682,10 @@ fn train_step<B: Backend<Elem = f32>>(b: &B, strategy: Strategy) -> (f64, Vec<Ve
 fn network_body<B: Backend<Elem = f32>>(dev: &B) {
     let (l_cpu, g_cpu) = train_step(&CpuBackend::<f32>::new(), Strategy::Recompute);
     let (l_dev, g_dev) = train_step(dev, Strategy::Recompute);
+    record(&[l_dev as f32]);
+    g_dev
+        .iter()
+        .for_each(|g| record(&g.iter().map(|&v| v as f32).collect::<Vec<_>>()));
     assert!(
         (l_cpu - l_dev).abs() <= 1e-4 * l_cpu.abs(),
         "loss {l_dev} vs CPU {l_cpu}"

@@ -114,12 +114,18 @@ fn ptx_for(file: &str, arch: u32) -> Result<String> {
         .iter()
         .find(|(f, _)| *f == file)
         .ok_or_else(|| Error::Device(format!("no embedded source for kernels/{file}.cu")))?;
-    // NVRTC gets one translation unit: the shared header pasted in place of its include (without
-    // its include guard, which a main file must not have).
-    let unit = src.replace(
-        "#include \"common.cuh\"",
-        &table::COMMON.replace("#pragma once", ""),
-    );
+    // NVRTC gets one translation unit: the shared headers pasted in place of their includes
+    // (without their include guards, which a main file must not have); intrinsics.cuh first, as it
+    // includes common.cuh itself.
+    let unit = src
+        .replace(
+            "#include \"intrinsics.cuh\"",
+            &table::INTRINSICS.replace("#pragma once", ""),
+        )
+        .replace(
+            "#include \"common.cuh\"",
+            &table::COMMON.replace("#pragma once", ""),
+        );
     let arch_opt: &'static str = if arch >= 90 {
         "compute_90"
     } else {

@@ -47,6 +47,10 @@ pub trait Launcher {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+    /// The regions an op's kernels may touch (the emulator's bounds and race checks): an op
+    /// clears them when it starts and notes each one as it makes its device address.
+    fn clear_regions(&self) {}
+    fn note_region(&self, _ptr: u64, _len: usize) {}
     /// Profiler ranges (NVTX on CUDA).
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}
@@ -156,7 +160,9 @@ impl<L: Launcher> GpuBackend<L> {
         GpuBackend { launcher }
     }
 
+    /// Every op starts here: a new op, so a new set of regions.
     fn range(&self, name: &str) -> Range<'_, L> {
+        self.launcher.clear_regions();
         self.launcher.range_push(name);
         Range(&self.launcher)
     }
@@ -182,7 +188,11 @@ impl<L: Launcher> GpuBackend<L> {
     /// Device addresses of the arena's regions.
     fn ptrs<const K: usize>(&self, a: &mut GpuArena<L::Buf>, rs: [Region; K]) -> [u64; K] {
         let base = self.launcher.device_ptr(&mut a.buf);
-        rs.map(|r| base + 4 * r.offset as u64)
+        rs.map(|r| {
+            let p = base + 4 * r.offset as u64;
+            self.launcher.note_region(p, r.len);
+            p
+        })
     }
 
     /// The workspace, at least `len` floats.
@@ -195,7 +205,9 @@ impl<L: Launcher> GpuBackend<L> {
             a.scratch = Some(self.launcher.alloc(n)?);
             a.scratch_len = n;
         }
-        Ok(self.launcher.device_ptr(a.scratch.as_mut().unwrap()))
+        let p = self.launcher.device_ptr(a.scratch.as_mut().unwrap());
+        self.launcher.note_region(p, a.scratch_len);
+        Ok(p)
     }
 
     #[allow(clippy::too_many_arguments)]
