@@ -43,7 +43,10 @@ fn kernel_report_covers_every_kernel() {
         let occ = r["occupancy"].as_f64().unwrap();
         assert!(occ > 0.0 && occ <= 1.0, "{k}: {r}");
     }
-    let fwd = rows.iter().find(|r| r["kernel"] == "conv3d_forward").unwrap();
+    let fwd = rows
+        .iter()
+        .find(|r| r["kernel"] == "conv3d_forward")
+        .unwrap();
     let m = &fwd["inner_loop_mix"];
     assert!(
         m["fp32"].as_u64().unwrap() + m["mma"].as_u64().unwrap() > 0,
