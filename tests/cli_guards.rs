@@ -6,7 +6,7 @@ use revseg::volume::io::{create_volume, open_volume};
 use std::path::Path;
 
 mod common;
-use common::{data_and_checkpoint, revseg};
+use common::{data_and_checkpoint, revseg, TINY_NET};
 
 /// The synthetic image as float32 in [0, 1], written at `spec`.
 fn float_image(image: &str, spec: &str, edit: impl FnOnce(&mut Array<f32>)) {
@@ -127,25 +127,22 @@ fn float_images_outside_0_1_are_refused_by_predict_and_train_alike() {
     let words = ["bad.raw", "1.5", "z 3, y 4, x 5", "not in [0, 1]"];
     assert_refused(&predict(&bad), &words);
     assert!(!Path::new(&s("out.h5")).exists());
-    let r = revseg(&[
-        "train",
-        "--input",
-        &bad,
-        "--labels",
-        &s("data/labels.zarr"),
-        "--out",
-        &s("run2"),
-        "--steps",
-        "1",
-        "--widths",
-        "8,12",
-        "--rev-blocks",
-        "1",
-        "--patch",
-        "4,32,32",
-        "--device",
-        "cpu",
-    ]);
+    let r = revseg(
+        &[
+            "train",
+            "--input",
+            &bad,
+            "--labels",
+            &s("data/labels.zarr"),
+            "--out",
+            &s("run2"),
+            "--steps",
+            "1",
+        ]
+        .into_iter()
+        .chain(TINY_NET)
+        .collect::<Vec<_>>(),
+    );
     assert_refused(&r, &words);
     // The same volume in range predicts.
     let good = s("good.raw");

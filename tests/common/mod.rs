@@ -32,25 +32,35 @@ pub fn data_and_checkpoint(tag: &str) -> (PathBuf, String, String) {
         "3",
     ]);
     assert_eq!(c, Some(0), "{o}{e}");
-    let (c, o, e) = revseg(&[
-        "train",
-        "--input",
-        &s("data/image.zarr"),
-        "--labels",
-        &s("data/labels.zarr"),
-        "--out",
-        &s("run"),
-        "--steps",
-        "1",
-        "--widths",
-        "8,12",
-        "--rev-blocks",
-        "1",
-        "--patch",
-        "4,32,32",
-        "--device",
-        "cpu",
-    ]);
+    let (c, o, e) = revseg(
+        &[
+            "train",
+            "--input",
+            &s("data/image.zarr"),
+            "--labels",
+            &s("data/labels.zarr"),
+            "--out",
+            &s("run"),
+            "--steps",
+            "1",
+        ]
+        .into_iter()
+        .chain(TINY_NET)
+        .collect::<Vec<_>>(),
+    );
     assert_eq!(c, Some(0), "{o}{e}");
     (d.clone(), s("data/image.zarr"), s("run/model.safetensors"))
 }
+
+/// The network and device of every small CLI training run in these tests.
+#[allow(dead_code)]
+pub const TINY_NET: [&str; 8] = [
+    "--widths",
+    "8,12",
+    "--rev-blocks",
+    "1",
+    "--patch",
+    "4,32,32",
+    "--device",
+    "cpu",
+];
