@@ -16,6 +16,7 @@ pub mod model;
 pub mod nvtx;
 pub mod ops;
 pub mod plot;
+pub mod precision;
 pub mod predict;
 pub mod render;
 pub mod rng;

@@ -2,7 +2,7 @@
 
 use crate::backend::Backend;
 use crate::bench::{ops, step};
-use crate::cli::net::NetArgs;
+use crate::cli::net::{NetArgs, PrecisionArg};
 use crate::error::Result;
 use crate::json::{self, Json};
 use crate::model::{self, NetConfig};
@@ -33,6 +33,8 @@ pub struct StepArgs {
     pub store_all: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub precision: PrecisionArg,
     /// Timed steps after one warm-up step.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
@@ -49,6 +51,8 @@ pub struct RatioArgs {
     pub net: NetArgs,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub precision: PrecisionArg,
     /// Timed pairs (one Recompute and one store-all step each) after one warm-up step of each.
     #[arg(long, default_value_t = 5)]
     pub pairs: usize,
@@ -62,6 +66,8 @@ pub struct TableArgs {
     pub patch: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub precision: PrecisionArg,
     #[arg(long, default_value_t = 2)]
     pub steps: usize,
     #[arg(long)]
@@ -75,6 +81,8 @@ pub struct OpsArgs {
     pub patch: String,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    #[command(flatten)]
+    pub precision: PrecisionArg,
     /// Least seconds spent timing each pass (median of the runs).
     #[arg(long, default_value_t = 0.5)]
     pub min_secs: f64,
@@ -87,14 +95,26 @@ pub struct OpsArgs {
 
 pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
-        BenchCmd::Ops(a) => crate::on_device!(super::select_device(&a.device)?, |b| ops_on(b, a)),
-        BenchCmd::Step(a) => crate::on_device!(super::select_device(&a.device)?, |b| step_on(b, a)),
+        BenchCmd::Ops(a) => {
+            let dev = super::select_device(&a.device)?;
+            a.precision.resolve(dev)?;
+            crate::on_device!(dev, |b| ops_on(b, a))
+        }
+        BenchCmd::Step(a) => {
+            let dev = super::select_device(&a.device)?;
+            a.precision.resolve(dev)?;
+            crate::on_device!(dev, |b| step_on(b, a))
+        }
         BenchCmd::Ratio(a) => {
-            crate::on_device!(super::select_device(&a.device)?, |b| ratio_on(b, a))
+            let dev = super::select_device(&a.device)?;
+            a.precision.resolve(dev)?;
+            crate::on_device!(dev, |b| ratio_on(b, a))
         }
         BenchCmd::Segment(a) => crate::bench::segment::run_cli(a),
         BenchCmd::Table(a) => {
-            crate::on_device!(super::select_device(&a.device)?, |b| table_on(b, a))
+            let dev = super::select_device(&a.device)?;
+            a.precision.resolve(dev)?;
+            crate::on_device!(dev, |b| table_on(b, a))
         }
     }
 }

@@ -67,3 +67,27 @@ impl NetArgs {
         model::build(&self.config()?, patch)
     }
 }
+
+/// `--precision`, shared by every command that runs the network.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PrecisionArg {
+    /// Convolution and activation format: f32, tf32 (GPU tensor cores) or bf16 (default: tf32
+    /// on a GPU where this build has tensor-core kernels, else f32).
+    #[arg(long)]
+    pub precision: Option<String>,
+}
+
+impl PrecisionArg {
+    /// The precision asked for, checked against the device that will run it.
+    pub fn resolve(
+        &self,
+        dev: crate::backend::device::Device,
+    ) -> Result<crate::precision::Precision> {
+        let asked = self
+            .precision
+            .as_deref()
+            .map(crate::precision::Precision::parse)
+            .transpose()?;
+        crate::precision::Precision::for_device(asked, dev)
+    }
+}

@@ -23,6 +23,8 @@ pub struct PredictArgs {
     pub output: String,
     #[arg(long, default_value = "auto")]
     pub device: String,
+    #[command(flatten)]
+    pub precision: super::net::PrecisionArg,
     /// Patch D,H,W (default: the training patch).
     #[arg(long)]
     pub patch: Option<String>,
@@ -91,6 +93,7 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     };
     let mut w = create_volume_with(&a.output, &out_shape, dtype, &opt_w)?;
     let dev = super::select_device(&a.device)?;
+    a.precision.resolve(dev)?;
     let t0 = std::time::Instant::now();
     let arena = crate::on_device!(dev, |b| {
         let plan = scheduler::inference_plan(&prog)?;

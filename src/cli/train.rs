@@ -59,6 +59,13 @@ pub struct TrainArgs {
     /// Voxel size Z,Y,X in nm when the image file does not record it (e.g. 30,6,6).
     #[arg(long)]
     pub voxel_size: Option<String>,
+    /// Convolution and activation format: f32, tf32 (GPU tensor cores) or bf16 (default: the
+    /// device's, see `revseg info`).
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// Reversible chains rebuild their inputs bit for bit (exact coupling arithmetic).
+    #[arg(long)]
+    pub exact_coupling: bool,
     /// Any other setting, as key=value (repeatable).
     #[arg(long = "set")]
     pub set: Vec<String>,
@@ -101,6 +108,12 @@ impl TrainArgs {
             outputs: self.outputs,
             augment: self.no_augment.then_some(false),
             store_all: self.store_all.then_some(true),
+            precision: self
+                .precision
+                .as_deref()
+                .map(crate::precision::Precision::parse)
+                .transpose()?,
+            exact_coupling: self.exact_coupling.then_some(true),
             ..Settings::default()
         };
         for part in [
@@ -214,8 +227,14 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         &format!("{} / {}", a.input, a.labels),
     )?;
     let dev = super::select_device(&a.device)?;
+    let precision = crate::precision::Precision::for_device(cfg.precision, dev)?;
+    if cfg.exact_coupling {
+        return Err(Error::Invalid(
+            "exact_coupling: this build has no exact coupling kernels yet; drop the setting".into(),
+        ));
+    }
     eprintln!(
-        "revseg train on {dev:?}, volume {shape:?}, {} training and {} held-out sections",
+        "revseg train on {dev:?} in {precision}, volume {shape:?}, {} training and {} held-out sections",
         data.val_from,
         shape.0 - data.val_from
     );

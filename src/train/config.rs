@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::json::Json;
 use crate::model::{NetConfig, Norm};
+use crate::precision::Precision;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +35,10 @@ pub struct TrainConfig {
     /// Voxel size (z, y, x) in nm of the training data, from its file or the command line;
     /// `revseg predict` warns when a volume's anisotropy differs.
     pub voxel_size: Option<(f64, f64, f64)>,
+    /// Convolution and activation format; `None` is the device's default (`Precision::default_for`).
+    pub precision: Option<Precision>,
+    /// Hold the reversible chains' coupling state in a representation whose inverse is exact.
+    pub exact_coupling: bool,
 }
 
 impl Default for TrainConfig {
@@ -54,6 +59,8 @@ impl Default for TrainConfig {
             widen_borders: true,
             store_all: false,
             voxel_size: None,
+            precision: None,
+            exact_coupling: false,
         }
     }
 }
@@ -81,6 +88,8 @@ pub struct Settings {
     pub widen_borders: Option<bool>,
     pub store_all: Option<bool>,
     pub voxel_size: Option<[f64; 3]>,
+    pub precision: Option<Precision>,
+    pub exact_coupling: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,7 +163,9 @@ impl Settings {
             augment,
             widen_borders,
             store_all,
-            voxel_size
+            voxel_size,
+            precision,
+            exact_coupling
         )
     }
 }
@@ -213,8 +224,12 @@ impl TrainConfig {
             checkpoint_every,
             augment,
             widen_borders,
-            store_all
+            store_all,
+            exact_coupling
         );
+        if let Some(p) = s.precision {
+            self.precision = Some(p);
+        }
         if let Some([z, y, x]) = s.voxel_size {
             if !(z > 0.0 && y > 0.0 && x > 0.0 && z.is_finite() && y.is_finite() && x.is_finite()) {
                 return Err(Error::Invalid(format!(
@@ -250,6 +265,8 @@ impl TrainConfig {
             widen_borders: Some(self.widen_borders),
             store_all: Some(self.store_all),
             voxel_size: self.voxel_size.map(|(z, y, x)| [z, y, x]),
+            precision: self.precision,
+            exact_coupling: Some(self.exact_coupling),
         }
     }
 
@@ -340,4 +357,6 @@ pub const KEYS: &[&str] = &[
     "widen_borders",
     "store_all",
     "voxel_size",
+    "precision",
+    "exact_coupling",
 ];

@@ -1,0 +1,119 @@
+//! Numeric precision of a run: the format convolutions multiply in and kept activations are
+//! stored in. Weights, their gradients, optimiser moments, normalisation statistics and the loss
+//! stay f32 in every precision (master weights), so checkpoints are the same whatever it is.
+
+use crate::backend::device::Device;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE single everywhere: the reference path of every backend.
+    #[serde(alias = "fp32")]
+    F32,
+    /// Convolution operands rounded to TF32 (10-bit mantissa) on GPU tensor cores, f32
+    /// accumulation and storage: what PyTorch runs its "fp32" convolutions in by default.
+    Tf32,
+    /// bf16 operands and kept activations, f32 accumulation.
+    Bf16,
+}
+
+impl Precision {
+    pub const NAMES: &'static str = "f32 (or fp32), tf32, bf16";
+
+    pub fn parse(s: &str) -> Result<Precision> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(Error::Invalid(format!(
+                "unknown precision '{other}'; choose {}",
+                Self::NAMES
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// What a run gets when it names none: TF32 on a GPU (as PyTorch does) where this build has
+    /// tensor-core kernels, f32 elsewhere.
+    pub fn default_for(device: Device) -> Precision {
+        match device {
+            Device::Cuda(_) if supported(Precision::Tf32, device) => Precision::Tf32,
+            _ => Precision::F32,
+        }
+    }
+
+    /// The precision a run on `device` uses: the one asked for when that device runs it, its
+    /// default when none is asked for; an error naming both otherwise.
+    pub fn for_device(asked: Option<Precision>, device: Device) -> Result<Precision> {
+        let p = asked.unwrap_or_else(|| Self::default_for(device));
+        if supported(p, device) {
+            return Ok(p);
+        }
+        let have: Vec<&str> = [Precision::F32, Precision::Tf32, Precision::Bf16]
+            .into_iter()
+            .filter(|&q| supported(q, device))
+            .map(Precision::name)
+            .collect();
+        let why = match (p, device) {
+            (Precision::Tf32, Device::Cpu) => {
+                "TF32 is a GPU tensor-core format; the CPU reference has no TF32 path"
+            }
+            _ => "this build has no kernels for it on this device",
+        };
+        Err(Error::Invalid(format!(
+            "precision {} on {device:?}: {why}; choose {}",
+            p.name(),
+            have.join(" or ")
+        )))
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which (precision, device) pairs have kernels in this build.
+fn supported(p: Precision, device: Device) -> bool {
+    match (p, device) {
+        (Precision::F32, _) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_are_refused() {
+        for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+            assert_eq!(Precision::parse(p.name()).unwrap(), p);
+        }
+        assert_eq!(Precision::parse("FP32").unwrap(), Precision::F32);
+        let e = Precision::parse("fp16").unwrap_err().to_string();
+        assert!(e.contains("fp16") && e.contains("bf16"), "{e}");
+    }
+
+    #[test]
+    fn tf32_on_the_cpu_says_why() {
+        let e = Precision::for_device(Some(Precision::Tf32), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tensor-core") && e.contains("f32"), "{e}");
+        assert_eq!(
+            Precision::for_device(None, Device::Cpu).unwrap(),
+            Precision::F32
+        );
+    }
+}
