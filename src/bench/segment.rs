@@ -12,7 +12,7 @@
 use crate::error::{Error, Result};
 use crate::json::{self, Json};
 use crate::rng::Rng;
-use crate::segment::agglomerate::{agglomerate, Score};
+use crate::segment::agglomerate::{RegionGraph, Score};
 use crate::segment::watershed::{watershed, Params};
 use crate::segment::{fits_u32, Dims};
 use clap::Args;
@@ -28,6 +28,11 @@ pub struct SegmentBenchArgs {
     /// Agglomeration thresholds.
     #[arg(long, default_value = "0.1,0.3,0.5")]
     pub thresholds: String,
+    /// Watershed settings: `jl` (Watershed.jl's defaults as absolute thresholds: few, large
+    /// fragments) or `waterz` (waterz's 0.0001 / 0.9999 without size merges: millions of small
+    /// fragments, the agglomeration's hard case).
+    #[arg(long, default_value = "jl")]
+    pub watershed: String,
     #[arg(long)]
     pub json: bool,
 }
@@ -41,11 +46,36 @@ pub struct SegmentBench {
     pub seconds_generate: f64,
     pub seconds_watershed: f64,
     pub seconds_agglomerate: f64,
+    /// Of `seconds_agglomerate`: building the region graph, then merging.
+    pub seconds_graph: f64,
+    pub seconds_merge: f64,
     /// Peak resident memory while segmenting (VmHWM reset after the volume was made), bytes.
     pub peak_segment_bytes: Option<u64>,
     /// Peak resident memory of the whole process, generation included, bytes.
     pub peak_process_bytes: Option<u64>,
     pub affinity_bytes: u64,
+    /// Per threshold: segments, and an FNV-1a hash of the fragment-to-segment map, so that two
+    /// agglomeration implementations can be compared on volumes too large to keep.
+    pub segments: Vec<usize>,
+    pub map_hashes: Vec<u64>,
+}
+
+/// FNV-1a over the map's u32 words: equal hashes mean (barring collisions) equal segmentations.
+pub fn map_hash(map: &[u32]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &v in map {
+        for b in v.to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn segment_count(map: &[u32]) -> usize {
+    let mut roots: Vec<u32> = map.iter().copied().filter(|&v| v != 0).collect();
+    roots.sort_unstable();
+    roots.dedup();
+    roots.len()
 }
 
 /// VmHWM of this process in bytes, when /proc tells it.
@@ -144,14 +174,21 @@ pub fn noisy_affinities(labels: &[u32], margin: &[f32], d: Dims, rng: &mut Rng) 
     aff
 }
 
-fn bench_params() -> Params {
-    Params {
-        relative: false,
-        ..Params::watershed_jl()
+/// The watershed settings `name` stands for (see `SegmentBenchArgs::watershed`).
+pub fn bench_params(name: &str) -> Result<Params> {
+    match name {
+        "jl" => Ok(Params {
+            relative: false,
+            ..Params::watershed_jl()
+        }),
+        "waterz" => Ok(Params::waterz()),
+        other => Err(Error::Invalid(format!(
+            "--watershed '{other}': choose jl or waterz"
+        ))),
     }
 }
 
-pub fn run(d: Dims, seed: u64, thresholds: &[f64]) -> Result<SegmentBench> {
+pub fn run(d: Dims, seed: u64, thresholds: &[f64], params: &Params) -> Result<SegmentBench> {
     if !fits_u32(d.voxels()) {
         return Err(Error::Invalid(format!(
             "bench volume of {} voxels is beyond the u32 watershed this bench runs",
@@ -167,9 +204,13 @@ pub fn run(d: Dims, seed: u64, thresholds: &[f64]) -> Result<SegmentBench> {
     let peak_process_before = peak_rss();
     let reset = reset_peak_rss();
     let t1 = Instant::now();
-    let (frag, ws) = watershed::<u32>(&aff, d, &bench_params())?;
+    let (frag, ws) = watershed::<u32>(&aff, d, params)?;
     let t2 = Instant::now();
-    let agg = agglomerate(&aff, &frag, d, thresholds, Score::OneMinusMean)?;
+    // As `revseg segment` does: the affinities go once the region graph holds their sums.
+    let graph = RegionGraph::build(&aff, &frag, d, Score::OneMinusMean)?;
+    let affinity_bytes = (aff.len() * 4) as u64;
+    drop(aff);
+    let agg = graph.agglomerate(thresholds)?;
     let t3 = Instant::now();
     let peak = peak_rss();
     Ok(SegmentBench {
@@ -180,9 +221,13 @@ pub fn run(d: Dims, seed: u64, thresholds: &[f64]) -> Result<SegmentBench> {
         seconds_generate,
         seconds_watershed: (t2 - t1).as_secs_f64(),
         seconds_agglomerate: (t3 - t2).as_secs_f64(),
+        seconds_graph: agg.seconds_graph,
+        seconds_merge: agg.seconds_merge,
         peak_segment_bytes: if reset { peak } else { None },
         peak_process_bytes: peak.max(peak_process_before),
-        affinity_bytes: (aff.len() * 4) as u64,
+        affinity_bytes,
+        segments: agg.maps.iter().map(|m| segment_count(m)).collect(),
+        map_hashes: agg.maps.iter().map(|m| map_hash(m)).collect(),
     })
 }
 
@@ -200,9 +245,21 @@ pub fn json(b: &SegmentBench) -> Json {
         ("seconds_generate", Json::from(b.seconds_generate)),
         ("seconds_watershed", Json::from(b.seconds_watershed)),
         ("seconds_agglomerate", Json::from(b.seconds_agglomerate)),
+        ("seconds_region_graph", Json::from(b.seconds_graph)),
+        ("seconds_merge", Json::from(b.seconds_merge)),
         ("peak_segment_bytes", opt(b.peak_segment_bytes)),
         ("peak_process_bytes", opt(b.peak_process_bytes)),
         ("affinity_bytes", Json::from(b.affinity_bytes)),
+        ("segments", Json::from(b.segments.clone())),
+        (
+            "map_hashes",
+            Json::from(
+                b.map_hashes
+                    .iter()
+                    .map(|h| format!("{h:016x}"))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
     ])
 }
 
@@ -221,7 +278,12 @@ pub fn run_cli(a: &SegmentBenchArgs) -> Result<()> {
             ))
         })?;
     let thresholds = crate::cli::segment::parse_thresholds(&a.thresholds)?;
-    let b = run(Dims::new(v[0], v[1], v[2]), a.seed, &thresholds)?;
+    let b = run(
+        Dims::new(v[0], v[1], v[2]),
+        a.seed,
+        &thresholds,
+        &bench_params(&a.watershed)?,
+    )?;
     if a.json {
         println!("{}", json(&b));
         return Ok(());
@@ -232,8 +294,8 @@ pub fn run_cli(a: &SegmentBenchArgs) -> Result<()> {
         b.dims.z, b.dims.y, b.dims.x, b.regions, b.fragments, b.edges
     );
     println!(
-        "watershed {:.2} s, agglomeration {:.2} s (volume made in {:.2} s)",
-        b.seconds_watershed, b.seconds_agglomerate, b.seconds_generate
+        "watershed {:.2} s, agglomeration {:.2} s (region graph {:.2} s, merging {:.2} s; volume made in {:.2} s)",
+        b.seconds_watershed, b.seconds_agglomerate, b.seconds_graph, b.seconds_merge, b.seconds_generate
     );
     println!(
         "peak memory while segmenting {}, whole process {}; affinities {:.2} GB",
@@ -241,6 +303,9 @@ pub fn run_cli(a: &SegmentBenchArgs) -> Result<()> {
         gb(b.peak_process_bytes),
         b.affinity_bytes as f64 / 1e9
     );
+    for (t, (n, h)) in thresholds.iter().zip(b.segments.iter().zip(&b.map_hashes)) {
+        println!("threshold {t}: {n} segments (map hash {h:016x})");
+    }
     Ok(())
 }
 
@@ -261,7 +326,7 @@ mod tests {
             "{}",
             distinct.len()
         );
-        let b = run(d, 3, &[0.3, 0.5]).unwrap();
+        let b = run(d, 3, &[0.3, 0.5], &bench_params("jl").unwrap()).unwrap();
         assert!(b.fragments > 0 && b.edges > 0);
         assert!(peak_rss().unwrap() > 0);
     }

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::json::{self, Json};
-use crate::segment::agglomerate::{agglomerate, Agglomeration, Score};
+use crate::segment::agglomerate::{Agglomeration, RegionGraph, Score};
 use crate::segment::watershed::{watershed, Params, Stats};
 use crate::segment::{fits_u32, Dims, Label};
 use crate::volume::hdf5::Writer;
@@ -150,9 +150,9 @@ pub fn run(a: &SegmentArgs) -> Result<()> {
     crate::segment::check_affinities(&aff, dims)
         .map_err(|e| Error::Invalid(format!("{aff_spec}: {e}")))?;
     let report = if fits_u32(dims.voxels()) {
-        segment_as::<u32>(&aff, dims, &params, &thresholds, score, &out, !a.no_gzip)?
+        segment_as::<u32>(aff, dims, &params, &thresholds, score, &out, !a.no_gzip)?
     } else {
-        segment_as::<u64>(&aff, dims, &params, &thresholds, score, &out, !a.no_gzip)?
+        segment_as::<u64>(aff, dims, &params, &thresholds, score, &out, !a.no_gzip)?
     };
     print_report(a, aff_spec, &out, dims, &report);
     Ok(())
@@ -166,8 +166,9 @@ struct Report {
     seconds: [f64; 3],
 }
 
+/// Takes the affinities to drop them once the region graph holds what agglomeration needs.
 fn segment_as<L: Label>(
-    aff: &[f32],
+    aff: Vec<f32>,
     dims: Dims,
     params: &Params,
     thresholds: &[f64],
@@ -176,9 +177,11 @@ fn segment_as<L: Label>(
     gzip: bool,
 ) -> Result<Report> {
     let t0 = Instant::now();
-    let (frag, ws) = watershed::<L>(aff, dims, params)?;
+    let (frag, ws) = watershed::<L>(&aff, dims, params)?;
     let t1 = Instant::now();
-    let agg = agglomerate(aff, &frag, dims, thresholds, score)?;
+    let graph = RegionGraph::build(&aff, &frag, dims, score)?;
+    drop(aff);
+    let agg = graph.agglomerate(thresholds)?;
     let t2 = Instant::now();
     let shape = [dims.z, dims.y, dims.x];
     let mut w = Writer::create(&out.file)?;

@@ -48,6 +48,18 @@ impl Params {
             relative: true,
         }
     }
+
+    /// waterz's defaults (`aff_threshold_low` 0.0001, `aff_threshold_high` 0.9999, absolute, no
+    /// size merges and no dust): many small fragments, all joining left to the agglomeration.
+    pub fn waterz() -> Self {
+        Params {
+            low: 0.0001,
+            high: 0.9999,
+            merge: Vec::new(),
+            dust: 0,
+            relative: false,
+        }
+    }
 }
 
 /// What each step produced, for tests and reports.
