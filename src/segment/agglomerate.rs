@@ -90,8 +90,8 @@ impl Edges {
 }
 
 /// Each region's neighbours as a run of (neighbour, edge) sorted by neighbour, in one arena.
-/// Runs that outgrow their room move to the arena's end; the arena is compacted when more than
-/// half of it is left behind.
+/// Runs that outgrow their room move to the arena's end; the arena is compacted in place when a
+/// third of it is left behind.
 struct Adjacency {
     arena: Vec<(u32, u32)>,
     start: Vec<u32>,
@@ -213,21 +213,35 @@ impl Adjacency {
     }
 
     fn maybe_compact(&mut self) {
-        if self.dead > self.arena.len() / 2 && self.dead > COMPACT_MIN {
+        if self.dead > self.arena.len() / 3 && self.dead > COMPACT_MIN {
             self.compact();
         }
     }
 
+    /// In place: runs move down in the order they lie, so none is overwritten before it moves.
     fn compact(&mut self) {
-        let live: usize = self.len.iter().map(|&l| l as usize).sum();
-        let mut arena = Vec::with_capacity(live);
-        for r in 0..self.start.len() {
-            let s = self.start[r] as usize;
-            self.start[r] = arena.len() as u32;
-            arena.extend_from_slice(&self.arena[s..s + self.len[r] as usize]);
-            self.cap[r] = self.len[r];
+        let mut order: Vec<u32> = (0..self.start.len() as u32)
+            .filter(|&r| self.len[r as usize] > 0)
+            .collect();
+        order.sort_unstable_by_key(|&r| self.start[r as usize]);
+        let mut w = 0usize;
+        for r in order {
+            let (s, l) = (
+                self.start[r as usize] as usize,
+                self.len[r as usize] as usize,
+            );
+            self.arena.copy_within(s..s + l, w);
+            self.start[r as usize] = w as u32;
+            self.cap[r as usize] = l as u32;
+            w += l;
         }
-        self.arena = arena;
+        for r in 0..self.start.len() {
+            if self.len[r] == 0 {
+                self.cap[r] = 0;
+            }
+        }
+        self.arena.truncate(w);
+        self.arena.shrink_to_fit();
         self.dead = 0;
     }
 }
