@@ -43,6 +43,9 @@ pub struct TrainConfig {
     pub lr_schedule: LrSchedule,
     /// Steps of linear warm-up from 0 to `lr` (cosine schedule only).
     pub warmup: usize,
+    /// Loss weight of the z-affinity channels relative to the in-plane ones (the mask's value
+    /// there), on top of the class rebalancing: z edges are the hard ones on anisotropic data.
+    pub z_weight: f64,
 }
 
 /// `plateau`: halve on `plateau_patience` validations without improvement (Superhuman's);
@@ -89,6 +92,7 @@ impl Default for TrainConfig {
             exact_coupling: false,
             lr_schedule: LrSchedule::Plateau,
             warmup: 0,
+            z_weight: 1.0,
         }
     }
 }
@@ -120,6 +124,7 @@ pub struct Settings {
     pub exact_coupling: Option<bool>,
     pub lr_schedule: Option<LrSchedule>,
     pub warmup: Option<usize>,
+    pub z_weight: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,7 +202,8 @@ impl Settings {
             precision,
             exact_coupling,
             lr_schedule,
-            warmup
+            warmup,
+            z_weight
         )
     }
 }
@@ -259,7 +265,8 @@ impl TrainConfig {
             store_all,
             exact_coupling,
             lr_schedule,
-            warmup
+            warmup,
+            z_weight
         );
         if let Some(p) = s.precision {
             self.precision = Some(p);
@@ -303,6 +310,7 @@ impl TrainConfig {
             exact_coupling: Some(self.exact_coupling),
             lr_schedule: Some(self.lr_schedule),
             warmup: Some(self.warmup),
+            z_weight: Some(self.z_weight),
         }
     }
 
@@ -350,6 +358,12 @@ impl TrainConfig {
             return Err(Error::Invalid(format!(
                 "adam_eps {} must be a positive number",
                 self.adam_eps
+            )));
+        }
+        if !(self.z_weight > 0.0 && self.z_weight.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "z_weight {} must be a positive number (1 weighs z edges as in-plane ones)",
+                self.z_weight
             )));
         }
         if self.lr_schedule == LrSchedule::Cosine && self.warmup >= self.steps {
@@ -403,4 +417,5 @@ pub const KEYS: &[&str] = &[
     "exact_coupling",
     "lr_schedule",
     "warmup",
+    "z_weight",
 ];
