@@ -395,7 +395,8 @@ fn quality_on<B: Backend>(
     spec: &crate::bench::quality::Spec,
 ) -> Result<()> {
     use crate::bench::quality;
-    let res = quality::run(b, spec, a.json)?;
+    // Progress goes to stderr in both modes: the runs take minutes each.
+    let res = quality::run(b, spec, false)?;
     let png = spec.out.join("quality.png");
     quality::plot(&res, &png)?;
     let md = quality::markdown(&res, &b.name(), spec);
