@@ -332,3 +332,80 @@ pub fn label_color(l: u64) -> Rgb {
     let ch = |v: u64| 40 + (v & 0xff) as u8 % 200;
     [ch(h), ch(h >> 8), ch(h >> 16)]
 }
+
+/// One bar chart: a bar per category with an optional spread (drawn as a whisker of +-spread).
+pub struct Bars {
+    pub title: String,
+    pub y_label: String,
+    pub labels: Vec<String>,
+    pub values: Vec<f64>,
+    /// Same length as `values`, or empty for none.
+    pub spreads: Vec<f64>,
+    pub color: Rgb,
+}
+
+/// Bar charts side by side on one canvas, each `w` x `h` pixels, y from zero; the value is
+/// written above each bar so that the picture reads without a ruler. Returns (width, height,
+/// RGB pixels).
+pub fn bar_charts(charts: &[Bars], w: usize, h: usize) -> (usize, usize, Vec<u8>) {
+    let width = w * charts.len().max(1);
+    let mut c = Canvas::new(width, h);
+    let (l, r, t, b) = (60i64, 15i64, 30i64, 40i64);
+    for (k, ch) in charts.iter().enumerate() {
+        let ox = (k * w) as i64;
+        let spread = |i: usize| ch.spreads.get(i).copied().unwrap_or(0.0);
+        let top = (0..ch.values.len())
+            .map(|i| ch.values[i] + spread(i))
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max);
+        let y1 = if top > 0.0 { top * 1.15 } else { 1.0 };
+        let (pw, ph) = (w as i64 - l - r, h as i64 - t - b);
+        let sy = |y: f64| t + ph - ((y / y1) * ph as f64).round() as i64;
+        let ys = tick_step(y1, 5.0);
+        let mut v = 0.0;
+        while v <= y1 {
+            let py = sy(v);
+            c.line(
+                (ox + l, py),
+                (ox + w as i64 - r, py),
+                [235, 235, 235],
+                false,
+            );
+            c.text(ox + 14, py - 3, &fmt_tick(v, ys), BLACK);
+            v += ys;
+        }
+        c.line((ox + l, t), (ox + l, t + ph), BLACK, false);
+        c.line((ox + l, t + ph), (ox + w as i64 - r, t + ph), BLACK, false);
+        let n = ch.values.len().max(1) as i64;
+        let slot = pw / n;
+        for (i, &val) in ch.values.iter().enumerate() {
+            let x0 = ox + l + i as i64 * slot + slot / 5;
+            let x1 = ox + l + (i as i64 + 1) * slot - slot / 5;
+            let mid = (x0 + x1) / 2;
+            if val.is_finite() {
+                for x in x0..=x1 {
+                    c.line((x, sy(val)), (x, t + ph), ch.color, false);
+                }
+                let s = spread(i);
+                if s > 0.0 {
+                    let (a, z) = (sy(val - s), sy(val + s));
+                    c.line((mid, a), (mid, z), BLACK, false);
+                    c.line((mid - 4, z), (mid + 4, z), BLACK, false);
+                    c.line((mid - 4, a), (mid + 4, a), BLACK, false);
+                }
+                let txt = format!("{val:.3}");
+                c.text(mid - 3 * txt.len() as i64, sy(val + s) - 10, &txt, BLACK);
+            }
+            let lab = ch.labels.get(i).map_or("", |s| s.as_str());
+            c.text(mid - 3 * lab.len() as i64, t + ph + 8, lab, BLACK);
+        }
+        c.text(ox + l, 10, &ch.title, BLACK);
+        c.text_vertical(
+            ox + 2,
+            t + ph / 2 + 3 * ch.y_label.len() as i64,
+            &ch.y_label,
+            BLACK,
+        );
+    }
+    (width, h, c.px)
+}

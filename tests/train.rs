@@ -475,3 +475,51 @@ fn resume_truncates_the_log_and_a_used_folder_is_refused() {
     );
     assert_eq!(std::fs::read_to_string(out.metrics()).unwrap(), csv);
 }
+
+/// The cosine schedule against its formula worked by hand, and the settings' round trip.
+#[test]
+fn cosine_schedule_and_z_weight_settings() {
+    let mut c = tiny(1000);
+    c.set("lr_schedule", "cosine").unwrap();
+    c.set("warmup", "100").unwrap();
+    c.set("z_weight", "2").unwrap();
+    c.validate().unwrap();
+    // Warm-up: step 50 of 100 is half the rate; after it, cos over the remaining 900 steps.
+    assert!((c.scheduled_lr(50) - 0.0025).abs() < 1e-15);
+    assert!((c.scheduled_lr(100) - 0.005).abs() < 1e-15);
+    assert!(
+        (c.scheduled_lr(550) - 0.0025).abs() < 1e-12,
+        "half way down"
+    );
+    assert!(c.scheduled_lr(1000).abs() < 1e-15);
+    assert_eq!(
+        TrainConfig::from_json_text(&c.to_json().to_string()).unwrap(),
+        c
+    );
+    assert!(c.set("lr_schedule", "linear").is_err());
+    let mut bad = c.clone();
+    bad.warmup = 1000;
+    assert!(bad.validate().unwrap_err().to_string().contains("warmup"));
+    bad = c.clone();
+    bad.z_weight = 0.0;
+    assert!(bad.validate().unwrap_err().to_string().contains("z_weight"));
+}
+
+/// z_weight scales the z channel's mask and nothing else: the same draw with weight 1 and 3.
+#[test]
+fn z_weight_scales_only_the_z_mask() {
+    let (img, lbl) = volume(5, (12, 80, 80));
+    let one = tiny(1);
+    let mut three = one.clone();
+    three.z_weight = 3.0;
+    let data = Dataset::new(img, lbl, (12, 80, 80), &one, "t").unwrap();
+    let a = data.sample(&one, &mut revseg::rng::Rng::new(9)).unwrap();
+    let b = data.sample(&three, &mut revseg::rng::Rng::new(9)).unwrap();
+    let per = 4 * 32 * 32;
+    assert_eq!(a.target, b.target);
+    assert!(a.mask[..per].iter().any(|&m| m > 0.0));
+    for (i, (&x, &y)) in a.mask.iter().zip(&b.mask).enumerate() {
+        let want = if i < per { 3.0 * x } else { x };
+        assert_eq!(y, want, "mask element {i}");
+    }
+}

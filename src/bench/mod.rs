@@ -1,6 +1,7 @@
 //! Benchmarks behind `revseg bench ...` and `cargo bench`. Speed is measured here, never in tests.
 
 pub mod ops;
+pub mod quality;
 pub mod segment;
 pub mod step;
 

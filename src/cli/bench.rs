@@ -23,6 +23,51 @@ pub enum BenchCmd {
     Table(TableArgs),
     /// Time and peak memory of watershed + agglomeration on a synthetic affinity volume.
     Segment(crate::bench::segment::SegmentBenchArgs),
+    /// The paper's table with its accuracy column: base network and RevNet n=1..4 trained the
+    /// same steps from the same seeds, each scored on the same unseen synthetic volume.
+    Quality(QualityArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum QualityPreset {
+    /// The demo's network, volumes and steps: about 25 min for the five variants on 2 quiet cores.
+    Demo,
+    /// The full Superhuman network (18x160x160 patches) on larger volumes: for a GPU.
+    Superhuman,
+}
+
+#[derive(Args, Debug)]
+pub struct QualityArgs {
+    #[arg(long, value_enum, default_value = "demo")]
+    pub preset: QualityPreset,
+    /// Training steps of every run (default: the preset's, 2000 for demo, 5000 for superhuman).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Training seeds per variant (1..=K); with 2 or more the table gives mean and spread.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
+    /// Reversible block counts to train, 0 being the base network (store-all).
+    #[arg(long, default_value = "0,1,2,3,4")]
+    pub variants: String,
+    /// Training volume Z,Y,X (default: the preset's).
+    #[arg(long)]
+    pub train_size: Option<String>,
+    /// Unseen test volume Z,Y,X (default: the preset's).
+    #[arg(long)]
+    pub test_size: Option<String>,
+    /// Seed of the synthetic volumes (the test volume's is this + 1000).
+    #[arg(long, default_value_t = 1)]
+    pub data_seed: u64,
+    /// A training setting on top of the preset's (`key=value`, the keys of `revseg train --set`).
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// Folder for every run's checkpoint and segmentation, the test volume, quality.png.
+    #[arg(long, default_value = "out/bench-quality")]
+    pub out: std::path::PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -111,6 +156,11 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
             crate::on_device!(dev, |b| ratio_on(b, a))
         }
         BenchCmd::Segment(a) => crate::bench::segment::run_cli(a),
+        BenchCmd::Quality(a) => {
+            let dev = super::select_device(&a.device)?;
+            let spec = quality_spec(a)?;
+            crate::on_device!(dev, |b| quality_on(b, a, &spec))
+        }
         BenchCmd::Table(a) => {
             let dev = super::select_device(&a.device)?;
             a.precision.resolve(dev)?;
@@ -276,6 +326,98 @@ fn table_on<B: Backend>(b: &B, a: &TableArgs) -> Result<()> {
             patch.2
         );
         print!("{}", step::markdown(&rows));
+    }
+    Ok(())
+}
+
+fn quality_spec(a: &QualityArgs) -> Result<crate::bench::quality::Spec> {
+    use crate::bench::quality::{Spec, Variant};
+    use crate::error::Error;
+    let (mut base, train_size, test_size) = match a.preset {
+        QualityPreset::Demo => (
+            crate::cli::demo::demo_config(a.steps.unwrap_or(2000), 1),
+            crate::cli::demo::DEMO_TRAIN_SIZE,
+            crate::cli::demo::DEMO_TEST_SIZE,
+        ),
+        QualityPreset::Superhuman => {
+            let steps = a.steps.unwrap_or(5000);
+            let c = crate::train::TrainConfig {
+                steps,
+                // Superhuman's 0.001 is for runs of 10^5 steps; a few thousand need faster
+                // running statistics for inference to match training.
+                bn_momentum: 0.01,
+                val_every: (steps / 6).max(1),
+                checkpoint_every: steps.max(1),
+                widen_borders: false,
+                ..crate::train::TrainConfig::default()
+            };
+            (c, (96, 320, 320), (48, 320, 320))
+        }
+    };
+    if let Some(s) = a.steps {
+        base.steps = s;
+        base.val_every = (s / 6).max(1);
+        base.checkpoint_every = s.max(1);
+    }
+    crate::cli::demo::apply_sets(&mut base, &a.set)?;
+    let size = |s: &Option<String>, d| s.as_deref().map_or(Ok(d), super::parse_patch);
+    if a.seeds == 0 {
+        return Err(Error::Invalid(
+            "--seeds 0: give at least 1 (runs per variant)".into(),
+        ));
+    }
+    let variants = a
+        .variants
+        .split(',')
+        .map(|v| match v.trim().parse::<usize>() {
+            Ok(n) if n <= crate::model::MAX_REV_BLOCKS => Ok(Variant { rev_blocks: n }),
+            _ => Err(Error::Invalid(format!(
+                "--variants '{}': expected reversible block counts 0..={} separated by commas, e.g. 0,2",
+                a.variants,
+                crate::model::MAX_REV_BLOCKS
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Spec {
+        base,
+        train_size: size(&a.train_size, train_size)?,
+        test_size: size(&a.test_size, test_size)?,
+        data_seed: a.data_seed,
+        seeds: (1..=a.seeds as u64).collect(),
+        variants,
+        out: a.out.clone(),
+    })
+}
+
+fn quality_on<B: Backend>(
+    b: &B,
+    a: &QualityArgs,
+    spec: &crate::bench::quality::Spec,
+) -> Result<()> {
+    use crate::bench::quality;
+    // Progress goes to stderr in both modes: the runs take minutes each.
+    let res = quality::run(b, spec, false)?;
+    let png = spec.out.join("quality.png");
+    quality::plot(&res, &png)?;
+    let md = quality::markdown(&res, &b.name(), spec);
+    let js = quality::json(&res, &b.name(), spec).to_string();
+    for (name, text) in [("quality.md", &md), ("quality.json", &js)] {
+        let path = spec.out.join(name);
+        crate::volume::array::write_file_atomic(&path, |w| {
+            std::io::Write::write_all(w, text.as_bytes()).map_err(|e| {
+                crate::error::Error::Io(format!("cannot write {}: {e}", path.display()))
+            })
+        })?;
+    }
+    if a.json {
+        println!("{js}");
+    } else {
+        print!("{md}");
+        println!(
+            "\nplot: {}; the table in quality.md and quality.json, each run's checkpoint and segmentation under {}",
+            png.display(),
+            spec.out.display()
+        );
     }
     Ok(())
 }

@@ -76,6 +76,9 @@ pub fn demo_watershed_params() -> Params {
     }
 }
 
+pub const DEMO_TRAIN_SIZE: (usize, usize, usize) = (32, 160, 160);
+pub const DEMO_TEST_SIZE: (usize, usize, usize) = (24, 160, 160);
+
 pub const DEMO_THRESHOLDS: [f64; 7] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7];
 
 /// One agglomeration threshold's segmentation and its scores.
@@ -114,14 +117,64 @@ pub fn best_row(rows: &[Row]) -> usize {
         .unwrap_or(0)
 }
 
-fn write_u8(spec: &str, shape: (usize, usize, usize), data: Vec<u8>) -> Result<()> {
+/// Trains `cfg` on `data` into `opt.out_dir`, then predicts `test_image` (of `test_size`) from
+/// the checkpoint training saved, as a user's `revseg predict` would; returns the nearest three
+/// affinity channels (long-range ones are a training target only). `trained` runs in between.
+pub fn train_and_predict<B: crate::backend::Backend>(
+    b: &B,
+    cfg: &TrainConfig,
+    data: &Dataset,
+    opt: &RunOptions,
+    test_image: &[f32],
+    test_size: (usize, usize, usize),
+    trained: impl FnOnce(),
+) -> Result<(train::TrainSummary, Vec<f32>)> {
+    let s = train::train(b, cfg.clone(), data, opt)?;
+    trained();
+    let mut t = Trainer::new(b, cfg.clone())?;
+    let ck = crate::checkpoint::load(opt.out_dir.join("model.safetensors"))?;
+    train::state::load_model(b, &t.prog, &mut t.ex, &ck, "model.safetensors")?;
+    let mut aff = t.predict(test_image, test_size, false)?;
+    aff.truncate(3 * test_size.0 * test_size.1 * test_size.2);
+    Ok((s, aff))
+}
+
+/// A training volume and an unseen test volume with the synthesizer's defaults: the training
+/// volume from `seed`, the test volume from `seed + 1000`.
+pub fn volumes(
+    train_size: (usize, usize, usize),
+    test_size: (usize, usize, usize),
+    seed: u64,
+) -> Result<(crate::synth::SynthVolume, crate::synth::SynthVolume)> {
+    let make = |size, seed| {
+        synthesize(&SynthConfig {
+            size,
+            seed,
+            ..SynthConfig::default()
+        })
+    };
+    Ok((make(train_size, seed)?, make(test_size, seed + 1000)?))
+}
+
+/// `key=value` settings (the keys of `revseg train --set`) over `cfg`, then checked.
+pub fn apply_sets(cfg: &mut TrainConfig, sets: &[String]) -> Result<()> {
+    for kv in sets {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Error::Invalid(format!("--set '{kv}': expected key=value")))?;
+        cfg.set(k, v)?;
+    }
+    cfg.validate()
+}
+
+pub(crate) fn write_u8(spec: &str, shape: (usize, usize, usize), data: Vec<u8>) -> Result<()> {
     let s = vec![shape.0, shape.1, shape.2];
     let mut w = create_volume(spec, &s, Dtype::U8, None)?;
     w.write_region(&[0, 0, 0], &Array::new(s, data)?)?;
     w.finish()
 }
 
-fn write_u32(spec: &str, shape: &[usize], data: Vec<u32>) -> Result<()> {
+pub(crate) fn write_u32(spec: &str, shape: &[usize], data: Vec<u32>) -> Result<()> {
     let mut w = create_volume(spec, shape, Dtype::U32, None)?;
     w.write_region(&vec![0; shape.len()], &Array::new(shape.to_vec(), data)?)?;
     w.finish()
@@ -133,18 +186,8 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", a.out.display())))?;
     let out = |name: &str| a.out.join(name).display().to_string();
     eprintln!("[1/5] synthesizing a training volume and an unseen test volume");
-    let size = (32, 160, 160);
-    let train_vol = synthesize(&SynthConfig {
-        size,
-        seed: a.seed,
-        ..SynthConfig::default()
-    })?;
-    let test_size = (24, 160, 160);
-    let test_vol = synthesize(&SynthConfig {
-        size: test_size,
-        seed: a.seed + 1000,
-        ..SynthConfig::default()
-    })?;
+    let (size, test_size) = (DEMO_TRAIN_SIZE, DEMO_TEST_SIZE);
+    let (train_vol, test_vol) = volumes(size, test_size, a.seed)?;
     write_u8(
         &format!("{}:/image", out("train.h5")),
         size,
@@ -163,13 +206,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
 
     eprintln!("[2/5] training the reversible network ({} steps)", a.steps);
     let mut cfg = demo_config(a.steps, a.seed);
-    for kv in &a.set {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| Error::Invalid(format!("--set '{kv}': expected key=value")))?;
-        cfg.set(k, v)?;
-    }
-    cfg.validate()?;
+    apply_sets(&mut cfg, &a.set)?;
     let image: Vec<f32> = train_vol.image.iter().map(|&v| v as f32 / 255.0).collect();
     let data = Dataset::new(
         image,
@@ -186,18 +223,15 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         ..RunOptions::default()
     };
     let test_image: Vec<f32> = test_vol.image.iter().map(|&v| v as f32 / 255.0).collect();
-    let (summary, aff) = crate::on_device!(dev, |b| {
-        let s = train::train(b, cfg.clone(), &data, &opt)?;
-        eprintln!("[3/5] predicting the test volume");
-        // Reload what training saved, as a user's `revseg predict` would.
-        let mut t = Trainer::new(b, cfg.clone())?;
-        let ck = crate::checkpoint::load(a.out.join("model.safetensors"))?;
-        train::state::load_model(b, &t.prog, &mut t.ex, &ck, "model.safetensors")?;
-        let mut aff = t.predict(&test_image, test_size, false)?;
-        // Long-range channels are a training target only; segmentation reads the nearest three.
-        aff.truncate(3 * test_size.0 * test_size.1 * test_size.2);
-        Ok::<_, Error>((s, aff))
-    })?;
+    let (summary, aff) = crate::on_device!(dev, |b| train_and_predict(
+        b,
+        &cfg,
+        &data,
+        &opt,
+        &test_image,
+        test_size,
+        || eprintln!("[3/5] predicting the test volume")
+    ))?;
     let v = score(
         &aff,
         &test_vol.labels,

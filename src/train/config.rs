@@ -39,6 +39,35 @@ pub struct TrainConfig {
     pub precision: Option<Precision>,
     /// Hold the reversible chains' coupling state in a representation whose inverse is exact.
     pub exact_coupling: bool,
+    /// How the learning rate moves over the run.
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear warm-up from 0 to `lr` (cosine schedule only).
+    pub warmup: usize,
+    /// Loss weight of the z-affinity channels relative to the in-plane ones (the mask's value
+    /// there), on top of the class rebalancing: z edges are the hard ones on anisotropic data.
+    pub z_weight: f64,
+}
+
+/// `plateau`: halve on `plateau_patience` validations without improvement (Superhuman's);
+/// `cosine`: linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Plateau,
+    Cosine,
+}
+
+impl TrainConfig {
+    /// The cosine schedule's rate for step `step` (1-based, the step about to run).
+    pub fn scheduled_lr(&self, step: usize) -> f64 {
+        let s = step as f64;
+        if step <= self.warmup {
+            return self.lr * s / (self.warmup.max(1)) as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup).max(1) as f64;
+        let t = ((s - self.warmup as f64) / span).min(1.0);
+        0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
+    }
 }
 
 impl Default for TrainConfig {
@@ -61,6 +90,9 @@ impl Default for TrainConfig {
             voxel_size: None,
             precision: None,
             exact_coupling: false,
+            lr_schedule: LrSchedule::Plateau,
+            warmup: 0,
+            z_weight: 1.0,
         }
     }
 }
@@ -90,6 +122,9 @@ pub struct Settings {
     pub voxel_size: Option<[f64; 3]>,
     pub precision: Option<Precision>,
     pub exact_coupling: Option<bool>,
+    pub lr_schedule: Option<LrSchedule>,
+    pub warmup: Option<usize>,
+    pub z_weight: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,7 +200,10 @@ impl Settings {
             store_all,
             voxel_size,
             precision,
-            exact_coupling
+            exact_coupling,
+            lr_schedule,
+            warmup,
+            z_weight
         )
     }
 }
@@ -225,7 +263,10 @@ impl TrainConfig {
             augment,
             widen_borders,
             store_all,
-            exact_coupling
+            exact_coupling,
+            lr_schedule,
+            warmup,
+            z_weight
         );
         if let Some(p) = s.precision {
             self.precision = Some(p);
@@ -267,6 +308,9 @@ impl TrainConfig {
             voxel_size: self.voxel_size.map(|(z, y, x)| [z, y, x]),
             precision: self.precision,
             exact_coupling: Some(self.exact_coupling),
+            lr_schedule: Some(self.lr_schedule),
+            warmup: Some(self.warmup),
+            z_weight: Some(self.z_weight),
         }
     }
 
@@ -316,6 +360,18 @@ impl TrainConfig {
                 self.adam_eps
             )));
         }
+        if !(self.z_weight > 0.0 && self.z_weight.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "z_weight {} must be a positive number (1 weighs z edges as in-plane ones)",
+                self.z_weight
+            )));
+        }
+        if self.lr_schedule == LrSchedule::Cosine && self.warmup >= self.steps {
+            return Err(Error::Invalid(format!(
+                "warmup {} must be below steps {} (the cosine schedule decays after it)",
+                self.warmup, self.steps
+            )));
+        }
         if ![3, 12].contains(&self.net.outputs) {
             return Err(Error::Invalid(format!(
                 "outputs {}: choose 3 or 12",
@@ -359,4 +415,7 @@ pub const KEYS: &[&str] = &[
     "voxel_size",
     "precision",
     "exact_coupling",
+    "lr_schedule",
+    "warmup",
+    "z_weight",
 ];

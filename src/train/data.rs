@@ -148,10 +148,21 @@ impl Dataset {
             out
         };
         let c = cfg.net.outputs;
+        let mut mask = crop(&m.data, c);
+        if cfg.z_weight != 1.0 {
+            let per = pd * ph * pw;
+            for (ch, off) in offsets_for(c)?.iter().enumerate() {
+                if off[1] == 0 && off[2] == 0 {
+                    mask[ch * per..(ch + 1) * per]
+                        .iter_mut()
+                        .for_each(|v| *v *= cfg.z_weight as f32);
+                }
+            }
+        }
         Ok(Sample {
             image: crop(&img.data, 1),
             target: crop(&t.data, c),
-            mask: crop(&m.data, c),
+            mask,
         })
     }
 

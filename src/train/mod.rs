@@ -43,6 +43,8 @@ pub struct TrainSummary {
     pub last_loss: f64,
     pub validation: Option<Validation>,
     pub seconds: f64,
+    /// Seconds in training steps alone (no validation, checkpoints or logging), this session's.
+    pub step_seconds: f64,
     pub out_dir: PathBuf,
     pub arena_bytes: usize,
     /// Stopped early by `RunOptions::stop`, after saving a checkpoint.
@@ -121,8 +123,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
             v.iter().map(|&x| B::Elem::from_f64(x as f64)).collect()
         };
         let (image, target, mask) = (cast(&s.image), cast(&s.target), cast(&s.mask));
-        self.ex.adam.lr = self.lr;
         let step = self.step() + 1;
+        if self.cfg.lr_schedule == config::LrSchedule::Cosine {
+            self.lr = self.cfg.scheduled_lr(step);
+        }
+        self.ex.adam.lr = self.lr;
         let loss = self
             .ex
             .train_step(
@@ -172,7 +177,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
             self.bad_vals = 0;
         } else {
             self.bad_vals += 1;
-            if self.bad_vals >= self.cfg.plateau_patience.max(1) {
+            if self.bad_vals >= self.cfg.plateau_patience.max(1)
+                && self.cfg.lr_schedule == config::LrSchedule::Plateau
+            {
                 self.lr /= 2.0;
                 self.bad_vals = 0;
             }
@@ -434,10 +441,12 @@ pub fn train<B: Backend>(
     let mut last = f64::NAN;
     let mut validation = None;
     let mut interrupted = false;
+    let mut step_seconds = 0.0;
     while t.step() < t.cfg.steps {
         let t0 = Instant::now();
         let loss = t.train_step(data)?;
         let dt = t0.elapsed().as_secs_f64();
+        step_seconds += dt;
         first.get_or_insert(loss);
         last = loss;
         let step = t.step();
@@ -493,6 +502,7 @@ pub fn train<B: Backend>(
         last_loss: last,
         validation,
         seconds: seconds(),
+        step_seconds,
         out_dir: opt.out_dir.clone(),
         arena_bytes: arena,
         interrupted,

@@ -18,6 +18,7 @@ pub fn revseg(args: &[&str]) -> (Option<i32>, String, String) {
 
 /// A small synthetic volume (16 x 80 x 80) and a one-step checkpoint in a fresh temporary
 /// directory: (directory, image spec, checkpoint path).
+#[allow(dead_code)]
 pub fn data_and_checkpoint(tag: &str) -> (PathBuf, String, String) {
     let d = std::env::temp_dir().join(format!("revseg-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
