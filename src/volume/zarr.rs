@@ -16,6 +16,7 @@ use super::array::{
     write_file_atomic, write_file_renamed, AnyArray, Array, ByteOrder, Dtype, Scalar, Voxel,
     VoxelSize,
 };
+use super::io::{temp_beside, FormatReader, FormatWriter, Opened, WriteRequest};
 use crate::error::{Error, Result};
 use crate::json::{self, Json};
 use rayon::prelude::*;
@@ -1164,6 +1165,151 @@ fn crc32c(data: &[u8]) -> u32 {
         c = t[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
     }
     !c
+}
+
+// The volume dispatcher's reader and writer (`volume::io`).
+impl FormatReader for ZarrArray {
+    fn read_region(&self, offset: &[usize], shape: &[usize], _want: Dtype) -> Result<AnyArray> {
+        self.read_region_any(offset, shape)
+    }
+}
+
+pub(crate) fn open_volume(path: &Path) -> Result<Opened> {
+    let z = ZarrArray::open(path)?;
+    Ok(Opened {
+        shape: z.shape.clone(),
+        dtype: z.dtype,
+        voxel_size: z.voxel_size,
+        reader: Box::new(z),
+    })
+}
+
+/// An array written chunk by chunk into a temporary directory beside the target, renamed over
+/// it at `finish`.
+struct ZarrWriter {
+    target: PathBuf,
+    tmp: PathBuf,
+    array: ZarrArray,
+    version: ZarrVersion,
+}
+
+pub(crate) fn create_volume(path: PathBuf, req: &WriteRequest) -> Result<Box<dyn FormatWriter>> {
+    if path.exists() && !(path.join(".zarray").exists() || path.join("zarr.json").exists()) {
+        return Err(Error::Invalid(format!(
+            "{}: exists and is not a zarr array; refusing to replace it",
+            path.display()
+        )));
+    }
+    let opt = req.opt;
+    let tmp = temp_beside(&path, "partial")?;
+    let version = if opt.zarr_v3 {
+        ZarrVersion::V3
+    } else {
+        ZarrVersion::V2
+    };
+    let co = CreateOptions {
+        version,
+        compressor: if opt.compress {
+            Compressor::Gzip(opt.gzip_level.unwrap_or(5).min(9))
+        } else {
+            Compressor::None
+        },
+        voxel_size: opt.voxel_size,
+        ..CreateOptions::default()
+    };
+    let array = match ZarrArray::create_with(&tmp, req.shape, req.chunks, req.dtype, &co) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    Ok(Box::new(ZarrWriter {
+        target: path,
+        tmp,
+        array,
+        version,
+    }))
+}
+
+impl FormatWriter for ZarrWriter {
+    fn write_region(&mut self, offset: &[usize], data: &AnyArray) -> Result<()> {
+        any_one!(data, |a| self.array.write_region(offset, a))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        crate::fsutil::sync_tree(&self.tmp)?;
+        // Before the array appears: once it is in place, nothing may fail any more.
+        write_zarr_groups(&self.target, self.version)?;
+        replace_dir(&self.tmp, &self.target)
+    }
+
+    fn discard(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Renames a finished zarr directory over `target`, moving an old array aside first (a
+/// directory cannot be renamed over a non-empty one).
+fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
+    if target.exists() {
+        let old = temp_beside(target, "old")?;
+        std::fs::rename(target, &old).map_err(|e| io_err(target, e))?;
+        if let Err(e) = std::fs::rename(tmp, target) {
+            let _ = std::fs::rename(&old, target);
+            return Err(io_err(target, e));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(tmp, target).map_err(|e| io_err(target, e))?;
+    }
+    Ok(())
+}
+
+/// Marks the directories between the `*.zarr` root and the array as v2 groups, so that zarr
+/// tools walking from the root find the array.
+fn write_zarr_groups(target: &Path, version: ZarrVersion) -> Result<()> {
+    let mut dirs = Vec::new();
+    let mut p = target.parent();
+    while let Some(d) = p {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        dirs.push(d.to_path_buf());
+        if d.to_string_lossy().to_ascii_lowercase().ends_with(".zarr") {
+            break;
+        }
+        p = d.parent();
+    }
+    // Only inside a store: an array directory that is itself the `.zarr` root has no groups.
+    if !dirs
+        .last()
+        .is_some_and(|d| d.to_string_lossy().to_ascii_lowercase().ends_with(".zarr"))
+    {
+        return Ok(());
+    }
+    for d in dirs {
+        let (name, text) = match version {
+            ZarrVersion::V2 => (".zgroup", "{\"zarr_format\": 2}\n"),
+            ZarrVersion::V3 => (
+                "zarr.json",
+                "{\"zarr_format\": 3, \"node_type\": \"group\", \"attributes\": {}}\n",
+            ),
+        };
+        let f = d.join(name);
+        let other = d.join(if version == ZarrVersion::V2 {
+            "zarr.json"
+        } else {
+            ".zgroup"
+        });
+        if !f.exists() && !other.exists() && !d.join(".zarray").exists() {
+            write_file_atomic(&f, |w| {
+                use std::io::Write;
+                w.write_all(text.as_bytes()).map_err(|e| io_err(&f, e))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
