@@ -696,6 +696,7 @@ pub(crate) fn open_volume(spec: &str, file: &Path, dataset: Option<&str>) -> Res
         shape,
         dtype,
         voxel_size,
+        offset_nm: None,
         reader: Box::new(Hdf5Reader { ds, ctx }),
     })
 }

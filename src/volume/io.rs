@@ -185,6 +185,8 @@ pub(crate) struct Opened {
     pub shape: Vec<usize>,
     pub dtype: Dtype,
     pub voxel_size: Option<VoxelSize>,
+    /// Origin in nm [z, y, x] where the format records one (zarr).
+    pub offset_nm: Option<[f64; 3]>,
     pub reader: Box<dyn FormatReader>,
 }
 
@@ -213,6 +215,7 @@ pub struct VolumeReader {
     shape: Vec<usize>,
     dtype: Dtype,
     voxel_size: Option<VoxelSize>,
+    offset_nm: Option<[f64; 3]>,
     format: Format,
     reader: Box<dyn FormatReader>,
 }
@@ -245,6 +248,7 @@ pub fn open_volume(spec: &str) -> Result<VolumeReader> {
         shape: o.shape,
         dtype: o.dtype,
         voxel_size: o.voxel_size,
+        offset_nm: o.offset_nm,
         format,
         reader: o.reader,
     })
@@ -265,6 +269,11 @@ impl VolumeReader {
     /// `resolution` attributes or OME-Zarr scales, raw sidecar `voxel_size_nm`).
     pub fn voxel_size(&self) -> Option<VoxelSize> {
         self.voxel_size
+    }
+    /// Origin in nm [z, y, x] when the file records one (zarr `offset` attributes or OME-Zarr
+    /// translations).
+    pub fn offset_nm(&self) -> Option<[f64; 3]> {
+        self.offset_nm
     }
     pub fn format(&self) -> Format {
         self.format
@@ -321,6 +330,8 @@ pub struct WriteOptions {
     pub gzip_level: Option<u32>,
     /// zarr v2 (default) or v3.
     pub zarr_v3: bool,
+    /// Origin in nm [z, y, x], recorded by zarr (`offset` attribute and OME-Zarr translation).
+    pub offset_nm: Option<[f64; 3]>,
 }
 
 fn default_chunks(shape: &[usize]) -> Vec<usize> {

@@ -280,6 +280,7 @@ pub(crate) fn open_volume(path: &Path, layout: Option<RawLayout>) -> Result<Open
         shape: layout.shape,
         dtype: layout.dtype,
         voxel_size: layout.voxel_size,
+        offset_nm: None,
         reader: Box::new(r),
     })
 }

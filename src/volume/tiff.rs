@@ -400,6 +400,7 @@ pub(crate) fn open_volume(path: &Path) -> Result<Opened> {
         shape: st.data.shape().to_vec(),
         dtype: st.data.dtype(),
         voxel_size: st.voxel_size,
+        offset_nm: None,
         reader: Box::new(TiffReader(st.data)),
     })
 }
