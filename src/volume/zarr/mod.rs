@@ -1388,24 +1388,3 @@ pub(crate) fn write_zarr_groups(
     }
     Ok(())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc32c_check_value() {
-        // The standard check value of CRC-32C.
-        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
-    }
-
-    #[test]
-    fn transpose_inverts() {
-        let shape = [2, 3, 4];
-        let d: Vec<u32> = (0..24).collect();
-        let t = transpose(&d, &shape, &[2, 1, 0]);
-        // Fortran order of a C array: first stored elements walk axis 0.
-        assert_eq!(&t[..4], &[0, 12, 4, 16]);
-        assert_eq!(untranspose(&t, &shape, &[2, 1, 0]), d);
-    }
-}
