@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod backend;
 pub mod bench;
+pub mod blocks;
 pub mod checkpoint;
 pub mod cli;
 pub mod error;

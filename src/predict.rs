@@ -187,6 +187,43 @@ pub fn predict_volume<B: Backend>(
     Ok(out)
 }
 
+/// Affinities (channels, d, h, w) of one window `patch` (d, h, w), averaged over `transforms`.
+pub fn predict_window<B: Backend>(
+    b: &B,
+    ex: &mut Executor<B>,
+    patch: &[f32],
+    n: [usize; 3],
+    channels: usize,
+    transforms: &[Transform],
+) -> Result<Vec<f32>> {
+    let mut avg = vec![0.0f32; channels * n[0] * n[1] * n[2]];
+    for &t in transforms {
+        let input: Vec<B::Elem> = transform_image(t, patch, n)
+            .into_iter()
+            .map(|v| B::Elem::from_f64(v as f64))
+            .collect();
+        let out: Vec<f32> = ex
+            .predict(b, &input)?
+            .iter()
+            .map(|v| v.to_f64() as f32)
+            .collect();
+        let back = untransform_affinities(t, &out, channels, n);
+        for (a, v) in avg.iter_mut().zip(back) {
+            *a += v / transforms.len() as f32;
+        }
+    }
+    Ok(avg)
+}
+
+/// The transforms averaged by test-time augmentation (all 16), or the identity alone.
+pub fn transforms(tta: bool) -> Vec<Transform> {
+    if tta {
+        (0..16).map(Transform).collect()
+    } else {
+        vec![Transform(0)]
+    }
+}
+
 /// Sliding-window prediction that holds only one window depth of sections at a time: `read(z0, d)`
 /// returns sections z0..z0+d of the image (d * Y * X values), and `write(z, plane)` receives each
 /// finished section of affinities (channels * Y * X values) in increasing z. Volumes larger than
@@ -227,11 +264,7 @@ pub fn predict_stream<B: Backend>(
     let psp = pd * ph * pw;
     let total = zs.len() * ys.len() * xs.len();
     let mut done = 0;
-    let transforms: Vec<Transform> = if opt.tta {
-        (0..16).map(Transform).collect()
-    } else {
-        vec![Transform(0)]
-    };
+    let transforms = transforms(opt.tta);
     // Sections not yet written: their weighted sums (channels planes each) and summed weights.
     let mut pending: std::collections::VecDeque<(usize, Vec<f32>, Vec<f32>)> = Default::default();
     let mut patch = vec![0.0f32; psp];
@@ -255,22 +288,7 @@ pub fn predict_stream<B: Backend>(
                         patch[(z * ph + y) * pw..][..pw].copy_from_slice(&slab[src..src + pw]);
                     }
                 }
-                let mut avg = vec![0.0f32; channels * psp];
-                for &t in &transforms {
-                    let input: Vec<B::Elem> = transform_image(t, &patch, n)
-                        .into_iter()
-                        .map(|v| B::Elem::from_f64(v as f64))
-                        .collect();
-                    let out: Vec<f32> = ex
-                        .predict(b, &input)?
-                        .iter()
-                        .map(|v| v.to_f64() as f32)
-                        .collect();
-                    let back = untransform_affinities(t, &out, channels, n);
-                    for (a, v) in avg.iter_mut().zip(back) {
-                        *a += v / transforms.len() as f32;
-                    }
-                }
+                let avg = predict_window(b, ex, &patch, n, channels, &transforms)?;
                 let first = pending.front().unwrap().0;
                 for z in 0..pd {
                     let (_, acc, wsum) = &mut pending[z0 + z - first];

@@ -568,19 +568,17 @@ fn zarr_broken_files_are_errors() {
     for bad in [
         "{\"zarr_format\": 2, \"shape\": [4",
         "{\"zarr_format\": 2, \"shape\": [4], \"chunks\": [0], \"dtype\": \"<u1\"}",
-        "{\"zarr_format\": 2, \"shape\": [4], \"chunks\": [2], \"dtype\": \"<i4\"}",
-        "{\"zarr_format\": 2, \"shape\": [4], \"chunks\": [2], \"dtype\": \"<u1\", \"compressor\": {\"id\": \"blosc\"}}",
+        "{\"zarr_format\": 2, \"shape\": [4], \"chunks\": [2], \"dtype\": \"<c8\"}",
+        "{\"zarr_format\": 2, \"shape\": [4], \"chunks\": [2], \"dtype\": \"<u1\", \"compressor\": {\"id\": \"nosuchcodec\"}}",
         "{\"zarr_format\": 2, \"shape\": [4, 4], \"chunks\": [2], \"dtype\": \"<u1\"}",
     ] {
         std::fs::write(p.join(".zarray"), bad).unwrap();
         let e = zarr::ZarrArray::open(&p).unwrap_err().to_string();
         assert!(e.contains(".zarray"), "{e}");
     }
-    std::fs::write(p.join(".zarray"), "{\"zarr_format\": 2, \"shape\": [4], \"chunks\": [2], \"dtype\": \"<u1\", \"compressor\": {\"id\": \"blosc\"}}").unwrap();
-    assert!(zarr::ZarrArray::open(&p)
-        .unwrap_err()
-        .to_string()
-        .contains("blosc"));
+    std::fs::write(p.join(".zarray"), "{\"zarr_format\": 2, \"shape\": [4], \"chunks\": [2], \"dtype\": \"<u1\", \"fill_value\": 0, \"order\": \"C\", \"filters\": null, \"compressor\": {\"id\": \"nosuchcodec\"}}").unwrap();
+    let e = zarr::ZarrArray::open(&p).unwrap_err().to_string();
+    assert!(e.contains("nosuchcodec") && e.contains(".zarray"), "{e}");
     assert!(zarr::ZarrArray::open(d.join("none.zarr")).is_err());
 }
 
@@ -721,4 +719,117 @@ fn the_next_write_sweeps_temporaries_of_dead_writers_and_keeps_live_ones() {
     live.sort();
     assert_eq!(left, live);
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Layouts most EM volumes use, written by zarr-python (make_zarr_fixtures.py): v2 with blosc
+/// (zarr-python 2's default), v3 sharded with blosc inside, signed int32 labels, and an OME-Zarr
+/// image whose group gives scale and translation. Values recomputed from the script's formulas.
+#[test]
+fn zarr_python_blosc_sharded_signed_and_ome_fixtures() {
+    let check = |spec: &str, want: &dyn Fn(f64) -> f64, dtype: Dtype| {
+        let r = revseg::volume::io::open_volume(&fixture(spec).display().to_string()).unwrap();
+        assert_eq!(
+            (r.shape(), r.dtype()),
+            (&[5usize, 7, 6][..], dtype),
+            "{spec}"
+        );
+        let all = r.read_all::<f64>().unwrap();
+        for (i, got) in all.data.iter().enumerate() {
+            let idx = revseg::volume::array::unravel(i, &[5, 7, 6]);
+            let a = arange(idx[0], idx[1], idx[2]);
+            assert_eq!(*got, want(a), "{spec} at {idx:?}");
+        }
+        // A box crossing chunk (and shard) borders on every axis reads the same values.
+        let part = r.read_region::<f64>(&[1, 2, 1], &[4, 5, 4]).unwrap();
+        for (i, got) in part.data.iter().enumerate() {
+            let idx = revseg::volume::array::unravel(i, &[4, 5, 4]);
+            assert_eq!(
+                *got,
+                all.get(&[1 + idx[0], 2 + idx[1], 1 + idx[2]]).unwrap()
+            );
+        }
+        r
+    };
+    check("v2_blosc_u2.zarr", &|a| a * 7.0, Dtype::U16);
+    check("v3_sharded_f4.zarr", &|a| a / 4.0 - 20.0, Dtype::F32);
+    check("v3_gzip_i4.zarr", &|a| a * 11.0, Dtype::U32);
+    let r = check("ome_v2.zarr/0", &|a| a % 251.0, Dtype::U8);
+    assert_eq!(
+        r.voxel_size(),
+        Some(VoxelSize::new(40.0, 8.0, 8.0).unwrap())
+    );
+    assert_eq!(r.offset_nm(), Some([400.0, 80.0, 16.0]));
+    // Sharded: the grid zarrs reports is the shard grid (4 x 6 x 4 shards of 2 x 3 x 2 chunks).
+    let z = zarr::ZarrArray::open(fixture("v3_sharded_f4.zarr")).unwrap();
+    assert_eq!(z.chunks, vec![4, 6, 4]);
+}
+
+/// A negative value in a signed array is refused by name rather than wrapped.
+#[test]
+fn zarr_signed_negative_values_are_refused() {
+    let d = tmpdir("signed");
+    let p = d.join("s.zarr");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join(".zarray"),
+        r#"{"zarr_format": 2, "shape": [2], "chunks": [2], "dtype": "<i2", "compressor": null, "fill_value": 0, "order": "C", "filters": null}"#,
+    )
+    .unwrap();
+    std::fs::write(p.join("0"), [5u8, 0, 0xff, 0xff]).unwrap();
+    let z = zarr::ZarrArray::open(&p).unwrap();
+    assert!(z.signed);
+    let e = z.read_all::<u16>().unwrap_err().to_string();
+    assert!(e.contains("-1") && e.contains("negative"), "{e}");
+}
+
+/// Outputs inside a store carry OME-Zarr multiscales in their group (scale and translation in
+/// nm, axes z, y, x), which revseg reads back as the voxel size and offset.
+#[test]
+fn zarr_outputs_carry_ome_metadata() {
+    let d = tmpdir("omeout");
+    for v3 in [false, true] {
+        let spec = d
+            .join(format!("out{}.zarr/0", v3 as u8))
+            .display()
+            .to_string();
+        let vs = VoxelSize::new(30.0, 6.0, 4.0).unwrap();
+        let opt = revseg::volume::io::WriteOptions {
+            voxel_size: Some(vs),
+            offset_nm: Some([60.0, 12.0, 8.0]),
+            zarr_v3: v3,
+            compress: true,
+            ..Default::default()
+        };
+        let mut w =
+            revseg::volume::io::create_volume_with(&spec, &[3, 4, 5], Dtype::U8, &opt).unwrap();
+        let a = Array::new(vec![3, 4, 5], (0..60u8).collect()).unwrap();
+        w.write_region(&[0, 0, 0], &a).unwrap();
+        w.finish().unwrap();
+        let r = revseg::volume::io::open_volume(&spec).unwrap();
+        assert_eq!(r.read_all::<u8>().unwrap(), a);
+        assert_eq!(
+            (r.voxel_size(), r.offset_nm()),
+            (Some(vs), Some([60.0, 12.0, 8.0]))
+        );
+        let group = d.join(format!("out{}.zarr", v3 as u8));
+        let text =
+            std::fs::read_to_string(group.join(if v3 { "zarr.json" } else { ".zattrs" })).unwrap();
+        let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let ms = if v3 {
+            &j["attributes"]["multiscales"]
+        } else {
+            &j["multiscales"]
+        };
+        let ds = &ms[0]["datasets"][0];
+        assert_eq!(ds["path"], "0");
+        assert_eq!(ms[0]["axes"][2]["unit"], "nanometer");
+        assert_eq!(
+            ds["coordinateTransformations"][0]["scale"],
+            serde_json::json!([30.0, 6.0, 4.0])
+        );
+        assert_eq!(
+            ds["coordinateTransformations"][1]["translation"],
+            serde_json::json!([60.0, 12.0, 8.0])
+        );
+    }
 }

@@ -81,9 +81,18 @@ pub fn read_image_sections(
     z0: usize,
     d: usize,
 ) -> Result<Vec<f32>> {
-    use crate::volume::array::Dtype;
     let (_, y, x) = shape3(r, "image")?;
-    let (off, shape) = ([z0, 0, 0], [d, y, x]);
+    read_image_region(r, [z0, 0, 0], [d, y, x])
+}
+
+/// The box `off .. off + shape` of an image volume scaled as [`read_image_sections`] does.
+pub fn read_image_region(
+    r: &crate::volume::io::VolumeReader,
+    off: [usize; 3],
+    shape: [usize; 3],
+) -> Result<Vec<f32>> {
+    use crate::volume::array::Dtype;
+    let (y, x) = (shape[1], shape[2]);
     let data: Vec<f32> = match r.dtype() {
         Dtype::U8 => r
             .read_region::<u8>(&off, &shape)?
@@ -115,7 +124,7 @@ pub fn read_image_sections(
         }
     };
     crate::train::augment::check_image_range(r.spec(), &data, |i| {
-        let (zz, yy, xx) = (z0 + i / (y * x), i / x % y, i % x);
+        let (zz, yy, xx) = (off[0] + i / (y * x), off[1] + i / x % y, off[2] + i % x);
         format!("at z {zz}, y {yy}, x {xx}")
     })?;
     Ok(data)

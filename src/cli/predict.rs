@@ -39,9 +39,14 @@ pub struct PredictArgs {
     pub tta: bool,
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub blocks: crate::blocks::BlockArgs,
 }
 
 pub fn run(a: &PredictArgs) -> Result<()> {
+    if a.blocks.active() {
+        return crate::blocks::predict::run(a, &a.blocks);
+    }
     crate::fsutil::refuse_output_over_inputs(
         ("--output", &super::spec_file(&a.output)?),
         &[

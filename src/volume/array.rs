@@ -533,6 +533,34 @@ impl AnyArray {
         any_dispatch!(self, a => a.convert::<T>())
     }
 
+    /// As [`AnyArray::to_typed`], without a copy when the dtype is already `T`'s.
+    pub fn into_typed<T: Voxel>(self) -> Result<Array<T>> {
+        any_dispatch!(self, a => {
+            if T::DTYPE == a.dtype() {
+                let b: Box<dyn std::any::Any> = Box::new(a);
+                if let Ok(t) = b.downcast::<Array<T>>() {
+                    return Ok(*t);
+                }
+                unreachable!("one dtype is one element type")
+            } else {
+                a.convert::<T>()
+            }
+        })
+    }
+
+    /// An array of zeros.
+    pub fn zeros(dtype: Dtype, shape: &[usize]) -> Result<AnyArray> {
+        let s = shape.to_vec();
+        Ok(match dtype {
+            Dtype::U8 => Array::<u8>::filled(s, 0)?.into(),
+            Dtype::U16 => Array::<u16>::filled(s, 0)?.into(),
+            Dtype::U32 => Array::<u32>::filled(s, 0)?.into(),
+            Dtype::U64 => Array::<u64>::filled(s, 0)?.into(),
+            Dtype::F32 => Array::<f32>::filled(s, 0.0)?.into(),
+            Dtype::F64 => Array::<f64>::filled(s, 0.0)?.into(),
+        })
+    }
+
     /// Numeric cast to f32 (rounds u32/u64/f64 values that f32 cannot hold), for images.
     pub fn to_f32_rounding(&self) -> Array<f32> {
         any_dispatch!(self, a => Array {

@@ -5,6 +5,8 @@
 //! temporary file beside the target that is renamed over it only once every dataset is written, so
 //! a failure never leaves a half-written output behind.
 
+use super::array::{io_err, AnyArray, Array, Dtype, VoxelSize};
+use super::io::{temp_beside, FormatReader, FormatWriter, Opened, WriteRequest};
 use crate::error::{Error, Result};
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
 use std::path::{Path, PathBuf};
@@ -526,6 +528,320 @@ pub fn write_dataset<T: Element>(
     w.add(dataset, shape, data, gzip)?;
     w.commit()
 }
+
+// Region reads and writes for the volume dispatcher (`volume::io`).
+
+/// The dtype a stored HDF5 type reads as (signed integers as the unsigned type of their width).
+fn h5_dtype(desc: &TypeDescriptor) -> Option<Dtype> {
+    Some(match desc {
+        TypeDescriptor::Unsigned(IntSize::U1) | TypeDescriptor::Integer(IntSize::U1) => Dtype::U8,
+        TypeDescriptor::Unsigned(IntSize::U2) | TypeDescriptor::Integer(IntSize::U2) => Dtype::U16,
+        TypeDescriptor::Unsigned(IntSize::U4) | TypeDescriptor::Integer(IntSize::U4) => Dtype::U32,
+        TypeDescriptor::Unsigned(IntSize::U8) | TypeDescriptor::Integer(IntSize::U8) => Dtype::U64,
+        TypeDescriptor::Float(FloatSize::U4) => Dtype::F32,
+        TypeDescriptor::Float(FloatSize::U8) => Dtype::F64,
+        _ => return None,
+    })
+}
+
+fn h5_selection(offset: &[usize], shape: &[usize]) -> hdf5::Hyperslab {
+    let s: Vec<hdf5::SliceOrIndex> = offset
+        .iter()
+        .zip(shape)
+        .map(|(&o, &n)| hdf5::SliceOrIndex::from(o..o + n))
+        .collect();
+    hdf5::Hyperslab::from(s)
+}
+
+fn read_region_as<T: Element>(
+    ds: &hdf5::Dataset,
+    ctx: &str,
+    offset: &[usize],
+    shape: &[usize],
+) -> Result<Vec<T>> {
+    if shape.contains(&0) {
+        return Ok(Vec::new());
+    }
+    let desc = ds
+        .dtype()
+        .and_then(|d| d.to_descriptor())
+        .map_err(|e| h5err(ctx, "reading the stored type", e))?;
+    let r = ds.as_reader().no_convert();
+    let sel = || h5_selection(offset, shape);
+    macro_rules! rd {
+        ($t:ty, $v:ident) => {
+            Stored::$v(
+                r.read_slice::<$t, _, ndarray::IxDyn>(sel())
+                    .map_err(|e| h5err(ctx, "reading a region", e))?
+                    .into_raw_vec_and_offset()
+                    .0,
+            )
+        };
+    }
+    let stored = match desc {
+        TypeDescriptor::Unsigned(IntSize::U1) => rd!(u8, U8),
+        TypeDescriptor::Unsigned(IntSize::U2) => rd!(u16, U16),
+        TypeDescriptor::Unsigned(IntSize::U4) => rd!(u32, U32),
+        TypeDescriptor::Unsigned(IntSize::U8) => rd!(u64, U64),
+        TypeDescriptor::Integer(IntSize::U1) => rd!(i8, I8),
+        TypeDescriptor::Integer(IntSize::U2) => rd!(i16, I16),
+        TypeDescriptor::Integer(IntSize::U4) => rd!(i32, I32),
+        TypeDescriptor::Integer(IntSize::U8) => rd!(i64, I64),
+        TypeDescriptor::Float(FloatSize::U4) => rd!(f32, F32),
+        TypeDescriptor::Float(FloatSize::U8) => rd!(f64, F64),
+        other => {
+            return Err(Error::Invalid(format!(
+                "{ctx}: stored type {other:?} is not a plain integer or float"
+            )))
+        }
+    };
+    convert_stored::<T>(ctx, stored)
+}
+
+/// Refuses unchunked data that the file cannot hold: libhdf5 (1.10) copies a contiguous or
+/// compact dataset's declared extent without checking it against the file or the object header
+/// and crashes (SIGSEGV) on a corrupt layout message, so the extent is checked here first.
+fn h5_check_storage(
+    ds: &hdf5::Dataset,
+    ctx: &str,
+    file: &Path,
+    shape: &[usize],
+    elem: usize,
+) -> Result<()> {
+    use hdf5::plist::dataset_create::Layout;
+    let corrupt = |why: String| Error::Io(format!("{ctx}: corrupt dataset: {why}"));
+    if shape.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{ctx}: a scalar dataset, not a volume; give the path of an array dataset"
+        )));
+    }
+    let layout = ds.layout();
+    if layout == Layout::Chunked {
+        // libhdf5 sizes its chunk buffers from the layout message: a chunk rank that is not the
+        // dataspace's, or a chunk larger than memory, is refused before it reads.
+        let chunk = ds.chunk().unwrap_or_default();
+        if chunk.len() != shape.len() || chunk.contains(&0) {
+            return Err(corrupt(format!(
+                "chunks {chunk:?} do not match its shape {shape:?}"
+            )));
+        }
+        crate::alloc::check(&format!("{ctx}: one chunk"), &chunk, elem)?;
+        return Ok(());
+    }
+    let need = crate::alloc::bytes_of(shape, elem).unwrap_or(usize::MAX) as u64;
+    let file_len = std::fs::metadata(file).map_err(|e| io_err(file, e))?.len();
+    let stored = ds.storage_size();
+    // An unallocated contiguous dataset reads its fill value without touching the file.
+    let allocated = layout == Layout::Compact || ds.offset().is_some();
+    if allocated && stored < need {
+        return Err(corrupt(format!(
+            "{layout:?} storage holds {stored} bytes but shape {shape:?} needs {need}"
+        )));
+    }
+    if let Some(off) = ds.offset() {
+        if off.checked_add(need).is_none_or(|end| end > file_len) {
+            return Err(corrupt(format!(
+                "its {need} bytes at offset {off} lie past the end of the {file_len}-byte file"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// CREMI and gunpowder keep the voxel size as a `resolution` attribute [z, y, x] in nm.
+fn h5_voxel_size(ds: &hdf5::Dataset) -> Option<VoxelSize> {
+    let a = ds.attr("resolution").ok()?;
+    let v: Vec<f64> = a.read_raw::<f64>().ok()?;
+    match v[..] {
+        [z, y, x] => VoxelSize::new(z, y, x).ok(),
+        _ => None,
+    }
+}
+
+/// An HDF5 dataset open for region reads.
+struct Hdf5Reader {
+    ds: hdf5::Dataset,
+    ctx: String,
+}
+
+/// Opens `file:dataset` for the dispatcher; `spec` names the volume in errors.
+pub(crate) fn open_volume(spec: &str, file: &Path, dataset: Option<&str>) -> Result<Opened> {
+    let Some(dataset) = dataset else {
+        let names = list_datasets(file)?;
+        return Err(Error::Invalid(format!(
+            "'{spec}': no dataset named; add ':/DATASET' to the file name; datasets in this file: {}",
+            if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        )));
+    };
+    // Validates file and dataset with this module's messages (missing file, names of the
+    // datasets that do exist, group instead of dataset).
+    let shape = dataset_shape(file, dataset)?;
+    let ctx = format!("{}:{dataset}", file.display());
+    let f = hdf5::File::open(file).map_err(|e| h5err(&ctx, "cannot open as HDF5", e))?;
+    let ds = f
+        .dataset(dataset)
+        .map_err(|e| h5err(&ctx, "cannot open dataset", e))?;
+    let desc = ds
+        .dtype()
+        .and_then(|d| d.to_descriptor())
+        .map_err(|e| h5err(&ctx, "reading the stored type", e))?;
+    let dtype = h5_dtype(&desc).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{ctx}: stored type {desc:?} is not a plain integer or float"
+        ))
+    })?;
+    h5_check_storage(&ds, &ctx, file, &shape, desc.size())?;
+    let voxel_size = h5_voxel_size(&ds);
+    Ok(Opened {
+        shape,
+        dtype,
+        voxel_size,
+        offset_nm: None,
+        reader: Box::new(Hdf5Reader { ds, ctx }),
+    })
+}
+
+impl FormatReader for Hdf5Reader {
+    /// Converts from the stored type straight to `want`, so that signed datasets read wherever
+    /// their values fit.
+    fn read_region(&self, offset: &[usize], shape: &[usize], want: Dtype) -> Result<AnyArray> {
+        let (ds, ctx) = (&self.ds, self.ctx.as_str());
+        let s = shape.to_vec();
+        Ok(match want {
+            Dtype::U8 => Array::new(s, read_region_as::<u8>(ds, ctx, offset, shape)?)?.into(),
+            Dtype::U16 => Array::new(s, read_region_as::<u16>(ds, ctx, offset, shape)?)?.into(),
+            Dtype::U32 => Array::new(s, read_region_as::<u32>(ds, ctx, offset, shape)?)?.into(),
+            Dtype::U64 => Array::new(s, read_region_as::<u64>(ds, ctx, offset, shape)?)?.into(),
+            Dtype::F32 => Array::new(s, read_region_as::<f32>(ds, ctx, offset, shape)?)?.into(),
+            Dtype::F64 => Array::new(s, read_region_as::<f64>(ds, ctx, offset, shape)?)?.into(),
+        })
+    }
+}
+
+/// A dataset written into a temporary copy of the file, renamed over it at `finish`.
+struct Hdf5VolumeWriter {
+    target: PathBuf,
+    tmp: PathBuf,
+    spec: String,
+    file: Option<hdf5::File>,
+    ds: Option<hdf5::Dataset>,
+}
+
+pub(crate) fn create_volume(
+    file: PathBuf,
+    dataset: &str,
+    req: &WriteRequest,
+) -> Result<Box<dyn FormatWriter>> {
+    let tmp = temp_beside(&file, "partial")?;
+    let ctx = format!("{}:{dataset}", file.display());
+    // A copy of an existing file, so that its other datasets survive the rename.
+    let made = (|| -> Result<(hdf5::File, hdf5::Dataset)> {
+        let f = if file.exists() {
+            std::fs::copy(&file, &tmp).map_err(|e| io_err(&tmp, e))?;
+            hdf5::File::open_rw(&tmp).map_err(|e| h5err(&ctx, "open for update", e))?
+        } else {
+            hdf5::File::create(&tmp).map_err(|e| h5err(&ctx, "create", e))?
+        };
+        let ds = h5_create_dataset(&f, dataset, req, &ctx)?;
+        Ok((f, ds))
+    })();
+    match made {
+        Ok((f, ds)) => Ok(Box::new(Hdf5VolumeWriter {
+            target: file,
+            tmp,
+            spec: ctx,
+            file: Some(f),
+            ds: Some(ds),
+        })),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+impl FormatWriter for Hdf5VolumeWriter {
+    fn write_region(&mut self, offset: &[usize], data: &AnyArray) -> Result<()> {
+        let spec = &self.spec;
+        let ds = self
+            .ds
+            .as_ref()
+            .ok_or_else(|| Error::Io(format!("{spec}: closed")))?;
+        let sel = h5_selection(offset, data.shape());
+        any_one!(data, |a| {
+            let view = ndarray::ArrayViewD::from_shape(ndarray::IxDyn(&a.shape), &a.data)
+                .map_err(|e| Error::shape("write_region", format!("{spec}: {e}")))?;
+            ds.as_writer()
+                .write_slice(view, sel)
+                .map_err(|e| h5err(spec, "writing a region", e))
+        })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        // While the dataset is open: closing it flushes its chunk cache and drops errors.
+        if let Some(f) = self.file.as_ref() {
+            f.flush().map_err(|e| h5err(&self.spec, "flushing", e))?;
+        }
+        self.ds.take();
+        if let Some(f) = self.file.take() {
+            close_synced(f, &self.tmp, &self.spec)?;
+        }
+        std::fs::rename(&self.tmp, &self.target).map_err(|e| io_err(&self.target, e))
+    }
+
+    fn discard(&mut self) {
+        self.ds.take();
+        self.file.take();
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+fn h5_create_dataset(
+    f: &hdf5::File,
+    dataset: &str,
+    req: &WriteRequest,
+    ctx: &str,
+) -> Result<hdf5::Dataset> {
+    let (shape, chunks, dtype, opt) = (req.shape, req.chunks, req.dtype, req.opt);
+    let e = |e: hdf5::Error| h5err(ctx, "creating the dataset", e);
+    if f.link_exists(dataset) {
+        f.unlink(dataset).map_err(e)?;
+    }
+    ensure_parents(f, dataset).map_err(e)?;
+    macro_rules! make {
+        ($t:ty) => {{
+            let b = f.new_dataset::<$t>().shape(shape);
+            let b = if shape.contains(&0) {
+                b
+            } else if opt.compress {
+                b.chunk(chunks.to_vec())
+                    .deflate(opt.gzip_level.unwrap_or(4).min(9) as u8)
+            } else {
+                b.chunk(chunks.to_vec())
+            };
+            b.create(dataset).map_err(e)?
+        }};
+    }
+    let ds = match dtype {
+        Dtype::U8 => make!(u8),
+        Dtype::U16 => make!(u16),
+        Dtype::U32 => make!(u32),
+        Dtype::U64 => make!(u64),
+        Dtype::F32 => make!(f32),
+        Dtype::F64 => make!(f64),
+    };
+    if let Some(v) = opt.voxel_size {
+        let a = ds
+            .new_attr::<f64>()
+            .shape([3])
+            .create("resolution")
+            .map_err(e)?;
+        a.write_raw(&[v.z, v.y, v.x]).map_err(e)?;
+    }
+    Ok(ds)
+}
+
+/// Renames a finished zarr directory over `target`, moving an old array aside first (a
 
 #[cfg(test)]
 mod tests {

@@ -26,45 +26,12 @@
 //! over it at `finish`. A writer dropped without `finish` removes its temporary data (and the
 //! parent directories it created).
 
-use super::array::{
-    c_strides, check_box, copy_box, encode_elements, io_err, shape_len, AnyArray, Array, ByteOrder,
-    Dtype, Voxel, VoxelSize,
-};
-use super::hdf5::h5err;
-use super::raw::RawVolume;
-use super::zarr::{Compressor, CreateOptions, ZarrArray, ZarrVersion};
+use super::array::{check_box, io_err, shape_len, AnyArray, Array, Dtype, Voxel, VoxelSize};
 use crate::error::{Error, Result};
-use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! any_pair {
-    ($a:expr, $b:expr, |$x:ident, $y:ident| $e:expr, $else:expr) => {
-        match ($a, $b) {
-            (AnyArray::U8($x), AnyArray::U8($y)) => $e,
-            (AnyArray::U16($x), AnyArray::U16($y)) => $e,
-            (AnyArray::U32($x), AnyArray::U32($y)) => $e,
-            (AnyArray::U64($x), AnyArray::U64($y)) => $e,
-            (AnyArray::F32($x), AnyArray::F32($y)) => $e,
-            (AnyArray::F64($x), AnyArray::F64($y)) => $e,
-            _ => $else,
-        }
-    };
-}
-
-macro_rules! any_one {
-    ($a:expr, |$x:ident| $e:expr) => {
-        match $a {
-            AnyArray::U8($x) => $e,
-            AnyArray::U16($x) => $e,
-            AnyArray::U32($x) => $e,
-            AnyArray::U64($x) => $e,
-            AnyArray::F32($x) => $e,
-            AnyArray::F64($x) => $e,
-        }
-    };
-}
+pub use super::raw::{raw_sidecar, RawLayout};
 
 /// The accepted spec forms, for error messages.
 pub const ACCEPTED_FORMS: &str = "FILE.tif or FILE.tiff (multi-page TIFF); FILE.h5:/DATASET (also .hdf5, .hdf); DIR.zarr or DIR.zarr/PATH/IN/GROUP (zarr v2/v3); FILE.raw:Z,Y,X:DTYPE[:le|be] or FILE.raw with a FILE.raw.json sidecar (also .bin)";
@@ -72,17 +39,6 @@ pub const ACCEPTED_FORMS: &str = "FILE.tif or FILE.tiff (multi-page TIFF); FILE.
 /// An element type every format can read into: the six volume dtypes.
 pub trait IoVoxel: Voxel + super::hdf5::Element {}
 impl<T: Voxel + super::hdf5::Element> IoVoxel for T {}
-
-/// Shape, dtype and layout of a raw file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RawLayout {
-    pub shape: Vec<usize>,
-    pub dtype: Dtype,
-    pub order: ByteOrder,
-    /// Bytes before the first element.
-    pub header: usize,
-    pub voxel_size: Option<VoxelSize>,
-}
 
 /// A parsed volume spec.
 #[derive(Clone, Debug, PartialEq)]
@@ -183,7 +139,7 @@ impl VolumeSpec {
             let layout = if end == s.len() {
                 None
             } else {
-                Some(parse_inline_layout(s, &s[end + 1..])?)
+                Some(super::raw::parse_inline_layout(s, &s[end + 1..])?)
             };
             return Ok(VolumeSpec::Raw { path, layout });
         }
@@ -215,109 +171,42 @@ impl VolumeSpec {
     }
 }
 
-/// `Z,Y,X:DTYPE[:le|be]` after a raw file name.
-fn parse_inline_layout(spec: &str, s: &str) -> Result<RawLayout> {
-    let bad = |why: String| {
-        Error::Invalid(format!(
-            "'{spec}': {why}; expected FILE.raw:Z,Y,X:DTYPE[:le|be], e.g. train.raw:100,1024,1024:uint8"
-        ))
-    };
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() < 2 || parts.len() > 3 {
-        return Err(bad(format!("layout '{s}' is not SHAPE:DTYPE")));
-    }
-    let shape = parts[0]
-        .split(',')
-        .map(|d| {
-            d.trim()
-                .parse::<usize>()
-                .map_err(|_| bad(format!("shape entry '{d}' is not a non-negative integer")))
-        })
-        .collect::<Result<Vec<usize>>>()?;
-    let dtype = Dtype::from_name(parts[1]).map_err(|e| bad(e.to_string()))?;
-    let order = match parts.get(2).map(|o| o.trim().to_ascii_lowercase()) {
-        None => ByteOrder::Little,
-        Some(o) if o == "le" || o == "little" => ByteOrder::Little,
-        Some(o) if o == "be" || o == "big" => ByteOrder::Big,
-        Some(o) => return Err(bad(format!("byte order '{o}' is not le or be"))),
-    };
-    Ok(RawLayout {
-        shape,
-        dtype,
-        order,
-        header: 0,
-        voxel_size: None,
-    })
+/// One format's open volume: the dispatcher checks the box and the memory first, then asks for
+/// the voxels.
+pub(crate) trait FormatReader: Send + Sync {
+    /// The box `offset .. offset + shape` (already checked against the shape), in the volume's
+    /// dtype, or directly in `want` where the format converts from its stored type itself
+    /// (HDF5's signed datasets); the dispatcher converts the rest exactly.
+    fn read_region(&self, offset: &[usize], shape: &[usize], want: Dtype) -> Result<AnyArray>;
 }
 
-/// The sidecar of a raw file: `file.raw` -> `file.raw.json`.
-pub fn raw_sidecar(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".json");
-    PathBuf::from(s)
+/// What a format module hands back when it opens a volume.
+pub(crate) struct Opened {
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    pub voxel_size: Option<VoxelSize>,
+    /// Origin in nm [z, y, x] where the format records one (zarr).
+    pub offset_nm: Option<[f64; 3]>,
+    pub reader: Box<dyn FormatReader>,
 }
 
-fn read_sidecar(path: &Path) -> Result<RawLayout> {
-    let side = raw_sidecar(path);
-    let text = match std::fs::read_to_string(&side) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::Invalid(format!(
-                "{}: a raw file needs its shape and dtype: give them in the spec ({}:Z,Y,X:DTYPE) or in a sidecar {} ({{\"shape\": [Z, Y, X], \"dtype\": \"uint8\"}})",
-                path.display(),
-                path.display(),
-                side.display()
-            )))
-        }
-        Err(e) => return Err(io_err(&side, e)),
-    };
-    let what = side.display().to_string();
-    let j: Sidecar = crate::json::parse(&text, &what)?;
-    let bad = |why: &str| Error::Invalid(format!("{what}: {why}"));
-    let dtype = Dtype::from_name(&j.dtype).map_err(|e| bad(&e.to_string()))?;
-    let voxel_size = match j.voxel_size_nm {
-        None => None,
-        Some([z, y, x]) => Some(VoxelSize::new(z, y, x).map_err(|e| bad(&e.to_string()))?),
-    };
-    Ok(RawLayout {
-        shape: j.shape,
-        dtype,
-        order: j.byte_order,
-        header: j.header_bytes,
-        voxel_size,
-    })
+/// One format's volume being written into its temporary place.
+pub(crate) trait FormatWriter: Send {
+    /// Writes `data` (checked against the volume, in its dtype, not empty) at `offset`.
+    fn write_region(&mut self, offset: &[usize], data: &AnyArray) -> Result<()>;
+    /// Makes the data durable and puts it at the target; nothing may fail after the rename.
+    fn finish(&mut self) -> Result<()>;
+    /// Removes the temporary data of a writer that did not finish.
+    fn discard(&mut self);
 }
 
-/// A raw file's `.json` sidecar.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Sidecar {
-    shape: Vec<usize>,
-    dtype: String,
-    #[serde(default)]
-    byte_order: ByteOrder,
-    #[serde(default)]
-    header_bytes: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    voxel_size_nm: Option<[f64; 3]>,
-}
-
-fn sidecar_json(layout: &RawLayout) -> String {
-    let s = Sidecar {
-        shape: layout.shape.clone(),
-        dtype: layout.dtype.name().to_string(),
-        byte_order: layout.order,
-        header_bytes: layout.header,
-        voxel_size_nm: layout.voxel_size.map(|v| [v.z, v.y, v.x]),
-    };
-    format!("{}\n", serde_json::to_string(&s).unwrap_or_default())
-}
-
-enum Source {
-    Tiff(AnyArray),
-    Hdf5 { ds: hdf5::Dataset, ctx: String },
-    Zarr(ZarrArray),
-    Raw(RawVolume),
+/// Everything a format's writer is created from, checked by the dispatcher.
+pub(crate) struct WriteRequest<'a> {
+    pub shape: &'a [usize],
+    pub dtype: Dtype,
+    /// One positive entry per axis.
+    pub chunks: &'a [usize],
+    pub opt: &'a WriteOptions,
 }
 
 /// An open volume: its geometry now, its voxels on demand.
@@ -326,7 +215,9 @@ pub struct VolumeReader {
     shape: Vec<usize>,
     dtype: Dtype,
     voxel_size: Option<VoxelSize>,
-    source: Source,
+    offset_nm: Option<[f64; 3]>,
+    format: Format,
+    reader: Box<dyn FormatReader>,
 }
 
 impl std::fmt::Debug for VolumeReader {
@@ -340,206 +231,26 @@ impl std::fmt::Debug for VolumeReader {
     }
 }
 
-/// The dtype a stored HDF5 type reads as (signed integers as the unsigned type of their width).
-fn h5_dtype(desc: &TypeDescriptor) -> Option<Dtype> {
-    Some(match desc {
-        TypeDescriptor::Unsigned(IntSize::U1) | TypeDescriptor::Integer(IntSize::U1) => Dtype::U8,
-        TypeDescriptor::Unsigned(IntSize::U2) | TypeDescriptor::Integer(IntSize::U2) => Dtype::U16,
-        TypeDescriptor::Unsigned(IntSize::U4) | TypeDescriptor::Integer(IntSize::U4) => Dtype::U32,
-        TypeDescriptor::Unsigned(IntSize::U8) | TypeDescriptor::Integer(IntSize::U8) => Dtype::U64,
-        TypeDescriptor::Float(FloatSize::U4) => Dtype::F32,
-        TypeDescriptor::Float(FloatSize::U8) => Dtype::F64,
-        _ => return None,
-    })
-}
-
-fn h5_selection(offset: &[usize], shape: &[usize]) -> hdf5::Hyperslab {
-    let s: Vec<hdf5::SliceOrIndex> = offset
-        .iter()
-        .zip(shape)
-        .map(|(&o, &n)| hdf5::SliceOrIndex::from(o..o + n))
-        .collect();
-    hdf5::Hyperslab::from(s)
-}
-
-fn h5_read_region<T: IoVoxel>(
-    ds: &hdf5::Dataset,
-    ctx: &str,
-    offset: &[usize],
-    shape: &[usize],
-) -> Result<Vec<T>> {
-    use super::hdf5::Stored;
-    if shape.contains(&0) {
-        return Ok(Vec::new());
-    }
-    let desc = ds
-        .dtype()
-        .and_then(|d| d.to_descriptor())
-        .map_err(|e| h5err(ctx, "reading the stored type", e))?;
-    let r = ds.as_reader().no_convert();
-    let sel = || h5_selection(offset, shape);
-    macro_rules! rd {
-        ($t:ty, $v:ident) => {
-            Stored::$v(
-                r.read_slice::<$t, _, ndarray::IxDyn>(sel())
-                    .map_err(|e| h5err(ctx, "reading a region", e))?
-                    .into_raw_vec_and_offset()
-                    .0,
-            )
-        };
-    }
-    let stored = match desc {
-        TypeDescriptor::Unsigned(IntSize::U1) => rd!(u8, U8),
-        TypeDescriptor::Unsigned(IntSize::U2) => rd!(u16, U16),
-        TypeDescriptor::Unsigned(IntSize::U4) => rd!(u32, U32),
-        TypeDescriptor::Unsigned(IntSize::U8) => rd!(u64, U64),
-        TypeDescriptor::Integer(IntSize::U1) => rd!(i8, I8),
-        TypeDescriptor::Integer(IntSize::U2) => rd!(i16, I16),
-        TypeDescriptor::Integer(IntSize::U4) => rd!(i32, I32),
-        TypeDescriptor::Integer(IntSize::U8) => rd!(i64, I64),
-        TypeDescriptor::Float(FloatSize::U4) => rd!(f32, F32),
-        TypeDescriptor::Float(FloatSize::U8) => rd!(f64, F64),
-        other => {
-            return Err(Error::Invalid(format!(
-                "{ctx}: stored type {other:?} is not a plain integer or float"
-            )))
-        }
-    };
-    super::hdf5::convert_stored::<T>(ctx, stored)
-}
-
-/// Refuses unchunked data that the file cannot hold: libhdf5 (1.10) copies a contiguous or
-/// compact dataset's declared extent without checking it against the file or the object header
-/// and crashes (SIGSEGV) on a corrupt layout message, so the extent is checked here first.
-fn h5_check_storage(
-    ds: &hdf5::Dataset,
-    ctx: &str,
-    file: &Path,
-    shape: &[usize],
-    elem: usize,
-) -> Result<()> {
-    use hdf5::plist::dataset_create::Layout;
-    let corrupt = |why: String| Error::Io(format!("{ctx}: corrupt dataset: {why}"));
-    if shape.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{ctx}: a scalar dataset, not a volume; give the path of an array dataset"
-        )));
-    }
-    let layout = ds.layout();
-    if layout == Layout::Chunked {
-        // libhdf5 sizes its chunk buffers from the layout message: a chunk rank that is not the
-        // dataspace's, or a chunk larger than memory, is refused before it reads.
-        let chunk = ds.chunk().unwrap_or_default();
-        if chunk.len() != shape.len() || chunk.contains(&0) {
-            return Err(corrupt(format!(
-                "chunks {chunk:?} do not match its shape {shape:?}"
-            )));
-        }
-        crate::alloc::check(&format!("{ctx}: one chunk"), &chunk, elem)?;
-        return Ok(());
-    }
-    let need = crate::alloc::bytes_of(shape, elem).unwrap_or(usize::MAX) as u64;
-    let file_len = std::fs::metadata(file).map_err(|e| io_err(file, e))?.len();
-    let stored = ds.storage_size();
-    // An unallocated contiguous dataset reads its fill value without touching the file.
-    let allocated = layout == Layout::Compact || ds.offset().is_some();
-    if allocated && stored < need {
-        return Err(corrupt(format!(
-            "{layout:?} storage holds {stored} bytes but shape {shape:?} needs {need}"
-        )));
-    }
-    if let Some(off) = ds.offset() {
-        if off.checked_add(need).is_none_or(|end| end > file_len) {
-            return Err(corrupt(format!(
-                "its {need} bytes at offset {off} lie past the end of the {file_len}-byte file"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// CREMI and gunpowder keep the voxel size as a `resolution` attribute [z, y, x] in nm.
-fn h5_voxel_size(ds: &hdf5::Dataset) -> Option<VoxelSize> {
-    let a = ds.attr("resolution").ok()?;
-    let v: Vec<f64> = a.read_raw::<f64>().ok()?;
-    match v[..] {
-        [z, y, x] => VoxelSize::new(z, y, x).ok(),
-        _ => None,
-    }
-}
-
 /// Opens the volume named by `spec` (see the module documentation for the forms).
 pub fn open_volume(spec: &str) -> Result<VolumeReader> {
     let parsed = VolumeSpec::parse(spec)?;
-    let (shape, dtype, voxel_size, source) = match parsed {
-        VolumeSpec::Tiff { path } => {
-            let st = super::tiff::read(&path)?;
-            (
-                st.data.shape().to_vec(),
-                st.data.dtype(),
-                st.voxel_size,
-                Source::Tiff(st.data),
-            )
-        }
+    let format = parsed.format();
+    let o = match parsed {
+        VolumeSpec::Tiff { path } => super::tiff::open_volume(&path)?,
         VolumeSpec::Hdf5 { file, dataset } => {
-            let Some(dataset) = dataset else {
-                let names = super::hdf5::list_datasets(&file)?;
-                return Err(Error::Invalid(format!(
-                    "'{spec}': no dataset named; add ':/DATASET' to the file name; datasets in this file: {}",
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
-                )));
-            };
-            // Validates file and dataset with the hdf5 module's messages (missing file, names of
-            // the datasets that do exist, group instead of dataset).
-            let shape = super::hdf5::dataset_shape(&file, &dataset)?;
-            let ctx = format!("{}:{dataset}", file.display());
-            let f = hdf5::File::open(&file).map_err(|e| h5err(&ctx, "cannot open as HDF5", e))?;
-            let ds = f
-                .dataset(&dataset)
-                .map_err(|e| h5err(&ctx, "cannot open dataset", e))?;
-            let desc = ds
-                .dtype()
-                .and_then(|d| d.to_descriptor())
-                .map_err(|e| h5err(&ctx, "reading the stored type", e))?;
-            let dtype = h5_dtype(&desc).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{ctx}: stored type {desc:?} is not a plain integer or float"
-                ))
-            })?;
-            h5_check_storage(&ds, &ctx, &file, &shape, desc.size())?;
-            let vs = h5_voxel_size(&ds);
-            (shape, dtype, vs, Source::Hdf5 { ds, ctx })
+            super::hdf5::open_volume(spec, &file, dataset.as_deref())?
         }
-        VolumeSpec::Zarr { path } => {
-            let z = ZarrArray::open(&path)?;
-            (z.shape.clone(), z.dtype, z.voxel_size, Source::Zarr(z))
-        }
-        VolumeSpec::Raw { path, layout } => {
-            let layout = match layout {
-                Some(l) => l,
-                None => read_sidecar(&path)?,
-            };
-            let r = RawVolume::open(
-                &path,
-                &layout.shape,
-                layout.dtype,
-                layout.order,
-                layout.header,
-            )?;
-            (
-                layout.shape,
-                layout.dtype,
-                layout.voxel_size,
-                Source::Raw(r),
-            )
-        }
+        VolumeSpec::Zarr { path } => super::zarr::open_volume(&path)?,
+        VolumeSpec::Raw { path, layout } => super::raw::open_volume(&path, layout)?,
     };
     Ok(VolumeReader {
         spec: spec.to_string(),
-        shape,
-        dtype,
-        voxel_size,
-        source,
+        shape: o.shape,
+        dtype: o.dtype,
+        voxel_size: o.voxel_size,
+        offset_nm: o.offset_nm,
+        format,
+        reader: o.reader,
     })
 }
 
@@ -555,17 +266,17 @@ impl VolumeReader {
         self.dtype
     }
     /// Physical voxel size when the file records one (TIFF resolution tags, HDF5 and zarr
-    /// `resolution` attributes, raw sidecar `voxel_size_nm`).
+    /// `resolution` attributes or OME-Zarr scales, raw sidecar `voxel_size_nm`).
     pub fn voxel_size(&self) -> Option<VoxelSize> {
         self.voxel_size
     }
+    /// Origin in nm [z, y, x] when the file records one (zarr `offset` attributes or OME-Zarr
+    /// translations).
+    pub fn offset_nm(&self) -> Option<[f64; 3]> {
+        self.offset_nm
+    }
     pub fn format(&self) -> Format {
-        match self.source {
-            Source::Tiff(_) => Format::Tiff,
-            Source::Hdf5 { .. } => Format::Hdf5,
-            Source::Zarr(_) => Format::Zarr,
-            Source::Raw(_) => Format::Raw,
-        }
+        self.format
     }
 
     fn named(&self, e: Error) -> Error {
@@ -592,15 +303,10 @@ impl VolumeReader {
             shape,
             per_voxel,
         )?;
-        let r = match &self.source {
-            Source::Tiff(a) => any_one!(a, |x| x.slice(offset, shape).map(AnyArray::from))
-                .and_then(|s| s.to_typed()),
-            Source::Hdf5 { ds, ctx } => h5_read_region::<T>(ds, ctx, offset, shape)
-                .and_then(|v| Array::new(shape.to_vec(), v)),
-            Source::Zarr(z) => z.read_region_any(offset, shape).and_then(|a| a.to_typed()),
-            Source::Raw(r) => r.read_region(offset, shape).and_then(|a| a.to_typed()),
-        };
-        r.map_err(|e| self.named(e))
+        self.reader
+            .read_region(offset, shape, T::DTYPE)
+            .and_then(|a| a.into_typed())
+            .map_err(|e| self.named(e))
     }
 
     /// The whole volume, converted exactly to `T` (it must fit in memory).
@@ -624,6 +330,8 @@ pub struct WriteOptions {
     pub gzip_level: Option<u32>,
     /// zarr v2 (default) or v3.
     pub zarr_v3: bool,
+    /// Origin in nm [z, y, x], recorded by zarr (`offset` attribute and OME-Zarr translation).
+    pub offset_nm: Option<[f64; 3]>,
 }
 
 fn default_chunks(shape: &[usize]) -> Vec<usize> {
@@ -640,7 +348,7 @@ fn default_chunks(shape: &[usize]) -> Vec<usize> {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A hidden name beside `path` for data that becomes `path` at the end.
-fn temp_beside(path: &Path, tag: &str) -> Result<PathBuf> {
+pub(crate) fn temp_beside(path: &Path, tag: &str) -> Result<PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?
@@ -677,38 +385,12 @@ fn create_parents(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(missing)
 }
 
-enum Sink {
-    Tiff {
-        path: PathBuf,
-        buf: AnyArray,
-    },
-    Hdf5 {
-        target: PathBuf,
-        tmp: PathBuf,
-        file: Option<hdf5::File>,
-        ds: Option<hdf5::Dataset>,
-    },
-    Zarr {
-        target: PathBuf,
-        tmp: PathBuf,
-        array: ZarrArray,
-        version: ZarrVersion,
-    },
-    Raw {
-        path: PathBuf,
-        tmp: PathBuf,
-        file: Option<std::fs::File>,
-        sidecar: String,
-    },
-}
-
 /// A volume being written; nothing appears at the target until [`VolumeWriter::finish`].
 pub struct VolumeWriter {
     spec: String,
     shape: Vec<usize>,
     dtype: Dtype,
-    voxel_size: Option<VoxelSize>,
-    sink: Sink,
+    writer: Option<Box<dyn FormatWriter>>,
     created_dirs: Vec<PathBuf>,
     done: bool,
 }
@@ -722,18 +404,6 @@ fn to_dtype<T: Voxel>(data: &Array<T>, dtype: Dtype) -> Result<AnyArray> {
         Dtype::U64 => data.convert::<u64>()?.into(),
         Dtype::F32 => data.convert::<f32>()?.into(),
         Dtype::F64 => data.convert::<f64>()?.into(),
-    })
-}
-
-fn empty_any(dtype: Dtype, shape: &[usize]) -> Result<AnyArray> {
-    let s = shape.to_vec();
-    Ok(match dtype {
-        Dtype::U8 => Array::<u8>::filled(s, 0)?.into(),
-        Dtype::U16 => Array::<u16>::filled(s, 0)?.into(),
-        Dtype::U32 => Array::<u32>::filled(s, 0)?.into(),
-        Dtype::U64 => Array::<u64>::filled(s, 0)?.into(),
-        Dtype::F32 => Array::<f32>::filled(s, 0.0)?.into(),
-        Dtype::F64 => Array::<f64>::filled(s, 0.0)?.into(),
     })
 }
 
@@ -781,37 +451,9 @@ pub fn create_volume_with(
         Some(c) => c.clone(),
         None => default_chunks(shape),
     };
-    let target = parsed.file().to_path_buf();
-    let mut w = VolumeWriter {
-        spec: spec.to_string(),
-        shape: shape.to_vec(),
-        dtype,
-        voxel_size: opt.voxel_size,
-        // Placeholder until the sink is built below; `done` keeps Drop from touching it.
-        sink: Sink::Tiff {
-            path: PathBuf::new(),
-            buf: AnyArray::U8(Array {
-                shape: vec![0],
-                data: vec![],
-            }),
-        },
-        created_dirs: Vec::new(),
-        done: true,
-    };
-    // Validate everything that can fail without touching the disk first.
+    // Everything that can fail without touching the disk first.
     match &parsed {
-        VolumeSpec::Tiff { .. } => {
-            if shape.len() != 3 || shape.contains(&0) {
-                return Err(bad(format!(
-                    "a TIFF stack is (Z, Y, X) with no empty axis; got shape {shape:?}"
-                )));
-            }
-            if !matches!(dtype, Dtype::U8 | Dtype::U16 | Dtype::U32 | Dtype::F32) {
-                return Err(bad(format!(
-                    "TIFF stacks are written as uint8, uint16, uint32 or float32, not {dtype}; use HDF5, zarr or raw"
-                )));
-            }
-        }
+        VolumeSpec::Tiff { .. } => super::tiff::check_writable(shape, dtype).map_err(bad)?,
         VolumeSpec::Hdf5 { dataset: None, .. } => {
             return Err(bad(
                 "no dataset named; write FILE.h5:/DATASET, e.g. out.h5:/volumes/labels".into(),
@@ -819,119 +461,36 @@ pub fn create_volume_with(
         }
         VolumeSpec::Raw {
             layout: Some(l), ..
-        } if l.shape != shape || l.dtype != dtype => {
-            return Err(bad(format!(
-                "the spec says shape {:?} of {} but the volume is {shape:?} of {dtype}",
-                l.shape, l.dtype
-            )));
-        }
+        } => super::raw::check_writable(l, shape, dtype).map_err(bad)?,
         _ => {}
     }
-    w.created_dirs = create_parents(&target)?;
+    let target = parsed.file().to_path_buf();
+    let mut w = VolumeWriter {
+        spec: spec.to_string(),
+        shape: shape.to_vec(),
+        dtype,
+        writer: None,
+        created_dirs: create_parents(&target)?,
+        done: false,
+    };
     crate::fsutil::remove_stale_temps(&target);
-    w.done = false;
-    let sink = (|| -> Result<Sink> {
-        Ok(match parsed {
-            VolumeSpec::Tiff { path } => Sink::Tiff {
-                path,
-                buf: empty_any(dtype, shape)?,
-            },
-            VolumeSpec::Hdf5 { file, dataset } => {
-                let dataset = dataset.unwrap_or_default();
-                let tmp = temp_beside(&file, "partial")?;
-                let ctx = format!("{}:{dataset}", file.display());
-                // A copy of an existing file, so that its other datasets survive the rename.
-                let made = (|| -> Result<(hdf5::File, hdf5::Dataset)> {
-                    let f = if file.exists() {
-                        std::fs::copy(&file, &tmp).map_err(|e| io_err(&tmp, e))?;
-                        hdf5::File::open_rw(&tmp).map_err(|e| h5err(&ctx, "open for update", e))?
-                    } else {
-                        hdf5::File::create(&tmp).map_err(|e| h5err(&ctx, "create", e))?
-                    };
-                    let ds = h5_create_dataset(&f, &dataset, shape, &chunks, dtype, opt, &ctx)?;
-                    Ok((f, ds))
-                })();
-                match made {
-                    Ok((f, ds)) => Sink::Hdf5 {
-                        target: file,
-                        tmp,
-                        file: Some(f),
-                        ds: Some(ds),
-                    },
-                    Err(e) => {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                }
-            }
-            VolumeSpec::Zarr { path } => {
-                if path.exists()
-                    && !(path.join(".zarray").exists() || path.join("zarr.json").exists())
-                {
-                    return Err(Error::Invalid(format!(
-                        "{}: exists and is not a zarr array; refusing to replace it",
-                        path.display()
-                    )));
-                }
-                let tmp = temp_beside(&path, "partial")?;
-                let version = if opt.zarr_v3 {
-                    ZarrVersion::V3
-                } else {
-                    ZarrVersion::V2
-                };
-                let co = CreateOptions {
-                    version,
-                    compressor: if opt.compress {
-                        Compressor::Gzip(opt.gzip_level.unwrap_or(5).min(9))
-                    } else {
-                        Compressor::None
-                    },
-                    voxel_size: opt.voxel_size,
-                    ..CreateOptions::default()
-                };
-                let array = match ZarrArray::create_with(&tmp, shape, &chunks, dtype, &co) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let _ = std::fs::remove_dir_all(&tmp);
-                        return Err(e);
-                    }
-                };
-                Sink::Zarr {
-                    target: path,
-                    tmp,
-                    array,
-                    version,
-                }
-            }
-            VolumeSpec::Raw { path, .. } => {
-                let tmp = temp_beside(&path, "partial")?;
-                let bytes = shape_len(shape)?
-                    .checked_mul(dtype.size())
-                    .ok_or_else(|| bad("volume too large".into()))?;
-                let f = std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
-                if let Err(e) = f.set_len(bytes as u64) {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(io_err(&tmp, e));
-                }
-                let layout = RawLayout {
-                    shape: shape.to_vec(),
-                    dtype,
-                    order: ByteOrder::Little,
-                    header: 0,
-                    voxel_size: opt.voxel_size,
-                };
-                Sink::Raw {
-                    path,
-                    tmp,
-                    file: Some(f),
-                    sidecar: sidecar_json(&layout),
-                }
-            }
-        })
-    })();
-    match sink {
+    let req = WriteRequest {
+        shape,
+        dtype,
+        chunks: &chunks,
+        opt,
+    };
+    let made = match parsed {
+        VolumeSpec::Tiff { path } => super::tiff::create_volume(path, &req),
+        VolumeSpec::Hdf5 { file, dataset } => {
+            super::hdf5::create_volume(file, &dataset.unwrap_or_default(), &req)
+        }
+        VolumeSpec::Zarr { path } => super::zarr::create_volume(path, &req),
+        VolumeSpec::Raw { path, .. } => super::raw::create_volume(path, &req),
+    };
+    match made {
         Ok(s) => {
-            w.sink = s;
+            w.writer = Some(s);
             Ok(w)
         }
         Err(e) => {
@@ -940,124 +499,6 @@ pub fn create_volume_with(
             Err(crate::fsutil::not_written(spec, e))
         }
     }
-}
-
-fn h5_create_dataset(
-    f: &hdf5::File,
-    dataset: &str,
-    shape: &[usize],
-    chunks: &[usize],
-    dtype: Dtype,
-    opt: &WriteOptions,
-    ctx: &str,
-) -> Result<hdf5::Dataset> {
-    let e = |e: hdf5::Error| h5err(ctx, "creating the dataset", e);
-    if f.link_exists(dataset) {
-        f.unlink(dataset).map_err(e)?;
-    }
-    let parts: Vec<&str> = dataset.split('/').filter(|p| !p.is_empty()).collect();
-    let mut path = String::new();
-    for p in &parts[..parts.len().saturating_sub(1)] {
-        path.push('/');
-        path.push_str(p);
-        if !f.link_exists(&path) {
-            f.create_group(&path).map_err(e)?;
-        }
-    }
-    macro_rules! make {
-        ($t:ty) => {{
-            let b = f.new_dataset::<$t>().shape(shape);
-            let b = if shape.contains(&0) {
-                b
-            } else if opt.compress {
-                b.chunk(chunks.to_vec())
-                    .deflate(opt.gzip_level.unwrap_or(4).min(9) as u8)
-            } else {
-                b.chunk(chunks.to_vec())
-            };
-            b.create(dataset).map_err(e)?
-        }};
-    }
-    let ds = match dtype {
-        Dtype::U8 => make!(u8),
-        Dtype::U16 => make!(u16),
-        Dtype::U32 => make!(u32),
-        Dtype::U64 => make!(u64),
-        Dtype::F32 => make!(f32),
-        Dtype::F64 => make!(f64),
-    };
-    if let Some(v) = opt.voxel_size {
-        let a = ds
-            .new_attr::<f64>()
-            .shape([3])
-            .create("resolution")
-            .map_err(e)?;
-        a.write_raw(&[v.z, v.y, v.x]).map_err(e)?;
-    }
-    Ok(ds)
-}
-
-/// Renames a finished zarr directory over `target`, moving an old array aside first (a
-/// directory cannot be renamed over a non-empty one).
-fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
-    if target.exists() {
-        let old = temp_beside(target, "old")?;
-        std::fs::rename(target, &old).map_err(|e| io_err(target, e))?;
-        if let Err(e) = std::fs::rename(tmp, target) {
-            let _ = std::fs::rename(&old, target);
-            return Err(io_err(target, e));
-        }
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(tmp, target).map_err(|e| io_err(target, e))?;
-    }
-    Ok(())
-}
-
-/// Marks the directories between the `*.zarr` root and the array as v2 groups, so that zarr
-/// tools walking from the root find the array.
-fn write_zarr_groups(target: &Path, version: ZarrVersion) -> Result<()> {
-    let mut dirs = Vec::new();
-    let mut p = target.parent();
-    while let Some(d) = p {
-        if d.as_os_str().is_empty() {
-            break;
-        }
-        dirs.push(d.to_path_buf());
-        if d.to_string_lossy().to_ascii_lowercase().ends_with(".zarr") {
-            break;
-        }
-        p = d.parent();
-    }
-    // Only inside a store: an array directory that is itself the `.zarr` root has no groups.
-    if !dirs
-        .last()
-        .is_some_and(|d| d.to_string_lossy().to_ascii_lowercase().ends_with(".zarr"))
-    {
-        return Ok(());
-    }
-    for d in dirs {
-        let (name, text) = match version {
-            ZarrVersion::V2 => (".zgroup", "{\"zarr_format\": 2}\n"),
-            ZarrVersion::V3 => (
-                "zarr.json",
-                "{\"zarr_format\": 3, \"node_type\": \"group\", \"attributes\": {}}\n",
-            ),
-        };
-        let f = d.join(name);
-        let other = d.join(if version == ZarrVersion::V2 {
-            "zarr.json"
-        } else {
-            ".zgroup"
-        });
-        if !f.exists() && !other.exists() && !d.join(".zarray").exists() {
-            super::array::write_file_atomic(&f, |w| {
-                use std::io::Write;
-                w.write_all(text.as_bytes()).map_err(|e| io_err(&f, e))
-            })?;
-        }
-    }
-    Ok(())
 }
 
 impl std::fmt::Debug for VolumeWriter {
@@ -1105,141 +546,24 @@ impl VolumeWriter {
         if data.is_empty() {
             return Ok(());
         }
-        match &mut self.sink {
-            Sink::Tiff { buf, .. } => {
-                let zeros = vec![0; offset.len()];
-                let full = buf.shape().to_vec();
-                any_pair!(
-                    &any,
-                    buf,
-                    |s, d| copy_box(
-                        &s.data,
-                        &s.shape,
-                        &zeros,
-                        &mut d.data,
-                        &full,
-                        offset,
-                        &s.shape
-                    ),
-                    return Err(Error::Invalid(format!(
-                        "{spec}: internal: region dtype differs from the buffer's"
-                    )))
-                );
-                Ok(())
-            }
-            Sink::Hdf5 { ds, .. } => {
-                let ds = ds
-                    .as_ref()
-                    .ok_or_else(|| Error::Io(format!("{spec}: closed")))?;
-                let sel = h5_selection(offset, &data.shape);
-                any_one!(&any, |a| {
-                    let view = ndarray::ArrayViewD::from_shape(ndarray::IxDyn(&a.shape), &a.data)
-                        .map_err(|e| Error::shape("write_region", format!("{spec}: {e}")))?;
-                    ds.as_writer()
-                        .write_slice(view, sel)
-                        .map_err(|e| h5err(&spec, "writing a region", e))
-                })
-            }
-            Sink::Zarr { array, .. } => {
-                any_one!(&any, |a| array.write_region(offset, a))
-            }
-            Sink::Raw { file, tmp, .. } => {
-                use std::os::unix::fs::FileExt;
-                let f = file
-                    .as_ref()
-                    .ok_or_else(|| Error::Io(format!("{spec}: closed")))?;
-                let bytes = any_one!(&any, |a| encode_elements(&a.data, ByteOrder::Little));
-                let es = self.dtype.size();
-                let nd = self.shape.len();
-                let strides = c_strides(&self.shape);
-                let row = data.shape[nd - 1] * es;
-                for (r, src) in bytes.chunks(row).enumerate() {
-                    let idx = super::array::unravel(r, &data.shape[..nd - 1]);
-                    let mut o = offset[nd - 1];
-                    for d in 0..nd - 1 {
-                        o += (offset[d] + idx[d]) * strides[d];
-                    }
-                    f.write_all_at(src, (o * es) as u64)
-                        .map_err(|e| io_err(tmp, e))?;
-                }
-                Ok(())
-            }
-        }
+        self.writer
+            .as_mut()
+            .ok_or_else(|| Error::Io(format!("{spec}: closed")))?
+            .write_region(offset, &any)
     }
 
     /// Puts the volume at its target. Regions never written hold 0.
     pub fn finish(mut self) -> Result<()> {
-        let r = self
-            .finish_inner()
-            .map_err(|e| crate::fsutil::not_written(&self.spec, e));
+        let r = match self.writer.as_mut() {
+            Some(s) => s.finish(),
+            None => Err(Error::Io(format!("{}: closed", self.spec))),
+        }
+        .map_err(|e| crate::fsutil::not_written(&self.spec, e));
         self.done = true;
         if r.is_err() {
             self.cleanup();
         }
         r
-    }
-
-    fn finish_inner(&mut self) -> Result<()> {
-        match &mut self.sink {
-            Sink::Tiff { path, buf } => {
-                let vs = self.voxel_size;
-                match buf {
-                    AnyArray::U8(a) => super::tiff::write(&*path, a, vs),
-                    AnyArray::U16(a) => super::tiff::write(&*path, a, vs),
-                    AnyArray::U32(a) => super::tiff::write(&*path, a, vs),
-                    AnyArray::F32(a) => super::tiff::write(&*path, a, vs),
-                    other => Err(Error::Invalid(format!(
-                        "{}: TIFF cannot hold {}",
-                        path.display(),
-                        other.dtype()
-                    ))),
-                }
-            }
-            Sink::Hdf5 {
-                target,
-                tmp,
-                file,
-                ds,
-            } => {
-                // While the dataset is open: closing it flushes its chunk cache and drops errors.
-                if let Some(f) = file.as_ref() {
-                    f.flush().map_err(|e| h5err(&self.spec, "flushing", e))?;
-                }
-                ds.take();
-                if let Some(f) = file.take() {
-                    super::hdf5::close_synced(f, tmp, &self.spec)?;
-                }
-                std::fs::rename(&*tmp, &*target).map_err(|e| io_err(target, e))
-            }
-            Sink::Zarr {
-                target,
-                tmp,
-                version,
-                ..
-            } => {
-                crate::fsutil::sync_tree(tmp)?;
-                // Before the array appears: once it is in place, nothing may fail any more.
-                write_zarr_groups(target, *version)?;
-                replace_dir(tmp, target)
-            }
-            Sink::Raw {
-                path,
-                tmp,
-                file,
-                sidecar,
-            } => {
-                if let Some(f) = file.take() {
-                    f.sync_all().map_err(|e| io_err(tmp, e))?;
-                }
-                let side = raw_sidecar(path);
-                super::array::write_file_atomic(&side, |w| {
-                    use std::io::Write;
-                    w.write_all(sidecar.as_bytes())
-                        .map_err(|e| io_err(&side, e))
-                })?;
-                std::fs::rename(&*tmp, &*path).map_err(|e| io_err(path, e))
-            }
-        }
     }
 
     fn remove_created_dirs(&mut self) {
@@ -1249,20 +573,8 @@ impl VolumeWriter {
     }
 
     fn cleanup(&mut self) {
-        match &mut self.sink {
-            Sink::Tiff { .. } => {}
-            Sink::Hdf5 { tmp, file, ds, .. } => {
-                ds.take();
-                file.take();
-                let _ = std::fs::remove_file(&*tmp);
-            }
-            Sink::Zarr { tmp, .. } => {
-                let _ = std::fs::remove_dir_all(&*tmp);
-            }
-            Sink::Raw { tmp, file, .. } => {
-                file.take();
-                let _ = std::fs::remove_file(&*tmp);
-            }
+        if let Some(s) = self.writer.as_mut() {
+            s.discard();
         }
         self.remove_created_dirs();
     }
@@ -1279,6 +591,7 @@ impl Drop for VolumeWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::volume::array::ByteOrder;
 
     fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("revseg-io-{tag}-{}", std::process::id()));

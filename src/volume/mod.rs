@@ -1,5 +1,50 @@
 //! Volumes on disk: HDF5 datasets named by `file.h5:/path/to/dataset` specs.
 
+// Per-dtype dispatch over `AnyArray`, shared by the format modules declared below.
+macro_rules! any_pair {
+    ($a:expr, $b:expr, |$x:ident, $y:ident| $e:expr, $else:expr) => {
+        match ($a, $b) {
+            ($crate::volume::array::AnyArray::U8($x), $crate::volume::array::AnyArray::U8($y)) => {
+                $e
+            }
+            (
+                $crate::volume::array::AnyArray::U16($x),
+                $crate::volume::array::AnyArray::U16($y),
+            ) => $e,
+            (
+                $crate::volume::array::AnyArray::U32($x),
+                $crate::volume::array::AnyArray::U32($y),
+            ) => $e,
+            (
+                $crate::volume::array::AnyArray::U64($x),
+                $crate::volume::array::AnyArray::U64($y),
+            ) => $e,
+            (
+                $crate::volume::array::AnyArray::F32($x),
+                $crate::volume::array::AnyArray::F32($y),
+            ) => $e,
+            (
+                $crate::volume::array::AnyArray::F64($x),
+                $crate::volume::array::AnyArray::F64($y),
+            ) => $e,
+            _ => $else,
+        }
+    };
+}
+
+macro_rules! any_one {
+    ($a:expr, |$x:ident| $e:expr) => {
+        match $a {
+            $crate::volume::array::AnyArray::U8($x) => $e,
+            $crate::volume::array::AnyArray::U16($x) => $e,
+            $crate::volume::array::AnyArray::U32($x) => $e,
+            $crate::volume::array::AnyArray::U64($x) => $e,
+            $crate::volume::array::AnyArray::F32($x) => $e,
+            $crate::volume::array::AnyArray::F64($x) => $e,
+        }
+    };
+}
+
 pub mod array;
 pub mod hdf5;
 pub mod io;

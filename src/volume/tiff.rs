@@ -3,7 +3,8 @@
 //! predictors, BigTIFF) is the `tiff` crate's; this module checks that the pages form a volume and
 //! reads the voxel size that ImageJ and other tools store.
 
-use super::array::{io_err, write_file_atomic, AnyArray, Array, Voxel, VoxelSize};
+use super::array::{copy_box, io_err, write_file_atomic, AnyArray, Array, Dtype, Voxel, VoxelSize};
+use super::io::{FormatReader, FormatWriter, Opened, WriteRequest};
 use crate::error::{Error, Result};
 use std::path::Path;
 use tiff::decoder::{Decoder, DecodingResult};
@@ -388,4 +389,99 @@ where
             .map_err(|e| terr(page, e))?;
     }
     Ok(())
+}
+
+/// A TIFF stack for the dispatcher: decoded whole at open, regions are copies.
+struct TiffReader(AnyArray);
+
+pub(crate) fn open_volume(path: &Path) -> Result<Opened> {
+    let st = read(path)?;
+    Ok(Opened {
+        shape: st.data.shape().to_vec(),
+        dtype: st.data.dtype(),
+        voxel_size: st.voxel_size,
+        offset_nm: None,
+        reader: Box::new(TiffReader(st.data)),
+    })
+}
+
+impl FormatReader for TiffReader {
+    fn read_region(&self, offset: &[usize], shape: &[usize], _want: Dtype) -> Result<AnyArray> {
+        any_one!(&self.0, |x| x.slice(offset, shape).map(AnyArray::from))
+    }
+}
+
+/// What a TIFF stack can hold, checked before anything touches the disk.
+pub(crate) fn check_writable(shape: &[usize], dtype: Dtype) -> std::result::Result<(), String> {
+    if shape.len() != 3 || shape.contains(&0) {
+        return Err(format!(
+            "a TIFF stack is (Z, Y, X) with no empty axis; got shape {shape:?}"
+        ));
+    }
+    if !matches!(dtype, Dtype::U8 | Dtype::U16 | Dtype::U32 | Dtype::F32) {
+        return Err(format!(
+            "TIFF stacks are written as uint8, uint16, uint32 or float32, not {dtype}; use HDF5, zarr or raw"
+        ));
+    }
+    Ok(())
+}
+
+/// TIFF pages are written whole, so the volume is buffered and written at `finish`.
+struct TiffWriter {
+    path: std::path::PathBuf,
+    buf: AnyArray,
+    voxel_size: Option<VoxelSize>,
+}
+
+pub(crate) fn create_volume(
+    path: std::path::PathBuf,
+    req: &WriteRequest,
+) -> Result<Box<dyn FormatWriter>> {
+    Ok(Box::new(TiffWriter {
+        path,
+        buf: AnyArray::zeros(req.dtype, req.shape)?,
+        voxel_size: req.opt.voxel_size,
+    }))
+}
+
+impl FormatWriter for TiffWriter {
+    fn write_region(&mut self, offset: &[usize], data: &AnyArray) -> Result<()> {
+        let zeros = vec![0; offset.len()];
+        let full = self.buf.shape().to_vec();
+        any_pair!(
+            data,
+            &mut self.buf,
+            |s, d| copy_box(
+                &s.data,
+                &s.shape,
+                &zeros,
+                &mut d.data,
+                &full,
+                offset,
+                &s.shape
+            ),
+            return Err(Error::Invalid(format!(
+                "{}: internal: region dtype differs from the buffer's",
+                self.path.display()
+            )))
+        );
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let (path, vs) = (&self.path, self.voxel_size);
+        match &self.buf {
+            AnyArray::U8(a) => write(path, a, vs),
+            AnyArray::U16(a) => write(path, a, vs),
+            AnyArray::U32(a) => write(path, a, vs),
+            AnyArray::F32(a) => write(path, a, vs),
+            other => Err(Error::Invalid(format!(
+                "{}: TIFF cannot hold {}",
+                path.display(),
+                other.dtype()
+            ))),
+        }
+    }
+
+    fn discard(&mut self) {}
 }

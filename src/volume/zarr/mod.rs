@@ -1,26 +1,31 @@
 //! Zarr v2 and v3 arrays in directory stores, read and written chunk by chunk so that volumes
 //! larger than memory can be processed by region.
 //!
-//! Supported: dtypes u1/u2/u4/u8/f4/f8 in either byte order; C order (and v2 `"order": "F"`,
-//! v3 `transpose`); compressors none, gzip, zlib (flate2) and zstd (ruzstd, pure Rust, writes at
-//! its one implemented level, about zstd -1); v3 `crc32c`; `fill_value` for missing chunks;
-//! v2 "." or "/" separators and v3 "default" / "v2" chunk key encodings.
-//! Not supported (a clear error names them): blosc, v2 filters, v3 sharding.
-//!
-//! Writes: every chunk and metadata file goes to a temporary file that is renamed into place, so
-//! a reader never sees a partial chunk. Two writers of the same chunk at once are not
-//! coordinated (the last rename wins).
+//! Chunks are decoded and encoded by the `zarrs` crate: every codec of its default set (blosc,
+//! gzip, zstd, crc32c, transpose, sharding, plus zlib for v2), v2 filters and order "F", both byte
+//! orders, every chunk key encoding. This module adds what revseg needs around it: metadata
+//! checked with errors that name the file and the fix, dtypes u1/u2/u4/u8/f4/f8 (signed integer
+//! arrays read as the unsigned type of their width where no value is negative, as HDF5 and TIFF
+//! do), voxel size and offset from `resolution`/`offset` attributes or OME-Zarr (NGFF)
+//! multiscales, and writes through [`store::AtomicStore`]: every chunk and metadata file goes
+//! to a temporary file renamed into place, so a reader never sees a partial chunk. Two writers of
+//! the same chunk at once are not coordinated (the last rename wins); blockwise jobs give every
+//! chunk one writer.
+
+pub mod store;
 
 use super::array::{
-    c_strides, check_box, copy_box, decode_elements, encode_elements, io_err, shape_len,
-    write_file_atomic, write_file_renamed, AnyArray, Array, ByteOrder, Dtype, Scalar, Voxel,
-    VoxelSize,
+    check_box, copy_box, io_err, shape_len, write_file_atomic, AnyArray, Array, ByteOrder, Dtype,
+    Scalar, Voxel, VoxelSize,
 };
+use super::io::{temp_beside, FormatReader, FormatWriter, Opened, WriteRequest};
 use crate::error::{Error, Result};
 use crate::json::{self, Json};
 use rayon::prelude::*;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use store::AtomicStore;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ZarrVersion {
@@ -36,7 +41,7 @@ pub enum Compressor {
     Gzip(u32),
     /// zlib stream, level 0-9 (v2 only: v3 has no zlib codec).
     Zlib(u32),
-    /// zstd frame; the level is recorded, ruzstd always writes its "fastest" level.
+    /// zstd frame at this level.
     Zstd(i32),
 }
 
@@ -74,17 +79,6 @@ impl Compressor {
     }
 }
 
-/// One v3 codec in its pipeline order.
-#[derive(Clone, Debug, PartialEq)]
-enum Codec {
-    /// Array -> array: stored axis k is original axis perm[k].
-    Transpose(Vec<usize>),
-    Gzip(u32),
-    Zlib(u32),
-    Zstd(i32),
-    Crc32c,
-}
-
 /// How to build a new array beyond shape, chunks, dtype and compressor.
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
@@ -95,6 +89,8 @@ pub struct CreateOptions {
     pub order: ByteOrder,
     /// Stored as `resolution` [z, y, x] in nm, as CREMI and gunpowder do.
     pub voxel_size: Option<VoxelSize>,
+    /// Stored as `offset` [z, y, x] in nm (daisy's convention) and as the OME-Zarr translation.
+    pub offset_nm: Option<[f64; 3]>,
     /// Replace an existing zarr array at the path (its chunks are removed first).
     pub overwrite: bool,
 }
@@ -107,13 +103,14 @@ impl Default for CreateOptions {
             fill_value: 0.0,
             order: ByteOrder::Little,
             voxel_size: None,
+            offset_nm: None,
             overwrite: false,
         }
     }
 }
 
 /// An open zarr array (metadata only; chunks are read on demand).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ZarrArray {
     path: PathBuf,
     pub version: ZarrVersion,
@@ -123,12 +120,57 @@ pub struct ZarrArray {
     pub order: ByteOrder,
     pub fill_value: Scalar,
     pub voxel_size: Option<VoxelSize>,
+    /// Origin of the array in nm [z, y, x] (OME-Zarr translation or an `offset` attribute).
+    pub offset_nm: Option<[f64; 3]>,
     /// The compressor, when the pipeline is one this module also writes.
     pub compressor: Compressor,
-    codecs: Vec<Codec>,
+    /// Stored as signed integers of `dtype`'s width.
+    pub signed: bool,
     separator: char,
     /// v3 "default" key encoding prefixes keys with "c".
     key_prefix_c: bool,
+    /// The chunk codecs; None until the metadata has been checked.
+    za: Option<Arc<zarrs::array::Array<AtomicStore>>>,
+}
+
+impl std::fmt::Debug for ZarrArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZarrArray")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("shape", &self.shape)
+            .field("chunks", &self.chunks)
+            .field("dtype", &self.dtype)
+            .field("signed", &self.signed)
+            .finish()
+    }
+}
+
+/// A dtype string, signed integers as the unsigned type of their width (the flag says signed).
+fn dtype_of(name: &str, v2: bool) -> Result<(Dtype, ByteOrder, bool)> {
+    let (unsigned, signed) = if v2 {
+        match name.get(1..) {
+            Some(r) if r.starts_with('i') => (format!("{}u{}", &name[..1], &r[1..]), true),
+            _ => (name.to_string(), false),
+        }
+    } else {
+        match name.strip_prefix("int") {
+            Some(bits) => (format!("uint{bits}"), true),
+            None => (name.to_string(), false),
+        }
+    };
+    let supported = "uint8/16/32/64, int8/16/32/64, float32 and float64 are read";
+    let e = |e: Error| Error::Invalid(format!("dtype '{name}': {e}; {supported}"));
+    if v2 {
+        let (d, o) = Dtype::from_typestr(&unsigned).map_err(e)?;
+        Ok((d, o, signed))
+    } else {
+        Ok((
+            Dtype::from_name(&unsigned).map_err(e)?,
+            ByteOrder::Little,
+            signed,
+        ))
+    }
 }
 
 fn meta_err(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -160,8 +202,14 @@ fn usize_list(v: Option<&Json>, path: &Path, what: &str) -> Result<Vec<usize>> {
 }
 
 /// Fill value from JSON: a number, null, "NaN", "Infinity", "-Infinity", or (v3) a hex bit pattern.
-fn parse_fill(v: Option<&Json>, dtype: Dtype, path: &Path) -> Result<Scalar> {
+fn parse_fill(v: Option<&Json>, dtype: Dtype, signed: bool, path: &Path) -> Result<Scalar> {
     if let (Some(Json::Number(n)), false) = (v, dtype.is_float()) {
+        if signed && n.as_i64().is_some_and(|i| i < 0) {
+            return Err(meta_err(
+                path,
+                format!("fill_value {n} is negative; signed arrays are read as unsigned labels"),
+            ));
+        }
         // Integer fill values are exact: u64 ones above 2^53 do not go through f64.
         let u = n
             .as_u64()
@@ -246,64 +294,148 @@ fn voxel_from_resolution(attrs: &Json) -> Option<VoxelSize> {
     VoxelSize::new(r[n - 3], r[n - 2], r[n - 1]).ok()
 }
 
-/// OME-NGFF multiscales of a parent group: the scale of the dataset named `name`.
-fn voxel_from_ome(attrs: &Json, name: &str) -> Option<VoxelSize> {
-    let ms = attrs
+/// `offset` [.., z, y, x] in nm (daisy, funlib).
+fn offset_attr(attrs: &Json) -> Option<[f64; 3]> {
+    let r: Vec<f64> = attrs
+        .get("offset")?
+        .as_array()?
+        .iter()
+        .filter_map(Json::as_f64)
+        .collect();
+    let n = r.len();
+    (n >= 3).then(|| [r[n - 3], r[n - 2], r[n - 1]])
+}
+
+/// OME-NGFF multiscales of a parent group: the scale and translation (nm, last three axes) of
+/// the dataset named `name`.
+fn placement_from_ome(attrs: &Json, name: &str) -> (Option<VoxelSize>, Option<[f64; 3]>) {
+    let none = (None, None);
+    let Some(ms) = attrs
         .get("multiscales")
-        .or_else(|| attrs.get("ome")?.get("multiscales"))?;
-    for m in ms.as_array()? {
+        .or_else(|| attrs.get("ome")?.get("multiscales"))
+        .and_then(Json::as_array)
+    else {
+        return none;
+    };
+    for m in ms {
         let axes = m.get("axes").and_then(Json::as_array);
-        for d in m.get("datasets")?.as_array()? {
-            if d.get("path").and_then(Json::as_str) != Some(name) {
-                continue;
-            }
-            for t in d.get("coordinateTransformations")?.as_array()? {
-                if t.get("type").and_then(Json::as_str) != Some("scale") {
-                    continue;
-                }
-                let s: Vec<f64> = t
-                    .get("scale")?
-                    .as_array()?
-                    .iter()
-                    .filter_map(Json::as_f64)
-                    .collect();
-                let n = s.len();
-                if n < 3 {
-                    return None;
-                }
-                let unit = |i: usize| -> f64 {
-                    axes.and_then(|a| a.get(i))
-                        .and_then(|a| a.get("unit"))
-                        .and_then(Json::as_str)
-                        .and_then(ome_unit_nm)
-                        // OME-NGFF has no default unit; nm is what EM pipelines use.
-                        .unwrap_or(1.0)
-                };
-                return VoxelSize::new(
+        let unit = |i: usize| -> f64 {
+            axes.and_then(|a| a.get(i))
+                .and_then(|a| a.get("unit"))
+                .and_then(Json::as_str)
+                .and_then(ome_unit_nm)
+                // OME-NGFF has no default unit; nm is what EM pipelines use.
+                .unwrap_or(1.0)
+        };
+        let zyx = |t: &Json, key: &str| -> Option<[f64; 3]> {
+            let s: Vec<f64> = t
+                .get(key)?
+                .as_array()?
+                .iter()
+                .filter_map(Json::as_f64)
+                .collect();
+            let n = s.len();
+            (n >= 3).then(|| {
+                [
                     s[n - 3] * unit(n - 3),
                     s[n - 2] * unit(n - 2),
                     s[n - 1] * unit(n - 1),
-                )
-                .ok();
+                ]
+            })
+        };
+        let Some(datasets) = m.get("datasets").and_then(Json::as_array) else {
+            continue;
+        };
+        for d in datasets {
+            if d.get("path").and_then(Json::as_str) != Some(name) {
+                continue;
             }
+            let (mut vs, mut off) = (None, None);
+            let ts = d.get("coordinateTransformations").and_then(Json::as_array);
+            for t in ts.into_iter().flatten() {
+                match t.get("type").and_then(Json::as_str) {
+                    Some("scale") => {
+                        vs = zyx(t, "scale").and_then(|v| VoxelSize::new(v[0], v[1], v[2]).ok())
+                    }
+                    Some("translation") => off = zyx(t, "translation"),
+                    _ => {}
+                }
+            }
+            return (vs, off);
         }
     }
-    None
+    none
 }
 
-fn parent_voxel_size(path: &Path, version: ZarrVersion) -> Result<Option<VoxelSize>> {
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Ok(None);
+/// Voxel size and offset: the array's own `resolution` and `offset` attributes first, else the
+/// OME-Zarr multiscales of the group around it.
+fn placement(
+    path: &Path,
+    own: Option<&Json>,
+    version: ZarrVersion,
+) -> (Option<VoxelSize>, Option<[f64; 3]>) {
+    let (mut vs, mut off) = (
+        own.and_then(voxel_from_resolution),
+        own.and_then(offset_attr),
+    );
+    if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+        let attrs = match version {
+            ZarrVersion::V2 => read_json(&parent.join(".zattrs")).ok().flatten(),
+            ZarrVersion::V3 => read_json(&parent.join("zarr.json"))
+                .ok()
+                .flatten()
+                .and_then(|j| j.get("attributes").cloned()),
+        };
+        if let Some(a) = attrs {
+            let (ovs, ooff) = placement_from_ome(&a, &name.to_string_lossy());
+            vs = vs.or(ovs);
+            off = off.or(ooff);
+        }
+    }
+    (vs, off)
+}
+
+/// OME-Zarr (NGFF 0.4) multiscales for a group holding one array named `name`, so that
+/// neuroglancer and napari place it with its voxel size.
+pub fn ome_multiscales(name: &str, vs: VoxelSize, offset_nm: Option<[f64; 3]>) -> Json {
+    let axis = |n: &str| {
+        json::obj([
+            ("name", Json::from(n)),
+            ("type", Json::from("space")),
+            ("unit", Json::from("nanometer")),
+        ])
     };
-    let name = name.to_string_lossy();
-    let attrs = match version {
-        ZarrVersion::V2 => read_json(&parent.join(".zattrs")).ok().flatten(),
-        ZarrVersion::V3 => read_json(&parent.join("zarr.json"))
-            .ok()
-            .flatten()
-            .and_then(|j| j.get("attributes").cloned()),
-    };
-    Ok(attrs.and_then(|a| voxel_from_ome(&a, &name)))
+    let mut ts = vec![json::obj([
+        ("type", Json::from("scale")),
+        (
+            "scale",
+            Json::Array(vec![vs.z.into(), vs.y.into(), vs.x.into()]),
+        ),
+    ])];
+    if let Some(o) = offset_nm {
+        ts.push(json::obj([
+            ("type", Json::from("translation")),
+            (
+                "translation",
+                Json::Array(vec![o[0].into(), o[1].into(), o[2].into()]),
+            ),
+        ]));
+    }
+    json::obj([(
+        "multiscales",
+        Json::Array(vec![json::obj([
+            ("version", Json::from("0.4")),
+            ("name", Json::from(name)),
+            ("axes", Json::Array(vec![axis("z"), axis("y"), axis("x")])),
+            (
+                "datasets",
+                Json::Array(vec![json::obj([
+                    ("path", Json::from(name)),
+                    ("coordinateTransformations", Json::Array(ts)),
+                ])]),
+            ),
+        ])]),
+    )])
 }
 
 impl ZarrArray {
@@ -335,58 +467,31 @@ impl ZarrArray {
             .get("dtype")
             .and_then(Json::as_str)
             .ok_or_else(|| meta_err(&mp, "'dtype' missing or not a string"))?;
-        let (dtype, order) = Dtype::from_typestr(ts).map_err(|e| meta_err(&mp, e))?;
-        let fill_value = parse_fill(m.get("fill_value"), dtype, &mp)?;
-        match m.get("filters") {
-            None | Some(Json::Null) => {}
-            Some(Json::Array(a)) if a.is_empty() => {}
-            Some(_) => return Err(meta_err(&mp, "v2 filters are not supported")),
-        }
-        let (compressor, mut codecs) = match m.get("compressor") {
-            None | Some(Json::Null) => (Compressor::None, vec![]),
+        let (dtype, order, signed) = dtype_of(ts, true).map_err(|e| meta_err(&mp, e))?;
+        let fill_value = parse_fill(m.get("fill_value"), dtype, signed, &mp)?;
+        // Filters and other compressors are zarrs' to decode; `compressor` only records the
+        // ones this module also writes.
+        let compressor = match m.get("compressor") {
+            None | Some(Json::Null) => Compressor::None,
             Some(c) => {
                 let id = c.get("id").and_then(Json::as_str).unwrap_or("?");
                 let level = c.get("level").and_then(Json::as_f64);
                 match id {
-                    "gzip" => {
-                        let l = level.unwrap_or(5.0).clamp(0.0, 9.0) as u32;
-                        (Compressor::Gzip(l), vec![Codec::Gzip(l)])
-                    }
-                    "zlib" => {
-                        let l = level.unwrap_or(5.0).clamp(0.0, 9.0) as u32;
-                        (Compressor::Zlib(l), vec![Codec::Zlib(l)])
-                    }
-                    "zstd" => {
-                        let l = level.unwrap_or(1.0) as i32;
-                        (Compressor::Zstd(l), vec![Codec::Zstd(l)])
-                    }
-                    other => {
-                        return Err(meta_err(
-                            &mp,
-                            format!(
-                                "compressor '{other}' is not supported (none, gzip, zlib and zstd are); re-save the array with one of those"
-                            ),
-                        ))
-                    }
+                    "gzip" => Compressor::Gzip(level.unwrap_or(5.0).clamp(0.0, 9.0) as u32),
+                    "zlib" => Compressor::Zlib(level.unwrap_or(5.0).clamp(0.0, 9.0) as u32),
+                    "zstd" => Compressor::Zstd(level.unwrap_or(1.0) as i32),
+                    _ => Compressor::None,
                 }
             }
         };
-        if m.get("order").and_then(Json::as_str) == Some("F") {
-            let n = shape.len();
-            codecs.insert(0, Codec::Transpose((0..n).rev().collect()));
-        }
         let separator = match m.get("dimension_separator").and_then(Json::as_str) {
             None | Some(".") => '.',
             Some("/") => '/',
             Some(o) => return Err(meta_err(&mp, format!("dimension_separator '{o}'"))),
         };
-        let mut voxel_size = read_json(&path.join(".zattrs"))?
-            .as_ref()
-            .and_then(voxel_from_resolution);
-        if voxel_size.is_none() {
-            voxel_size = parent_voxel_size(&path, ZarrVersion::V2)?;
-        }
-        let a = ZarrArray {
+        let attrs = read_json(&path.join(".zattrs"))?;
+        let (voxel_size, offset_nm) = placement(&path, attrs.as_ref(), ZarrVersion::V2);
+        let mut a = ZarrArray {
             path,
             version: ZarrVersion::V2,
             shape,
@@ -395,12 +500,15 @@ impl ZarrArray {
             order,
             fill_value,
             voxel_size,
+            offset_nm,
             compressor,
-            codecs,
+            signed,
             separator,
             key_prefix_c: false,
+            za: None,
         };
         a.check_geometry(&mp)?;
+        a.open_codecs(&mp)?;
         Ok(a)
     }
 
@@ -430,8 +538,8 @@ impl ZarrArray {
                 "'data_type' missing or not a string (extension types are not supported)",
             )
         })?;
-        let dtype = Dtype::from_name(dname).map_err(|e| meta_err(&mp, e))?;
-        let fill_value = parse_fill(m.get("fill_value"), dtype, &mp)?;
+        let (dtype, _, signed) = dtype_of(dname, false).map_err(|e| meta_err(&mp, e))?;
+        let fill_value = parse_fill(m.get("fill_value"), dtype, signed, &mp)?;
         let (separator, key_prefix_c) = {
             let enc = m.get("chunk_key_encoding");
             let name = enc
@@ -459,64 +567,35 @@ impl ZarrArray {
             .get("codecs")
             .and_then(Json::as_array)
             .ok_or_else(|| meta_err(&mp, "'codecs' missing"))?;
-        let mut codecs = Vec::new();
+        // The codecs are zarrs' to run; these fields only describe the simple pipelines.
         let mut order = ByteOrder::Little;
-        let mut compressor = Compressor::None;
-        let mut n_compress = 0;
+        let mut compressors = Vec::new();
         for c in list {
             let name = c.get("name").and_then(Json::as_str).unwrap_or("?");
-            let conf = c.get("configuration");
-            let cf = |k: &str| conf.and_then(|c| c.get(k));
+            let cf = |k: &str| c.get("configuration").and_then(|c| c.get(k));
             match name {
-                "bytes" => {
-                    order = match cf("endian").and_then(Json::as_str) {
-                        None | Some("little") => ByteOrder::Little,
-                        Some("big") => ByteOrder::Big,
-                        Some(o) => return Err(meta_err(&mp, format!("bytes endian '{o}'"))),
-                    }
+                "bytes" if cf("endian").and_then(Json::as_str) == Some("big") => {
+                    order = ByteOrder::Big
                 }
-                "transpose" => {
-                    let perm = usize_list(cf("order"), &mp, "transpose order")?;
-                    let mut seen = perm.clone();
-                    seen.sort_unstable();
-                    if seen != (0..shape.len()).collect::<Vec<_>>() {
-                        return Err(meta_err(&mp, "transpose order is not a permutation of the axes"));
-                    }
-                    codecs.push(Codec::Transpose(perm));
-                }
-                "gzip" => {
-                    let l = cf("level").and_then(Json::as_f64).unwrap_or(5.0).clamp(0.0, 9.0) as u32;
-                    compressor = Compressor::Gzip(l);
-                    n_compress += 1;
-                    codecs.push(Codec::Gzip(l));
-                }
-                "zstd" => {
-                    let l = cf("level").and_then(Json::as_f64).unwrap_or(0.0) as i32;
-                    compressor = Compressor::Zstd(l);
-                    n_compress += 1;
-                    codecs.push(Codec::Zstd(l));
-                }
-                "crc32c" => codecs.push(Codec::Crc32c),
-                other => {
-                    return Err(meta_err(
-                        &mp,
-                        format!(
-                            "codec '{other}' is not supported (bytes, transpose, gzip, zstd and crc32c are)"
-                        ),
-                    ))
-                }
+                "gzip" => compressors.push(Compressor::Gzip(
+                    cf("level")
+                        .and_then(Json::as_f64)
+                        .unwrap_or(5.0)
+                        .clamp(0.0, 9.0) as u32,
+                )),
+                "zstd" => compressors.push(Compressor::Zstd(
+                    cf("level").and_then(Json::as_f64).unwrap_or(0.0) as i32,
+                )),
+                "bytes" | "transpose" => {}
+                _ => compressors.push(Compressor::None),
             }
         }
-        if n_compress > 1 || codecs.contains(&Codec::Crc32c) {
-            // Read fine, but `compressor` cannot describe it; writes keep the exact pipeline.
-            compressor = Compressor::None;
-        }
-        let attrs = m.get("attributes");
-        let mut voxel_size = attrs.and_then(voxel_from_resolution);
-        if voxel_size.is_none() {
-            voxel_size = parent_voxel_size(&path, ZarrVersion::V3)?;
-        }
-        let a = ZarrArray {
+        let compressor = match compressors[..] {
+            [c] => c,
+            _ => Compressor::None,
+        };
+        let (voxel_size, offset_nm) = placement(&path, m.get("attributes"), ZarrVersion::V3);
+        let mut a = ZarrArray {
             path,
             version: ZarrVersion::V3,
             shape,
@@ -525,12 +604,15 @@ impl ZarrArray {
             order,
             fill_value,
             voxel_size,
+            offset_nm,
             compressor,
-            codecs,
+            signed,
             separator,
             key_prefix_c,
+            za: None,
         };
         a.check_geometry(&mp)?;
+        a.open_codecs(&mp)?;
         Ok(a)
     }
 
@@ -556,6 +638,67 @@ impl ZarrArray {
             .ok_or_else(|| meta_err(mp, "chunks are too large"))?;
         shape_len(&self.shape)?;
         Ok(())
+    }
+
+    /// Hands the checked metadata to zarrs, which builds the codec pipeline (and refuses codecs
+    /// it does not know, by name).
+    fn open_codecs(&mut self, mp: &Path) -> Result<()> {
+        self.open_codecs_with(mp, false)
+    }
+
+    /// What the metadata asks of the codecs, to name in an error zarrs gives.
+    fn codec_hint(&self) -> String {
+        let meta = match self.version {
+            ZarrVersion::V2 => read_json(&self.path.join(".zarray")),
+            ZarrVersion::V3 => read_json(&self.path.join("zarr.json")),
+        };
+        let m = meta.ok().flatten().unwrap_or(Json::Null);
+        match self.version {
+            ZarrVersion::V2 => format!(
+                "compressor {}, filters {}",
+                m.get("compressor").unwrap_or(&Json::Null),
+                m.get("filters").unwrap_or(&Json::Null)
+            ),
+            ZarrVersion::V3 => format!("codecs {}", m.get("codecs").unwrap_or(&Json::Null)),
+        }
+    }
+
+    /// The same array with every chunk write synced (file and directory) before it returns, for
+    /// jobs that record a block as done once its chunks are written. Otherwise writers sync the
+    /// whole tree once at the end.
+    pub fn durable(mut self) -> Result<Self> {
+        let mp = self.path.join("metadata");
+        self.open_codecs_with(&mp, true)?;
+        Ok(self)
+    }
+
+    fn open_codecs_with(&mut self, mp: &Path, sync: bool) -> Result<()> {
+        let store = Arc::new(AtomicStore::new(&self.path, sync));
+        let za = zarrs::array::Array::open(store, "/").map_err(|e| {
+            meta_err(
+                mp,
+                format!(
+                    "zarrs cannot open it: {} ({}); re-save the array with codecs zarrs reads",
+                    crate::fsutil::one_line(&e.to_string()),
+                    self.codec_hint()
+                ),
+            )
+        })?;
+        let got: Vec<usize> = za.shape().iter().map(|&n| n as usize).collect();
+        if got != self.shape {
+            return Err(meta_err(
+                mp,
+                format!("zarrs reads shape {got:?}, not {:?}", self.shape),
+            ));
+        }
+        self.za = Some(Arc::new(za));
+        Ok(())
+    }
+
+    fn codecs(&self) -> Result<&zarrs::array::Array<AtomicStore>> {
+        self.za
+            .as_deref()
+            .ok_or_else(|| Error::Invalid(format!("{}: metadata not checked", self.path.display())))
     }
 
     /// Creates a v2 array with the given compressor, fill value 0, little-endian.
@@ -617,20 +760,17 @@ impl ZarrArray {
             }
             Scalar::U(f as u64)
         };
-        let codecs = match opt.compressor {
-            Compressor::None => vec![],
-            Compressor::Gzip(l) => vec![Codec::Gzip(l.min(9))],
-            Compressor::Zlib(l) => {
-                if opt.version == ZarrVersion::V3 {
-                    return Err(Error::Invalid(
-                        "zarr v3 has no zlib codec; use gzip or zstd".into(),
-                    ));
-                }
-                vec![Codec::Zlib(l.min(9))]
-            }
-            Compressor::Zstd(l) => vec![Codec::Zstd(l)],
+        if matches!(opt.compressor, Compressor::Zlib(_)) && opt.version == ZarrVersion::V3 {
+            return Err(Error::Invalid(
+                "zarr v3 has no zlib codec; use gzip or zstd".into(),
+            ));
+        }
+        let compressor = match opt.compressor {
+            Compressor::Gzip(l) => Compressor::Gzip(l.min(9)),
+            Compressor::Zlib(l) => Compressor::Zlib(l.min(9)),
+            c => c,
         };
-        let a = ZarrArray {
+        let mut a = ZarrArray {
             path,
             version: opt.version,
             shape: shape.to_vec(),
@@ -643,16 +783,20 @@ impl ZarrArray {
             },
             fill_value,
             voxel_size: opt.voxel_size,
-            compressor: opt.compressor,
-            codecs,
+            offset_nm: opt.offset_nm,
+            compressor,
+            signed: false,
             separator: match opt.version {
                 ZarrVersion::V2 => '.',
                 ZarrVersion::V3 => '/',
             },
             key_prefix_c: opt.version == ZarrVersion::V3,
+            za: None,
         };
-        a.check_geometry(&a.path.join("metadata"))?;
+        let mp = a.path.join("metadata");
+        a.check_geometry(&mp)?;
         a.write_metadata()?;
+        a.open_codecs(&mp)?;
         Ok(a)
     }
 
@@ -668,12 +812,20 @@ impl ZarrArray {
 
     fn write_metadata(&self) -> Result<()> {
         let list = |v: &[usize]| Json::Array(v.iter().map(|&x| Json::from(x)).collect());
-        let attrs = self.voxel_size.map(|v| {
-            json::obj([(
+        let mut fields = Vec::new();
+        if let Some(v) = self.voxel_size {
+            fields.push((
                 "resolution",
                 Json::Array(vec![v.z.into(), v.y.into(), v.x.into()]),
-            )])
-        });
+            ));
+        }
+        if let Some(o) = self.offset_nm {
+            fields.push((
+                "offset",
+                Json::Array(vec![o[0].into(), o[1].into(), o[2].into()]),
+            ));
+        }
+        let attrs = (!fields.is_empty()).then(|| json::obj(fields));
         let write = |name: &str, j: &Json| {
             let p = self.path.join(name);
             write_file_atomic(&p, |w| writeln!(w, "{j}").map_err(|e| io_err(&p, e)))
@@ -728,26 +880,29 @@ impl ZarrArray {
                         )]),
                     ),
                 ])];
-                for c in &self.codecs {
+                let written = match self.compressor {
+                    Compressor::None | Compressor::Zlib(_) => None,
+                    c => Some(c),
+                };
+                if let Some(c) = written {
                     codecs.push(match c {
-                        Codec::Gzip(l) => json::obj([
+                        Compressor::Gzip(l) => json::obj([
                             ("name", Json::from("gzip")),
                             (
                                 "configuration",
-                                json::obj([("level", Json::from(*l as usize))]),
+                                json::obj([("level", Json::from(l as usize))]),
                             ),
                         ]),
-                        Codec::Zstd(l) => json::obj([
+                        Compressor::Zstd(l) => json::obj([
                             ("name", Json::from("zstd")),
                             (
                                 "configuration",
                                 json::obj([
-                                    ("level", Json::from(*l)),
+                                    ("level", Json::from(l)),
                                     ("checksum", Json::Bool(false)),
                                 ]),
                             ),
                         ]),
-                        // create() only builds gzip/zstd pipelines for v3.
                         _ => Json::Null,
                     });
                 }
@@ -827,140 +982,89 @@ impl ZarrArray {
         self.chunks.iter().product()
     }
 
-    /// Decodes stored chunk bytes into C-order elements.
-    fn decode_chunk<T: Voxel>(&self, mut bytes: Vec<u8>, file: &Path) -> Result<Vec<T>> {
-        let want = crate::alloc::check(
-            &format!("{}: a chunk of {:?}", file.display(), self.chunks),
+    /// The chunk at grid index `idx` as C-order elements, or None when it is missing (fill value).
+    fn read_chunk<T: Voxel>(&self, idx: &[usize]) -> Result<Option<Vec<T>>> {
+        crate::alloc::check(
+            &format!("{}: a chunk of {:?}", self.path.display(), self.chunks),
             &self.chunks,
             self.dtype.size(),
         )?;
-        let bad = |msg: String| Error::Io(format!("{}: corrupt chunk: {msg}", file.display()));
-        let mut perm: Option<&Vec<usize>> = None;
-        for c in self.codecs.iter().rev() {
-            bytes = match c {
-                Codec::Transpose(p) => {
-                    perm = Some(p);
-                    continue;
-                }
-                Codec::Gzip(_) => {
-                    let mut out = Vec::with_capacity(want);
-                    flate2::read::MultiGzDecoder::new(&bytes[..])
-                        .take(want as u64 + 1)
-                        .read_to_end(&mut out)
-                        .map_err(|e| bad(format!("gzip: {e}")))?;
-                    out
-                }
-                Codec::Zlib(_) => {
-                    let mut out = Vec::with_capacity(want);
-                    flate2::read::ZlibDecoder::new(&bytes[..])
-                        .take(want as u64 + 1)
-                        .read_to_end(&mut out)
-                        .map_err(|e| bad(format!("zlib: {e}")))?;
-                    out
-                }
-                Codec::Zstd(_) => {
-                    let mut out = vec![0u8; want];
-                    let mut dec = ruzstd::decoding::FrameDecoder::new();
-                    let n = dec
-                        .decode_all(&bytes, &mut out)
-                        .map_err(|e| bad(format!("zstd: {e}")))?;
-                    out.truncate(n);
-                    out
-                }
-                Codec::Crc32c => {
-                    if bytes.len() < 4 {
-                        return Err(bad("shorter than its crc32c checksum".into()));
+        let za = self.codecs()?;
+        let i: Vec<u64> = idx.iter().map(|&c| c as u64).collect();
+        let bad = |e: zarrs::array::ArrayError| {
+            Error::Io(format!(
+                "{}: corrupt chunk: {}",
+                self.chunk_path(idx).display(),
+                crate::fsutil::one_line(&e.to_string())
+            ))
+        };
+        macro_rules! get {
+            ($t:ty) => {
+                za.retrieve_chunk_if_exists::<Vec<$t>>(&i)
+                    .map_err(bad)?
+                    .map(|v| bytemuck::allocation::cast_vec::<$t, T>(v))
+            };
+        }
+        macro_rules! get_signed {
+            ($s:ty, $u:ty) => {
+                match za.retrieve_chunk_if_exists::<Vec<$s>>(&i).map_err(bad)? {
+                    None => None,
+                    Some(v) => {
+                        let mut out = Vec::with_capacity(v.len());
+                        for (k, x) in v.into_iter().enumerate() {
+                            let u = <$u>::try_from(x).map_err(|_| Error::Value {
+                                what: format!("{}: signed chunk {idx:?}", self.path.display()),
+                                detail: format!(
+                                    "value {x} at flat index {k} is negative and cannot be read as {}",
+                                    self.dtype
+                                ),
+                            })?;
+                            out.push(u);
+                        }
+                        Some(bytemuck::allocation::cast_vec::<$u, T>(out))
                     }
-                    let (body, sum) = bytes.split_at(bytes.len() - 4);
-                    let expect = u32::from_le_bytes([sum[0], sum[1], sum[2], sum[3]]);
-                    if crc32c(body) != expect {
-                        return Err(bad("crc32c checksum mismatch".into()));
-                    }
-                    body.to_vec()
                 }
             };
         }
-        if bytes.len() != want {
-            return Err(bad(format!(
-                "{} bytes after decoding, a chunk of {:?} {} needs {want}",
-                bytes.len(),
-                self.chunks,
-                self.dtype
-            )));
-        }
-        let v: Vec<T> = decode_elements(&bytes, self.order)?;
-        Ok(match perm {
-            Some(p) => untranspose(&v, &self.chunks, p),
-            None => v,
+        // `check_type` made T the array's dtype, so each cast below is to the same type.
+        Ok(match (self.dtype, self.signed) {
+            (Dtype::U8, false) => get!(u8),
+            (Dtype::U16, false) => get!(u16),
+            (Dtype::U32, false) => get!(u32),
+            (Dtype::U64, false) => get!(u64),
+            (Dtype::F32, _) => get!(f32),
+            (Dtype::F64, _) => get!(f64),
+            (Dtype::U8, true) => get_signed!(i8, u8),
+            (Dtype::U16, true) => get_signed!(i16, u16),
+            (Dtype::U32, true) => get_signed!(i32, u32),
+            (Dtype::U64, true) => get_signed!(i64, u64),
         })
     }
 
-    fn encode_chunk<T: Voxel>(&self, data: &[T]) -> Result<Vec<u8>> {
-        let transposed;
-        let elems: &[T] = match self.codecs.iter().find_map(|c| match c {
-            Codec::Transpose(p) => Some(p),
-            _ => None,
-        }) {
-            Some(p) => {
-                transposed = transpose(data, &self.chunks, p);
-                &transposed
-            }
-            None => data,
-        };
-        let mut bytes = encode_elements(elems, self.order);
-        let err = |e: std::io::Error| {
-            Error::Io(format!("{}: compressing a chunk: {e}", self.path.display()))
-        };
-        for c in &self.codecs {
-            bytes = match c {
-                Codec::Transpose(_) => continue,
-                Codec::Gzip(l) => {
-                    let mut e =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(*l));
-                    e.write_all(&bytes).map_err(err)?;
-                    e.finish().map_err(err)?
-                }
-                Codec::Zlib(l) => {
-                    let mut e =
-                        flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(*l));
-                    e.write_all(&bytes).map_err(err)?;
-                    e.finish().map_err(err)?
-                }
-                Codec::Zstd(_) => ruzstd::encoding::compress_to_vec(
-                    &bytes[..],
-                    ruzstd::encoding::CompressionLevel::Fastest,
-                ),
-                Codec::Crc32c => {
-                    let s = crc32c(&bytes);
-                    bytes.extend_from_slice(&s.to_le_bytes());
-                    bytes
-                }
-            };
-        }
-        Ok(bytes)
-    }
-
-    /// The chunk at grid index `idx` as C-order elements, or None when it is missing (fill value).
-    fn read_chunk<T: Voxel>(&self, idx: &[usize]) -> Result<Option<Vec<T>>> {
-        let p = self.chunk_path(idx);
-        match std::fs::read(&p) {
-            Ok(b) => self.decode_chunk(b, &p).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&p, e)),
-        }
-    }
-
     fn write_chunk<T: Voxel>(&self, idx: &[usize], data: &[T]) -> Result<()> {
-        let p = self.chunk_path(idx);
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        if self.signed {
+            return Err(Error::Invalid(format!(
+                "{}: writing into signed integer arrays is not supported; write a new array",
+                self.path.display()
+            )));
         }
-        let bytes = self.encode_chunk(data)?;
-        write_file_renamed(
-            &p,
-            |w| w.write_all(&bytes).map_err(|e| io_err(&p, e)),
-            false,
-        )
+        let za = self.codecs()?;
+        let i: Vec<u64> = idx.iter().map(|&c| c as u64).collect();
+        let r = match self.dtype {
+            Dtype::U8 => za.store_chunk(&i, bytemuck::cast_slice::<T, u8>(data)),
+            Dtype::U16 => za.store_chunk(&i, bytemuck::cast_slice::<T, u16>(data)),
+            Dtype::U32 => za.store_chunk(&i, bytemuck::cast_slice::<T, u32>(data)),
+            Dtype::U64 => za.store_chunk(&i, bytemuck::cast_slice::<T, u64>(data)),
+            Dtype::F32 => za.store_chunk(&i, bytemuck::cast_slice::<T, f32>(data)),
+            Dtype::F64 => za.store_chunk(&i, bytemuck::cast_slice::<T, f64>(data)),
+        };
+        r.map_err(|e| {
+            Error::Io(format!(
+                "{}: writing a chunk: {}",
+                self.chunk_path(idx).display(),
+                crate::fsutil::one_line(&e.to_string())
+            ))
+        })
     }
 
     fn fill<T: Voxel>(&self) -> T {
@@ -1075,7 +1179,10 @@ impl ZarrArray {
             .map_err(|e| self.named(e))?;
         let ov = self.overlaps(offset, &data.shape);
         ov.par_iter().try_for_each(|o| {
-            let full = o.count == self.chunks;
+            // Edge chunks count as whole when the box covers their part inside the array.
+            let full = (0..o.count.len()).all(|d| {
+                o.count[d] == self.chunks[d].min(self.shape[d] - o.chunk[d] * self.chunks[d])
+            });
             let mut chunk = if full {
                 vec![T::default(); self.chunk_len()]
             } else {
@@ -1115,74 +1222,169 @@ struct Overlap {
     count: Vec<usize>,
 }
 
-/// C-order chunk -> stored order of a v3 transpose(perm): stored axis k is original axis perm[k].
-fn transpose<T: Copy>(data: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
-    let tshape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let src = c_strides(shape);
-    let mut out = Vec::with_capacity(data.len());
-    for j in 0..data.len() {
-        let jt = super::array::unravel(j, &tshape);
-        let o: usize = (0..perm.len()).map(|k| jt[k] * src[perm[k]]).sum();
-        out.push(data[o]);
+// The volume dispatcher's reader and writer (`volume::io`).
+impl FormatReader for ZarrArray {
+    fn read_region(&self, offset: &[usize], shape: &[usize], _want: Dtype) -> Result<AnyArray> {
+        self.read_region_any(offset, shape)
     }
-    out
 }
 
-/// Inverse of `transpose`.
-fn untranspose<T: Copy + Default>(stored: &[T], shape: &[usize], perm: &[usize]) -> Vec<T> {
-    let tshape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
-    let src = c_strides(shape);
-    let mut out = vec![T::default(); stored.len()];
-    for (j, &v) in stored.iter().enumerate() {
-        let jt = super::array::unravel(j, &tshape);
-        let o: usize = (0..perm.len()).map(|k| jt[k] * src[perm[k]]).sum();
-        out[o] = v;
-    }
-    out
+pub(crate) fn open_volume(path: &Path) -> Result<Opened> {
+    let z = ZarrArray::open(path)?;
+    Ok(Opened {
+        shape: z.shape.clone(),
+        dtype: z.dtype,
+        voxel_size: z.voxel_size,
+        offset_nm: z.offset_nm,
+        reader: Box::new(z),
+    })
 }
 
-/// CRC-32C (Castagnoli), as the v3 crc32c codec stores it.
-fn crc32c(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0x82F6_3B78 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
+/// An array written chunk by chunk into a temporary directory beside the target, renamed over
+/// it at `finish`.
+struct ZarrWriter {
+    target: PathBuf,
+    tmp: PathBuf,
+    array: ZarrArray,
+    version: ZarrVersion,
+}
+
+pub(crate) fn create_volume(path: PathBuf, req: &WriteRequest) -> Result<Box<dyn FormatWriter>> {
+    if path.exists() && !(path.join(".zarray").exists() || path.join("zarr.json").exists()) {
+        return Err(Error::Invalid(format!(
+            "{}: exists and is not a zarr array; refusing to replace it",
+            path.display()
+        )));
+    }
+    let opt = req.opt;
+    let tmp = temp_beside(&path, "partial")?;
+    let version = if opt.zarr_v3 {
+        ZarrVersion::V3
+    } else {
+        ZarrVersion::V2
+    };
+    let co = CreateOptions {
+        version,
+        compressor: if opt.compress {
+            Compressor::Gzip(opt.gzip_level.unwrap_or(5).min(9))
+        } else {
+            Compressor::None
+        },
+        voxel_size: opt.voxel_size,
+        offset_nm: opt.offset_nm,
+        ..CreateOptions::default()
+    };
+    let array = match ZarrArray::create_with(&tmp, req.shape, req.chunks, req.dtype, &co) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
         }
-        t
-    });
-    let mut c = !0u32;
-    for &b in data {
-        c = t[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
+    };
+    Ok(Box::new(ZarrWriter {
+        target: path,
+        tmp,
+        array,
+        version,
+    }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc32c_check_value() {
-        // The standard check value of CRC-32C.
-        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+impl FormatWriter for ZarrWriter {
+    fn write_region(&mut self, offset: &[usize], data: &AnyArray) -> Result<()> {
+        any_one!(data, |a| self.array.write_region(offset, a))
     }
 
-    #[test]
-    fn transpose_inverts() {
-        let shape = [2, 3, 4];
-        let d: Vec<u32> = (0..24).collect();
-        let t = transpose(&d, &shape, &[2, 1, 0]);
-        // Fortran order of a C array: first stored elements walk axis 0.
-        assert_eq!(&t[..4], &[0, 12, 4, 16]);
-        assert_eq!(untranspose(&t, &shape, &[2, 1, 0]), d);
+    fn finish(&mut self) -> Result<()> {
+        crate::fsutil::sync_tree(&self.tmp)?;
+        // Before the array appears: once it is in place, nothing may fail any more.
+        let ome = self.array.voxel_size.map(|v| (v, self.array.offset_nm));
+        write_zarr_groups(&self.target, self.version, ome)?;
+        replace_dir(&self.tmp, &self.target)
     }
+
+    fn discard(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Renames a finished zarr directory over `target`, moving an old array aside first (a
+/// directory cannot be renamed over a non-empty one).
+fn replace_dir(tmp: &Path, target: &Path) -> Result<()> {
+    if target.exists() {
+        let old = temp_beside(target, "old")?;
+        std::fs::rename(target, &old).map_err(|e| io_err(target, e))?;
+        if let Err(e) = std::fs::rename(tmp, target) {
+            let _ = std::fs::rename(&old, target);
+            return Err(io_err(target, e));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+    } else {
+        std::fs::rename(tmp, target).map_err(|e| io_err(target, e))?;
+    }
+    Ok(())
+}
+
+/// Marks the directories between the `*.zarr` root and the array as groups, so that zarr
+/// tools walking from the root find the array; with a voxel size, the array's own group gets
+/// OME-Zarr multiscales naming it.
+pub(crate) fn write_zarr_groups(
+    target: &Path,
+    version: ZarrVersion,
+    ome: Option<(VoxelSize, Option<[f64; 3]>)>,
+) -> Result<()> {
+    let mut dirs = Vec::new();
+    let mut p = target.parent();
+    while let Some(d) = p {
+        if d.as_os_str().is_empty() {
+            break;
+        }
+        dirs.push(d.to_path_buf());
+        if d.to_string_lossy().to_ascii_lowercase().ends_with(".zarr") {
+            break;
+        }
+        p = d.parent();
+    }
+    // Only inside a store: an array directory that is itself the `.zarr` root has no groups.
+    if !dirs
+        .last()
+        .is_some_and(|d| d.to_string_lossy().to_ascii_lowercase().ends_with(".zarr"))
+    {
+        return Ok(());
+    }
+    let array_name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for (k, d) in dirs.into_iter().enumerate() {
+        let attrs = match ome {
+            Some((vs, off)) if k == 0 => ome_multiscales(&array_name, vs, off),
+            _ => json::obj::<String>([]),
+        };
+        if k == 0 && version == ZarrVersion::V2 && ome.is_some() && !d.join(".zattrs").exists() {
+            let f = d.join(".zattrs");
+            write_file_atomic(&f, |w| writeln!(w, "{attrs}").map_err(|e| io_err(&f, e)))?;
+        }
+        let v3 = json::obj([
+            ("zarr_format", Json::from(3usize)),
+            ("node_type", Json::from("group")),
+            ("attributes", attrs),
+        ]);
+        let (name, text) = match version {
+            ZarrVersion::V2 => (".zgroup", "{\"zarr_format\": 2}\n".to_string()),
+            ZarrVersion::V3 => ("zarr.json", format!("{v3}\n")),
+        };
+        let f = d.join(name);
+        let other = d.join(if version == ZarrVersion::V2 {
+            "zarr.json"
+        } else {
+            ".zgroup"
+        });
+        if !f.exists() && !other.exists() && !d.join(".zarray").exists() {
+            write_file_atomic(&f, |w| {
+                use std::io::Write;
+                w.write_all(text.as_bytes()).map_err(|e| io_err(&f, e))
+            })?;
+        }
+    }
+    Ok(())
 }
