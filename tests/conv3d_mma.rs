@@ -1,0 +1,220 @@
+//! conv3d on tensor cores (kernels/conv3d_mma.cu) on the emulator against the CPU in f64, in TF32
+//! and BF16: forward (with and without bias), input gradient and weight gradient (overwrite and
+//! accumulate), on ragged shapes (positions and channels not multiples of the tiles, K not a
+//! multiple of 16, one input channel, three output channels, an aligned volume that takes the
+//! 16-byte copies and misaligned ones that do not), under two schedules with every check on.
+//!
+//! Bound (kernels/README.md, "Tolerances of the tensor-core convolutions"): every output is a sum
+//! of K products of operands rounded to the format (unit roundoff u), added in f32 (u32 = 2^-24),
+//! so |got - exact| <= (2u + u^2 + (K + 2) u32) * (|prior| + |bias| + sum |x| |w|) elementwise;
+//! the sum of absolute products is the same convolution of |x| and |w| in f64.
+
+use revseg::backend::cpu::CpuBackend;
+use revseg::backend::gpu::emu::{EmuConfig, Schedule};
+use revseg::backend::gpu::{EmuLauncher, GpuBackend};
+use revseg::backend::{Backend, Bump, Region, View, Write};
+use revseg::precision::Precision;
+use revseg::rng::Rng;
+use revseg::tensor::{Element, Shape5};
+
+const U32: f64 = 1.0 / 16_777_216.0;
+
+fn unit_roundoff(p: Precision) -> f64 {
+    match p {
+        Precision::Tf32 => 2f64.powi(-11),
+        Precision::Bf16 => 2f64.powi(-8),
+        Precision::F32 => U32,
+    }
+}
+
+/// One layer's operands and outputs in one arena; `skew` shifts every tensor by one element
+/// (no 16-byte copies), 0 keeps them 16-byte aligned.
+struct Case {
+    bump: Bump,
+    init: Vec<(Region, Vec<f64>)>,
+    x: View,
+    w: View,
+    b: Region,
+    dy: View,
+    y: View,
+    y_nb: View,
+    dx: View,
+    dx_acc: View,
+    dw: View,
+    dw_acc: View,
+    /// K of each output (forward, input gradient, weight gradient).
+    k: [usize; 3],
+}
+
+impl Case {
+    fn new(dims: [usize; 9], skew: usize, rng: &mut Rng) -> Case {
+        let [n, ci, co, d, h, w, kd, kh, kw] = dims;
+        let mut bump = Bump::default();
+        let mut init = Vec::new();
+        let mut view = |shape: Shape5, data: bool, rng: &mut Rng| {
+            let pad = (4 - bump.len() % 4) % 4 + skew;
+            bump.take(pad);
+            let v = bump.view(shape);
+            if data {
+                init.push((v.region, rng.normals(shape.len())));
+            }
+            v
+        };
+        let x = view(Shape5::new(n, ci, d, h, w), true, rng);
+        let wt = view(Shape5::new(co, ci, kd, kh, kw), true, rng);
+        let b = view(Shape5::vector(co), true, rng).region;
+        let dy = view(Shape5::new(n, co, d, h, w), true, rng);
+        let y = view(dy.shape, false, rng);
+        let y_nb = view(dy.shape, false, rng);
+        let dx = view(x.shape, false, rng);
+        let dx_acc = view(x.shape, true, rng);
+        let dw = view(wt.shape, false, rng);
+        let dw_acc = view(wt.shape, true, rng);
+        let taps = kd * kh * kw;
+        Case {
+            bump,
+            init,
+            x,
+            w: wt,
+            b,
+            dy,
+            y,
+            y_nb,
+            dx,
+            dx_acc,
+            dw,
+            dw_acc,
+            k: [ci * taps, co * taps, n * d * h * w],
+        }
+    }
+
+    /// (name, region, K, prior values added) of each output.
+    fn outputs(&self) -> Vec<(&'static str, Region, usize)> {
+        vec![
+            ("y bias", self.y.region, self.k[0]),
+            ("y", self.y_nb.region, self.k[0]),
+            ("dx", self.dx.region, self.k[1]),
+            ("dx accumulate", self.dx_acc.region, self.k[1]),
+            ("dw", self.dw.region, self.k[2]),
+            ("dw accumulate", self.dw_acc.region, self.k[2]),
+        ]
+    }
+
+    /// Runs every call; `abs` takes the absolute value of every input first (the bound's scale).
+    fn run<B: Backend>(&self, dev: &B, abs: bool) -> Vec<Vec<f64>> {
+        let mut a = dev.alloc_arena(self.bump.len()).unwrap();
+        for (r, v) in &self.init {
+            let v: Vec<B::Elem> = v
+                .iter()
+                .map(|&x| B::Elem::from_f64(if abs { x.abs() } else { x }))
+                .collect();
+            dev.upload(&mut a, *r, &v).unwrap();
+        }
+        let ctx = |e: revseg::error::Error| panic!("{} failed: {e}", dev.name());
+        dev.conv3d_forward(&mut a, self.x, self.w, Some(self.b), self.y)
+            .unwrap_or_else(ctx);
+        dev.conv3d_forward(&mut a, self.x, self.w, None, self.y_nb)
+            .unwrap_or_else(ctx);
+        dev.conv3d_backward_input(&mut a, self.dy, self.w, self.dx, Write::Overwrite)
+            .unwrap_or_else(ctx);
+        dev.conv3d_backward_input(&mut a, self.dy, self.w, self.dx_acc, Write::Accumulate)
+            .unwrap_or_else(ctx);
+        dev.conv3d_backward_weight(&mut a, self.x, self.dy, self.dw, Write::Overwrite)
+            .unwrap_or_else(ctx);
+        dev.conv3d_backward_weight(&mut a, self.x, self.dy, self.dw_acc, Write::Accumulate)
+            .unwrap_or_else(ctx);
+        self.outputs()
+            .iter()
+            .map(|&(_, r, _)| {
+                let mut v = vec![B::Elem::ZERO; r.len];
+                dev.download(&a, r, &mut v).unwrap();
+                v.iter().map(|x| x.to_f64()).collect()
+            })
+            .collect()
+    }
+}
+
+fn emu(precision: Precision, schedule: Schedule) -> GpuBackend<EmuLauncher> {
+    GpuBackend::with_precision(
+        EmuLauncher::with_config(EmuConfig {
+            schedule,
+            check: true,
+        }),
+        precision,
+    )
+}
+
+/// Largest |got - exact| / bound over one output, and its count of values.
+fn worst(got: &[f64], exact: &[f64], scale: &[f64], u: f64, k: usize) -> f64 {
+    let factor = 2.0 * u + u * u + (k + 2) as f64 * U32;
+    got.iter()
+        .zip(exact.iter().zip(scale))
+        .map(|(g, (e, s))| {
+            assert!(g.is_finite(), "not finite");
+            (g - e).abs() / (factor * s).max(f64::MIN_POSITIVE)
+        })
+        .fold(0.0, f64::max)
+}
+
+/// (n, ci, co, d, h, w, kd, kh, kw, skew)
+const SHAPES: [([usize; 9], usize); 5] = [
+    // 2 x 105 positions (two ragged position tiles each), co 5 in a tile of 8, K = 81.
+    ([2, 3, 5, 3, 5, 7, 3, 3, 3], 1),
+    // co 18 -> tile 24, ci 20 -> tile 24 for the input gradient, K = 180 and 162.
+    ([1, 20, 18, 2, 6, 9, 1, 3, 3], 1),
+    // One input channel, 1x5x5 (K = 25), rows of 12 (sp % 4 == 0, aligned: 16-byte copies).
+    ([1, 1, 12, 1, 9, 12, 1, 5, 5], 0),
+    // The output layer's kind: 1x1x1, three output channels, K = 33.
+    ([2, 33, 3, 1, 4, 5, 1, 1, 1], 1),
+    // co 75 -> tile 80 (ten n-fragments per warp), aligned.
+    ([1, 6, 75, 1, 7, 8, 1, 3, 3], 0),
+];
+
+fn check(precision: Precision) {
+    let u = unit_roundoff(precision);
+    let mut rng = Rng::new(23);
+    let cpu = CpuBackend::<f64>::new();
+    for (i, &(dims, skew)) in SHAPES.iter().enumerate() {
+        let case = Case::new(dims, skew, &mut rng);
+        let exact = case.run(&cpu, false);
+        let scale = case.run(&cpu, true);
+        let got = case.run(&emu(precision, Schedule::Ascending), false);
+        let again = case.run(&emu(precision, Schedule::Descending), false);
+        let mut fwd_ratio_f32 = 0.0f64;
+        for (j, (name, _, k)) in case.outputs().into_iter().enumerate() {
+            assert!(
+                exact[j].iter().any(|&v| v != 0.0),
+                "shape {i} {name}: the reference is all zero"
+            );
+            assert_eq!(
+                got[j].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                again[j].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "shape {i} {name}: ascending and descending schedules differ (a race)"
+            );
+            let r = worst(&got[j], &exact[j], &scale[j], u, k);
+            eprintln!("{precision} shape {i} {name}: worst error {r:.3} of the bound");
+            assert!(
+                r <= 1.0,
+                "{precision} shape {i} {dims:?} {name}: error {r:.2} times the bound"
+            );
+            if j < 2 {
+                fwd_ratio_f32 = fwd_ratio_f32.max(worst(&got[j], &exact[j], &scale[j], U32, k));
+            }
+        }
+        // The operands really are rounded: the forward's error exceeds what f32 operands allow.
+        assert!(
+            fwd_ratio_f32 > 1.0,
+            "{precision} shape {i}: error within the f32 bound ({fwd_ratio_f32:.2}), operands not rounded?"
+        );
+    }
+}
+
+#[test]
+fn tf32_matches_f64_within_the_bound() {
+    check(Precision::Tf32);
+}
+
+#[test]
+fn bf16_matches_f64_within_the_bound() {
+    check(Precision::Bf16);
+}
