@@ -97,13 +97,20 @@ __device__ __forceinline__ void load_packed_b(const MmaConvArgs& a, float* Bs, i
                                               int tid) {
     constexpr int BS = mma_stride(BN);
     constexpr int GROUPS = BN / 4;
-    for (int i = tid; i < MMA_BK * GROUPS; i += MMA_THREADS) {
+    constexpr int ITERS = (MMA_BK * GROUPS + MMA_THREADS - 1) / MMA_THREADS;
+    REVSEG_UNROLL
+    for (int it = 0; it < ITERS; ++it) {
+        const int i = tid + it * MMA_THREADS;
+        if (MMA_BK * GROUPS % MMA_THREADS != 0 && i >= MMA_BK * GROUPS) {
+            break;
+        }
         const int r = i / GROUPS, c = 4 * (i % GROUPS);
         float* dst = Bs + r * BS + c;
         const float* src = a.w + static_cast<long long>(k0 + r) * a.npad + n0 + c;
         if (a.vec) {
             cp_async<16>(dst, src);
         } else {
+            REVSEG_UNROLL
             for (int j = 0; j < 4; ++j) {
                 cp_async<4>(dst + j, src + j);
             }
@@ -154,9 +161,11 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
 
     auto load = [&](int stage, int kt) {
         float* as = As[stage];
+        REVSEG_UNROLL
         for (int r = 0; r < 2; ++r) {
             float* dst = as + (kr + 8 * r) * MMA_AS + mg;
             if (rt[r] >= taps) {
+                REVSEG_UNROLL
                 for (int j = 0; j < 4; ++j) {
                     dst[j] = 0.0f;
                 }
@@ -169,6 +178,7 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
                     x0 + 3 < a.wd && off % 4 == 0) {
                     cp_async<16>(dst, plane + off);
                 } else {
+                    REVSEG_UNROLL
                     for (int j = 0; j < 4; ++j) {
                         const int z = pz[j] + o.dz, y = py[j] + o.dy, x = px[j] + o.dx;
                         if (pin[j] && z >= 0 && z < a.d && y >= 0 && y < a.h && x >= 0 &&
@@ -180,15 +190,14 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
                     }
                 }
             }
+            // Divisions only where the row crosses into another tap.
             rc[r] += MMA_BK;
-            bool moved = false;
-            while (rc[r] >= a.cin) {
-                rc[r] -= a.cin;
-                ++rt[r];
-                moved = true;
-            }
-            if (moved && rt[r] < taps) {
-                ro[r] = mma_tap(a, rt[r]);
+            if (rc[r] >= a.cin) {
+                rt[r] += rc[r] / a.cin;
+                rc[r] %= a.cin;
+                if (rt[r] < taps) {
+                    ro[r] = mma_tap(a, rt[r]);
+                }
             }
         }
         load_packed_b<BN>(a, Bs[stage], kt * MMA_BK, n0, tid);
@@ -277,6 +286,7 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
         const bool q_in = q < qend;
         const float* x_n = a.src + static_cast<long long>(qn) * a.cin * sp;
         const float* dy_n = a.w + static_cast<long long>(qn) * a.cout * sp;
+        REVSEG_UNROLL
         for (int j = 0; j < 8; ++j) {
             const MmaTap o = co_[j];
             const int z = qz + o.dz, y = qy + o.dy, x = qx + o.dx;
@@ -288,6 +298,7 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
             }
         }
         const int p = (qz * a.h + qy) * a.wd + qx;
+        REVSEG_UNROLL
         for (int j = 0; j < BN / 8; ++j) {
             const int c = n0 + mc + 8 * j;
             if (q_in && c < a.cout) {
@@ -296,15 +307,18 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
                 bs[mc + 8 * j] = 0.0f;
             }
         }
+        // Divisions only where the row wraps into another row of the volume.
         q += MMA_BK;
         qx += MMA_BK;
-        while (qx >= a.wd) {
-            qx -= a.wd;
-            if (++qy == a.h) {
-                qy = 0;
-                if (++qz == a.d) {
-                    qz = 0;
-                    ++qn;
+        if (qx >= a.wd) {
+            qy += qx / a.wd;
+            qx %= a.wd;
+            if (qy >= a.h) {
+                qz += qy / a.h;
+                qy %= a.h;
+                if (qz >= a.d) {
+                    qn += qz / a.d;
+                    qz %= a.d;
                 }
             }
         }

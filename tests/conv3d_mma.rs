@@ -13,8 +13,10 @@ use revseg::backend::cpu::CpuBackend;
 use revseg::backend::gpu::emu::{EmuConfig, Schedule};
 use revseg::backend::gpu::{EmuLauncher, GpuBackend};
 use revseg::backend::{Backend, Bump, Region, View, Write};
+use revseg::model::{self, NetConfig, Norm, ParamKind};
 use revseg::precision::Precision;
 use revseg::rng::Rng;
+use revseg::scheduler::{self, Batch, Executor, Strategy};
 use revseg::tensor::{Element, Shape5};
 
 const U32: f64 = 1.0 / 16_777_216.0;
@@ -217,4 +219,107 @@ fn tf32_matches_f64_within_the_bound() {
 #[test]
 fn bf16_matches_f64_within_the_bound() {
     check(Precision::Bf16);
+}
+
+/// One training step (forward, loss, backward through the scheduler's recompute plan) of a small
+/// reversible network: (loss, every parameter gradient, number of convolutions, parameter names).
+fn train_step<B: Backend>(b: &B) -> (f64, Vec<Vec<f64>>, usize, Vec<String>) {
+    let c = NetConfig {
+        widths: vec![4, 6, 8],
+        rev_blocks: 2,
+        norm: Norm::Batch,
+        outputs: 3,
+    };
+    let prog = model::build(&c, (3, 8, 12)).unwrap();
+    let convs = prog
+        .params
+        .iter()
+        .filter(|p| matches!(p.kind, ParamKind::ConvWeight { .. }))
+        .count();
+    let mut rng = Rng::new(3);
+    let n_in = prog.tensors[prog.input].shape.len();
+    let n_out = prog.tensors[prog.output].shape.len();
+    let elems = |v: Vec<f64>| v.into_iter().map(B::Elem::from_f64).collect::<Vec<_>>();
+    let image = elems(rng.normals(n_in));
+    let target = elems(
+        (0..n_out)
+            .map(|_| (rng.uniform() < 0.6) as u8 as f64)
+            .collect(),
+    );
+    let mask = elems(
+        (0..n_out)
+            .map(|_| (rng.uniform() < 0.9) as u8 as f64)
+            .collect(),
+    );
+    let plan = scheduler::training_plan(&prog, Strategy::Recompute, false).unwrap();
+    let mut ex = Executor::new(b, &prog, plan, 1).unwrap();
+    let batch = Batch {
+        image: &image,
+        target: &target,
+        mask: &mask,
+    };
+    let loss = ex.train_step(b, &batch, false).unwrap();
+    let grads = (0..prog.params.len())
+        .map(|p| ex.grad(b, p).unwrap())
+        .collect();
+    let names = prog.params.iter().map(|p| p.name.clone()).collect();
+    (loss, grads, convs, names)
+}
+
+fn norm(v: impl Iterator<Item = f64>) -> f64 {
+    v.map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Tolerance of a whole step (kernels/README.md): each convolution adds a norm-wise relative error
+/// of about 2u (its two rounded operands; f32 accumulation is far below), and a gradient passes
+/// through at most every convolution twice (forward and backward): 4 u D for D convolutions.
+fn step_matches_cpu(precision: Precision) {
+    let (l_ref, g_ref, convs, names) = train_step(&CpuBackend::<f64>::new());
+    let dev = GpuBackend::with_precision(EmuLauncher::new(), precision);
+    let (l_dev, g_dev, _, _) = train_step(&dev);
+    let tol = 4.0 * unit_roundoff(precision) * convs as f64;
+    let loss_err = (l_dev - l_ref).abs() / l_ref.abs();
+    eprintln!(
+        "{precision}: loss {l_dev} vs {l_ref} (relative {loss_err:.2e}), tolerance {tol:.2e}"
+    );
+    assert!(
+        loss_err <= tol,
+        "{precision}: loss error {loss_err:.2e} > {tol:.2e}"
+    );
+    let global = g_ref
+        .iter()
+        .map(|g| norm(g.iter().copied()))
+        .fold(0.0, f64::max);
+    assert!(global > 0.0);
+    let mut worst = 0.0f64;
+    for (i, (c, d)) in g_ref.iter().zip(&g_dev).enumerate() {
+        assert!(d.iter().all(|v| v.is_finite()), "param {i}: not finite");
+        // Small gradients (biases right before a BatchNorm are zero by design) are measured
+        // against a tenth of the largest: a max-pool whose arg-max flips after rounding moves
+        // gradient by a step that does not shrink with the gradient's own size.
+        let scale = norm(c.iter().copied()).max(0.1 * global);
+        let err = norm(c.iter().zip(d).map(|(a, b)| a - b)) / scale;
+        worst = worst.max(err);
+        let name = &names[i];
+        assert!(
+            err <= tol,
+            "{precision} {name}: error {err:.2e} > {tol:.2e}"
+        );
+    }
+    eprintln!("{precision}: worst gradient error {worst:.2e}");
+    // The precision is in effect: an f32 step is within 1e-4 (tests/gpu_parity.rs).
+    assert!(
+        worst > 1e-4,
+        "{precision}: gradients as close as f32 ones ({worst:.2e})"
+    );
+}
+
+#[test]
+fn tf32_training_step_matches_cpu() {
+    step_matches_cpu(Precision::Tf32);
+}
+
+#[test]
+fn bf16_training_step_matches_cpu() {
+    step_matches_cpu(Precision::Bf16);
 }

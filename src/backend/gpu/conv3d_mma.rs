@@ -129,7 +129,12 @@ impl<L: Launcher> GpuBackend<L> {
             n: kpad as i32,
             ..args
         };
-        self.launch("conv3d_mma_pack_weights", grid_1d(kpad * npad), THREADS, &pack)?;
+        self.launch(
+            "conv3d_mma_pack_weights",
+            grid_1d(kpad * npad),
+            THREADS,
+            &pack,
+        )?;
         args.src = src;
         args.w = packed;
         args.bias = bias;
@@ -210,7 +215,12 @@ mod tests {
 
     #[test]
     fn weight_splits_cover_every_position_once() {
-        for (sms, tiles, q) in [(132, 1, 7200), (132, 40, 460_800), (1, 1, 5), (132, 264, 100)] {
+        for (sms, tiles, q) in [
+            (132, 1, 7200),
+            (132, 40, 460_800),
+            (1, 1, 5),
+            (132, 264, 100),
+        ] {
             let (ns, chunk) = weight_splits(sms, tiles, q);
             assert_eq!(chunk % TILE_K, 0);
             assert!((ns - 1) * chunk < q && ns * chunk >= q, "{sms} {tiles} {q}");

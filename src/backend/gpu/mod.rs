@@ -14,11 +14,11 @@ pub use emu::EmuLauncher;
 
 use super::{Backend, BnRunning, BnStats, Region, View, Write};
 use crate::error::{Error, Result};
-use crate::precision::Precision;
 use crate::ops::{
     self, batchnorm::BatchNormArgs, conv3d::Conv3dGeom, conv_transpose::ConvTransposeGeom,
     optim::AdamParams, optim::SgdParams,
 };
+use crate::precision::Precision;
 use args::*;
 
 /// The generated kernel table (names, files, argument structs, embedded PTX and sources).
