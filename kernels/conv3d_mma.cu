@@ -118,6 +118,36 @@ __device__ __forceinline__ void load_packed_b(const MmaConvArgs& a, float* Bs, i
     }
 }
 
+// The K loop: tiles loaded by `load(stage, k tile)` MMA_STAGES - 1 ahead of the one multiplied.
+template <int PREC, int BN, typename Load>
+__device__ __forceinline__ void mma_pipeline(float (*As)[MMA_BK * MMA_AS],
+                                             float (*Bs)[MMA_BK * mma_stride(BN)], int ktiles,
+                                             int warp, int lane, Load& load, float acc[BN / 8][4]) {
+    for (int f = 0; f < BN / 8; ++f) {
+        for (int i = 0; i < 4; ++i) {
+            acc[f][i] = 0.0f;
+        }
+    }
+    for (int s = 0; s < MMA_STAGES - 1; ++s) {
+        if (s < ktiles) {
+            load(s, s);
+        }
+        cp_async_commit();
+    }
+    for (int kt = 0; kt < ktiles; ++kt) {
+        cp_async_wait<MMA_STAGES - 2>();
+        __syncthreads();
+        // The stage refilled here was last read in iteration kt - 1, before the barrier above.
+        const int next = kt + MMA_STAGES - 1;
+        if (next < ktiles) {
+            load(next % MMA_STAGES, next);
+        }
+        cp_async_commit();
+        mma_stage<PREC, BN>(As[kt % MMA_STAGES], Bs[kt % MMA_STAGES], 16 * warp, lane, acc);
+    }
+    cp_async_wait<0>();
+}
+
 // Forward / input gradient. Grid: x = n * position tiles, y = channel tiles of BN.
 template <int PREC, int BN>
 __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
@@ -204,29 +234,7 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
     };
 
     float acc[BN / 8][4];
-    for (int f = 0; f < BN / 8; ++f) {
-        for (int i = 0; i < 4; ++i) {
-            acc[f][i] = 0.0f;
-        }
-    }
-    for (int s = 0; s < MMA_STAGES - 1; ++s) {
-        if (s < ktiles) {
-            load(s, s);
-        }
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait<MMA_STAGES - 2>();
-        __syncthreads();
-        // The stage refilled here was last read in iteration kt - 1, before the barrier above.
-        const int next = kt + MMA_STAGES - 1;
-        if (next < ktiles) {
-            load(next % MMA_STAGES, next);
-        }
-        cp_async_commit();
-        mma_stage<PREC, BN>(As[kt % MMA_STAGES], Bs[kt % MMA_STAGES], 16 * warp, lane, acc);
-    }
-    cp_async_wait<0>();
+    mma_pipeline<PREC, BN>(As, Bs, ktiles, warp, lane, load, acc);
 
     const int g = lane >> 2, t = lane & 3;
     for (int f = 0; f < BN / 8; ++f) {
@@ -280,7 +288,7 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
     int rem = static_cast<int>(q % sp);
     int qz = rem / hw, qy = (rem / a.wd) % a.h, qx = rem % a.wd;
 
-    auto load = [&](int stage) {
+    auto load = [&](int stage, int) {
         float* as = As[stage] + ql * MMA_AS;
         float* bs = Bs[stage] + ql * BS;
         const bool q_in = q < qend;
@@ -325,28 +333,7 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
     };
 
     float acc[BN / 8][4];
-    for (int f = 0; f < BN / 8; ++f) {
-        for (int i = 0; i < 4; ++i) {
-            acc[f][i] = 0.0f;
-        }
-    }
-    for (int s = 0; s < MMA_STAGES - 1; ++s) {
-        if (s < ktiles) {
-            load(s);
-        }
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait<MMA_STAGES - 2>();
-        __syncthreads();
-        const int next = kt + MMA_STAGES - 1;
-        if (next < ktiles) {
-            load(next % MMA_STAGES);
-        }
-        cp_async_commit();
-        mma_stage<PREC, BN>(As[kt % MMA_STAGES], Bs[kt % MMA_STAGES], 16 * warp, lane, acc);
-    }
-    cp_async_wait<0>();
+    mma_pipeline<PREC, BN>(As, Bs, ktiles, warp, lane, load, acc);
 
     const int g = lane >> 2, t = lane & 3;
     float* part = a.out + static_cast<long long>(split) * a.cout * mdim;

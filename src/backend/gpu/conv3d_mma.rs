@@ -80,19 +80,19 @@ fn prec_code(p: Precision) -> i32 {
 }
 
 impl<L: Launcher> GpuBackend<L> {
+    /// The shape fields, from conv3d.cu's argument struct (its checks included).
     fn mma_args(g: &Conv3dGeom, cin: usize, cout: usize) -> Result<MmaConvArgs> {
-        const OP: &str = "conv3d";
-        int(OP, g.n * g.ci.max(g.co) * g.spatial())?;
+        let c = Self::conv_args(g, 0, 0, 0, 0, 0, 0)?;
         Ok(MmaConvArgs {
-            n: int(OP, g.n)?,
-            cin: int(OP, cin)?,
-            cout: int(OP, cout)?,
-            d: int(OP, g.d)?,
-            h: int(OP, g.h)?,
-            wd: int(OP, g.w)?,
-            kd: int(OP, g.kd)?,
-            kh: int(OP, g.kh)?,
-            kw: int(OP, g.kw)?,
+            n: c.n,
+            cin: int("conv3d", cin)?,
+            cout: int("conv3d", cout)?,
+            d: c.d,
+            h: c.h,
+            wd: c.wd,
+            kd: c.kd,
+            kh: c.kh,
+            kw: c.kw,
             ..Default::default()
         })
     }
