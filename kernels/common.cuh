@@ -52,6 +52,26 @@ struct ConvArgs {
     int chunk;
 };
 
+// conv3d on tensor cores (conv3d_mma.cu). Data kernels (forward, input gradient): src is x or dy
+// (cin channels), w the packed weights (kpad x npad, rows k = tap * cin + channel), out y or dx
+// (cout channels); `flip` negates the tap offsets (input gradient). Weight kernels: src = x (cin
+// channels), w = dy (cout channels), out = partial sums (splits x cout x cin x taps), positions
+// split into `chunk`-sized ranges. `vec`: 16-byte copies allowed (bases aligned, sp % 4 == 0).
+// `prec`: 0 TF32, 1 BF16 (what the weight packing rounds to).
+struct MmaConvArgs {
+    const float* src;
+    const float* w;
+    const float* bias;
+    float* out;
+    int n, cin, cout, d, h, wd, kd, kh, kw;
+    int npad;
+    int accumulate;
+    int flip;
+    int vec;
+    int splits, chunk;
+    int prec;
+};
+
 // conv_transpose 1x2x2 stride 1x2x2; x (n, ci, d, h, wd), w (ci, co, 1, 2, 2), y (n, co, d, 2h, 2wd).
 struct ConvTArgs {
     const float* x;

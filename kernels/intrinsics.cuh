@@ -5,6 +5,49 @@
 #pragma once
 #include "common.cuh"
 
+// f32 rounded to the nearest TF32 (ties away from zero, as cvt.rna does), as f32 bits with the low
+// 13 bits clear. mma.sync would otherwise truncate, a bias of half a TF32 unit per operand.
+__device__ __forceinline__ unsigned tf32_round(float v) {
+#ifdef REVSEG_EMU
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7F800000u) != 0x7F800000u) {
+        u += 0x1000u;
+    }
+    return u & 0xFFFFE000u;
+#else
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+    return r;
+#endif
+}
+
+#ifdef REVSEG_EMU
+// Round to nearest even, as cvt.rn.bf16 does (NaN stays NaN).
+__device__ __forceinline__ unsigned bf16_bits(float v) {
+    const unsigned u = __float_as_uint(v);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+        return (u >> 16) | 0x40u;
+    }
+    return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+#endif
+
+// Two f32 rounded to bf16 and packed as mma.sync takes them: `lo` in the low half.
+__device__ __forceinline__ unsigned bf16x2_round(float lo, float hi) {
+#ifdef REVSEG_EMU
+    return bf16_bits(lo) | (bf16_bits(hi) << 16);
+#else
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+// f32 rounded to bf16 and widened back: what a bf16 operand holds.
+__device__ __forceinline__ float bf16_round(float v) {
+    return __uint_as_float(bf16x2_round(v, 0.0f) << 16);
+}
+
 // D = A B + C, A 16 x 8 (row), B 8 x 8 (col), TF32 inputs (the top 19 bits of each f32), f32
 // accumulate. Per lane: a[4], b[2], c[4], d[4] as the manual's fragments.
 __device__ __forceinline__ void mma_tf32_m16n8k8(float d[4], const unsigned a[4],

@@ -87,6 +87,8 @@ impl std::fmt::Display for Precision {
 fn supported(p: Precision, device: Device) -> bool {
     match (p, device) {
         (Precision::F32, _) => true,
+        // kernels/conv3d_mma.cu
+        (Precision::Tf32 | Precision::Bf16, Device::Emu | Device::Cuda(_)) => true,
         _ => false,
     }
 }

@@ -1,5 +1,7 @@
 //! scripts/kernel-report reads every kernel off its sm_90 build: each kernel of kernels/*.cu is
-//! there with the resources ptxas gave it and an inner loop that does arithmetic.
+//! there with the resources ptxas gave it and an inner loop that does arithmetic; the tensor-core
+//! convolutions have HMMA in their main loops and no spills; the per-layer useful-MAC fractions
+//! agree with the tile table, and the FLOP-weighted fraction is at least 85%.
 
 use std::process::Command;
 
@@ -42,6 +44,53 @@ fn kernel_report_covers_every_kernel() {
         assert!(r["regs"].as_u64().unwrap() > 0, "{k}: {r}");
         let occ = r["occupancy"].as_f64().unwrap();
         assert!(occ > 0.0 && occ <= 1.0, "{k}: {r}");
+    }
+    // The tensor-core convolutions: HMMA in the main loop, no spills.
+    let mma: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            let k = r["kernel"].as_str().unwrap();
+            k.starts_with("conv3d_mma_data_") || k.starts_with("conv3d_mma_weight_")
+        })
+        .collect();
+    assert_eq!(mma.len(), 32);
+    for r in &mma {
+        assert!(r["inner_loop_mix"]["mma"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(
+            r["spill_st"].as_u64().unwrap() + r["spill_ld"].as_u64().unwrap(),
+            0,
+            "{r}"
+        );
+    }
+    // Per layer shape: the useful fraction recomputed here from the shape and the tile table.
+    let layers = j["layers"].as_array().unwrap();
+    let tile = |c: u64| {
+        [8u64, 16, 24, 32, 40, 48, 64, 80]
+            .into_iter()
+            .rev()
+            .min_by_key(|&n| c.div_ceil(n) * n)
+            .unwrap()
+    };
+    for l in layers
+        .iter()
+        .filter(|l| l["precision"] == "tf32" && l["pass_"] == "forward")
+    {
+        let (ci, co, taps, q) = (
+            l["ci"].as_u64().unwrap(),
+            l["co"].as_u64().unwrap(),
+            l["taps"].as_u64().unwrap(),
+            l["positions"].as_u64().unwrap(),
+        );
+        let n = tile(co);
+        let issued = q.div_ceil(64) * 64 * co.div_ceil(n) * n * (ci * taps).div_ceil(16) * 16;
+        let want = (ci * co * taps * q) as f64 / issued as f64;
+        let got = l["useful_mac_fraction"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-3, "{l}: {want}");
+        assert!(l["hmma_in_inner_loop"].as_bool().unwrap(), "{l}");
+    }
+    for key in ["tf32/base", "tf32/revnet_n2", "bf16/base", "bf16/revnet_n2"] {
+        let u = j["estimate"][key]["flop_weighted_useful"].as_f64().unwrap();
+        assert!(u >= 0.85, "{key}: {u}");
     }
     let fwd = rows
         .iter()

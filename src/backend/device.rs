@@ -3,6 +3,7 @@
 
 use super::gpu::{cuda, table, CudaLauncher, EmuLauncher, GpuBackend, Launcher};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
@@ -69,11 +70,23 @@ pub fn select(s: &str) -> Result<Device> {
 }
 
 pub fn emu_backend() -> GpuBackend<EmuLauncher> {
-    GpuBackend::new(EmuLauncher::new())
+    emu_backend_in(Precision::F32)
 }
 
 pub fn cuda_backend(ordinal: usize) -> Result<GpuBackend<CudaLauncher>> {
-    Ok(GpuBackend::new(CudaLauncher::new(ordinal)?))
+    cuda_backend_in(ordinal, Precision::F32)
+}
+
+/// The emulator running convolutions in `precision` (checked by `Precision::for_device`).
+pub fn emu_backend_in(precision: Precision) -> GpuBackend<EmuLauncher> {
+    GpuBackend::with_precision(EmuLauncher::new(), precision)
+}
+
+pub fn cuda_backend_in(ordinal: usize, precision: Precision) -> Result<GpuBackend<CudaLauncher>> {
+    Ok(GpuBackend::with_precision(
+        CudaLauncher::new(ordinal)?,
+        precision,
+    ))
 }
 
 /// Devices, memory, compute capability, driver version and where the kernels' PTX comes from.

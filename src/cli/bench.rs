@@ -142,18 +142,18 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Ops(a) => {
             let dev = super::select_device(&a.device)?;
-            a.precision.resolve(dev)?;
-            crate::on_device!(dev, |b| ops_on(b, a))
+            let p = a.precision.resolve(dev)?;
+            crate::on_device!(dev, p, |b| ops_on(b, a))
         }
         BenchCmd::Step(a) => {
             let dev = super::select_device(&a.device)?;
-            a.precision.resolve(dev)?;
-            crate::on_device!(dev, |b| step_on(b, a))
+            let p = a.precision.resolve(dev)?;
+            crate::on_device!(dev, p, |b| step_on(b, a))
         }
         BenchCmd::Ratio(a) => {
             let dev = super::select_device(&a.device)?;
-            a.precision.resolve(dev)?;
-            crate::on_device!(dev, |b| ratio_on(b, a))
+            let p = a.precision.resolve(dev)?;
+            crate::on_device!(dev, p, |b| ratio_on(b, a))
         }
         BenchCmd::Segment(a) => crate::bench::segment::run_cli(a),
         BenchCmd::Quality(a) => {
@@ -163,8 +163,8 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
         }
         BenchCmd::Table(a) => {
             let dev = super::select_device(&a.device)?;
-            a.precision.resolve(dev)?;
-            crate::on_device!(dev, |b| table_on(b, a))
+            let p = a.precision.resolve(dev)?;
+            crate::on_device!(dev, p, |b| table_on(b, a))
         }
     }
 }

@@ -39,9 +39,26 @@ pub fn select_device(name: &str) -> Result<Device> {
     crate::backend::device::select(name)
 }
 
-/// Run `$body` with `$b` bound to the backend of a resolved device (f32 everywhere).
+/// Run `$body` with `$b` bound to the backend of a resolved device, in f32 or in a precision
+/// already resolved for that device (`Precision::for_device`; the CPU runs f32).
 #[macro_export]
 macro_rules! on_device {
+    ($dev:expr, $prec:expr, |$b:ident| $body:expr) => {
+        match $dev {
+            $crate::backend::device::Device::Cpu => {
+                let $b = &$crate::backend::cpu::CpuBackend::<f32>::new();
+                $body
+            }
+            $crate::backend::device::Device::Emu => {
+                let $b = &$crate::backend::device::emu_backend_in($prec);
+                $body
+            }
+            $crate::backend::device::Device::Cuda(n) => {
+                let $b = &$crate::backend::device::cuda_backend_in(n, $prec)?;
+                $body
+            }
+        }
+    };
     ($dev:expr, |$b:ident| $body:expr) => {
         match $dev {
             $crate::backend::device::Device::Cpu => {

@@ -98,9 +98,9 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     };
     let mut w = create_volume_with(&a.output, &out_shape, dtype, &opt_w)?;
     let dev = super::select_device(&a.device)?;
-    a.precision.resolve(dev)?;
+    let precision = a.precision.resolve(dev)?;
     let t0 = std::time::Instant::now();
-    let arena = crate::on_device!(dev, |b| {
+    let arena = crate::on_device!(dev, precision, |b| {
         let plan = scheduler::inference_plan(&prog)?;
         let arena = plan.arena_len * 4;
         let mut ex = Executor::new(b, &prog, plan, 0)?;

@@ -246,7 +246,7 @@ pub fn run(a: &TrainArgs) -> Result<()> {
         overwrite: a.overwrite,
         stop: Some(stop_on_signals()?),
     };
-    let s = crate::on_device!(dev, |b| train::train(b, cfg, &data, &opt))?;
+    let s = crate::on_device!(dev, precision, |b| train::train(b, cfg, &data, &opt))?;
     if s.interrupted {
         eprintln!(
             "interrupted: stopped after step {} with a checkpoint in {}; continue with --resume",

@@ -345,6 +345,12 @@ impl Launcher for CudaLauncher {
         .map_err(|e| dev_err(&format!("launching {kernel}"), e))
     }
 
+    fn sm_count(&self) -> usize {
+        self.ctx
+            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_or(super::conv3d_mma::EMU_SM_COUNT, |n| n.max(1) as usize)
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: the stream belongs to this context.

@@ -5,6 +5,7 @@
 //! emulator tests is what the GPU runs; only the kernel executor differs.
 
 pub mod args;
+pub mod conv3d_mma;
 pub mod cuda;
 pub mod emu;
 
@@ -17,6 +18,7 @@ use crate::ops::{
     self, batchnorm::BatchNormArgs, conv3d::Conv3dGeom, conv_transpose::ConvTransposeGeom,
     optim::AdamParams, optim::SgdParams,
 };
+use crate::precision::Precision;
 use args::*;
 
 /// The generated kernel table (names, files, argument structs, embedded PTX and sources).
@@ -54,6 +56,10 @@ pub trait Launcher {
     /// Profiler ranges (NVTX on CUDA).
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}
+    /// Streaming multiprocessors (the weight gradient's split count follows it).
+    fn sm_count(&self) -> usize {
+        conv3d_mma::EMU_SM_COUNT
+    }
 }
 
 /// One arena, plus the backend's own workspace for two-pass reductions (grown on demand, never
@@ -67,6 +73,8 @@ pub struct GpuArena<B> {
 
 pub struct GpuBackend<L: Launcher> {
     pub launcher: L,
+    /// What conv3d multiplies in: f32 on CUDA cores (conv3d.cu), TF32 or BF16 on tensor cores.
+    pub precision: Precision,
 }
 
 /// Threads per block of every kernel (the reductions' RED_THREADS and the conv tiles' 256).
@@ -157,7 +165,14 @@ impl<L: Launcher> Drop for Range<'_, L> {
 
 impl<L: Launcher> GpuBackend<L> {
     pub fn new(launcher: L) -> Self {
-        GpuBackend { launcher }
+        Self::with_precision(launcher, Precision::F32)
+    }
+
+    pub fn with_precision(launcher: L, precision: Precision) -> Self {
+        GpuBackend {
+            launcher,
+            precision,
+        }
     }
 
     /// Every op starts here: a new op, so a new set of regions.
@@ -307,7 +322,7 @@ impl<L: Launcher> Backend for GpuBackend<L> {
     type Arena = GpuArena<L::Buf>;
 
     fn name(&self) -> String {
-        format!("{} (f32)", self.launcher.name())
+        format!("{} ({})", self.launcher.name(), self.precision)
     }
 
     fn range_push(&self, name: &str) {
@@ -406,6 +421,9 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         }
         let [xp, wp, bp, yp] = self.ptrs(a, [x.region, w.region, b, y.region]);
         let bp = if bias.is_some() { bp } else { 0 };
+        if self.precision != Precision::F32 {
+            return self.conv3d_mma_data(a, &g, self.precision, false, xp, wp, bp, yp, 0);
+        }
         let args = Self::conv_args(&g, xp, wp, bp, 0, yp, 0)?;
         let tiles = g.spatial().div_ceil(CONV_TILE);
         self.launch(
@@ -436,6 +454,9 @@ impl<L: Launcher> Backend for GpuBackend<L> {
             return Ok(());
         }
         let [gy, wp, gx] = self.ptrs(a, [dy.region, w.region, dx.region]);
+        if self.precision != Precision::F32 {
+            return self.conv3d_mma_data(a, &g, self.precision, true, gy, wp, 0, gx, acc(mode));
+        }
         let args = Self::conv_args(&g, 0, wp, 0, gy, gx, acc(mode))?;
         let tiles = g.spatial().div_ceil(CONV_TILE);
         self.launch(
@@ -464,6 +485,10 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         )?;
         if dw.region.len == 0 {
             return Ok(());
+        }
+        if self.precision != Precision::F32 {
+            let [xp, gy, gw] = self.ptrs(a, [x.region, dy.region, dw.region]);
+            return self.conv3d_mma_weight(a, &g, self.precision, xp, gy, gw, acc(mode));
         }
         let k = g.ci * g.taps();
         let tiles = k.div_ceil(CONV_TILE) * g.co.div_ceil(CONV_TILE);
