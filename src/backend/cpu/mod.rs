@@ -6,6 +6,7 @@ pub mod conv3d;
 pub mod conv3d_avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod conv3d_backward_weight_avx512;
+pub mod conv3d_bf16;
 pub mod conv_transpose;
 pub mod coupling;
 pub mod elementwise;
