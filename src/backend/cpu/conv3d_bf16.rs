@@ -148,24 +148,32 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    /// The row written as out[i * stride] for i in 0..W.
+    /// The row written as out[i * stride] for i in 0..W: zeros at the edges, one plain copy (or
+    /// strided copy) of the part inside, no branch per element.
     #[inline(always)]
     fn write(self, out: &mut [bf16], w: usize, stride: usize) {
-        let Some(src) = self.src else {
-            for i in 0..w {
-                out[i * stride] = bf16::ZERO;
-            }
+        let wi = w as isize;
+        let (lo, hi) = match self.src {
+            Some(_) => (
+                (-self.shift).clamp(0, wi) as usize,
+                (wi - self.shift).clamp(0, wi) as usize,
+            ),
+            None => (0, 0),
+        };
+        let hi = hi.max(lo);
+        for i in (0..lo).chain(hi..w) {
+            out[i * stride] = bf16::ZERO;
+        }
+        let Some(src) = self.src.filter(|_| hi > lo) else {
             return;
         };
-        let wi = w as isize;
-        let lo = (-self.shift).clamp(0, wi) as usize;
-        let hi = (wi - self.shift).clamp(0, wi) as usize;
-        for i in 0..w {
-            out[i * stride] = if i >= lo && i < hi {
-                src[(i as isize + self.shift) as usize]
-            } else {
-                bf16::ZERO
-            };
+        let s = &src[(lo as isize + self.shift) as usize..][..hi - lo];
+        if stride == 1 {
+            out[lo..hi].copy_from_slice(s);
+        } else {
+            for (o, &v) in out[lo * stride..].iter_mut().step_by(stride).zip(s) {
+                *o = v;
+            }
         }
     }
 }
