@@ -37,6 +37,21 @@ struct EwArgs {
     int pad;
 };
 
+// Exact reversible coupling: y = x +- q(f), or y = q(x) when f is null; x may be y. bad holds one
+// count per block of results outside +-range.
+struct CouplingArgs {
+    const float* x;
+    const float* f;
+    float* y;
+    unsigned int* bad;
+    int n;
+    int negative;
+    float scale;
+    float inv_scale;
+    float range;
+    int pad;
+};
+
 // conv3d (stride 1, same padding, odd kernel). Forward: x -> out. Input gradient: x holds dy, out
 // dx, and ci/co are those of the forward. Weight gradient: x, dy -> out = partial sums, one
 // (co, ci*taps) block per split of the positions, `chunk` positions each.
@@ -159,6 +174,7 @@ static_assert(sizeof(ChanArgs) == 152, "ChanArgs layout");
 static_assert(sizeof(LossArgs) == 96, "LossArgs layout");
 static_assert(sizeof(AdamArgs) == 64, "AdamArgs layout");
 static_assert(sizeof(SgdArgs) == 40, "SgdArgs layout");
+static_assert(sizeof(CouplingArgs) == 56, "CouplingArgs layout");
 
 // Block size of every kernel that reduces with block_sum.
 #define RED_THREADS 256

@@ -76,6 +76,8 @@ pub trait Element:
     fn ln_1p(self) -> Self;
     fn sqrt(self) -> Self;
     fn abs(self) -> Self;
+    /// Nearest integer, ties to even (IEEE roundTiesToEven; CUDA's and C's `rintf`).
+    fn round_ties_even(self) -> Self;
     fn is_finite(self) -> bool;
     fn max(self, o: Self) -> Self {
         if o > self {
@@ -138,6 +140,10 @@ macro_rules! impl_element {
             #[inline(always)]
             fn abs(self) -> Self {
                 <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn round_ties_even(self) -> Self {
+                <$t>::round_ties_even(self)
             }
             #[inline(always)]
             fn is_finite(self) -> bool {

@@ -10,6 +10,7 @@ pub mod device;
 pub mod gpu;
 
 use crate::error::{Error, Result};
+use crate::ops::coupling::{Direction, FixedPoint};
 use crate::ops::{batchnorm::BatchNormArgs, optim::AdamParams, optim::SgdParams};
 use crate::tensor::{Element, Shape5};
 
@@ -196,6 +197,19 @@ pub trait Backend {
     fn add_assign(&self, a: &mut Self::Arena, dst: View, src: View) -> Result<()>;
     /// dst -= src: the reversible coupling inverse (x = y - f, in place).
     fn sub_assign(&self, a: &mut Self::Arena, dst: View, src: View) -> Result<()>;
+    /// Exact reversible coupling (ops/coupling.rs): y = x + q(f) (`Forward`) or y = x - q(f)
+    /// (`Inverse`), q rounding to the fixed-point grid; with no f, y = q(x) (a chain's entry).
+    /// y may be x (in place). A result outside the fixed-point range is an `Error::Value` naming
+    /// the first such element and its value; y then holds unspecified values.
+    fn coupling(
+        &self,
+        a: &mut Self::Arena,
+        x: View,
+        f: Option<View>,
+        y: View,
+        dir: Direction,
+        fp: FixedPoint,
+    ) -> Result<()>;
 
     // batchnorm over N, D, H, W per channel.
     /// Training forward with batch statistics, saved to `stats`; `running` is updated with momentum

@@ -150,6 +150,104 @@ pub fn bench_conv<B: Backend>(b: &B, layer: &ConvLayer, min_secs: f64) -> Result
     })
 }
 
+/// The same three passes on bf16 operands with f32 accumulation (CPU kernels of
+/// backend/cpu/conv3d_bf16.rs, the fastest path this CPU has): bf16 results for the forward and the
+/// input gradient, f32 for the weight gradient, as a bf16 training step stores them.
+pub fn bench_conv_bf16(layer: &ConvLayer, min_secs: f64) -> ConvBench {
+    use crate::backend::cpu::conv3d_bf16::{self as k, Path};
+    use half::bf16;
+    let g = layer.geom;
+    let mut rng = Rng::new(7);
+    let mut gen =
+        |n: usize| -> Vec<bf16> { rng.normals(n).into_iter().map(bf16::from_f64).collect() };
+    let (x, w, dy) = (
+        gen(g.input_shape().len()),
+        gen(g.weight_shape().len()),
+        gen(g.output_shape().len()),
+    );
+    let mut y = vec![bf16::ZERO; g.output_shape().len()];
+    let mut dx = vec![bf16::ZERO; g.input_shape().len()];
+    let mut dw = vec![0f32; g.weight_shape().len()];
+    let path = Path::best();
+    let f = time_median(2, min_secs, || {
+        k::forward(path, &g, &x, &w, None, &mut y, false)
+    });
+    let bi = time_median(2, min_secs, || {
+        k::backward_input(path, &g, &dy, &w, &mut dx, false)
+    });
+    let bw = time_median(2, min_secs, || {
+        k::backward_weight(path, &g, &x, &dy, &mut dw, false)
+    });
+    ConvBench {
+        layer: layer.clone(),
+        secs: [f, bi, bw],
+    }
+}
+
+/// Rows of `bench ops --precision bf16` on the CPU: each layer in bf16, then in f32 right after
+/// (the f32 rows of the same process, for the ratio on a shared machine).
+pub fn run_bf16_beside_f32(
+    patch: (usize, usize, usize),
+    min_secs: f64,
+    only: Option<&str>,
+    mut progress: impl FnMut(&ConvBench, &ConvBench),
+) -> Result<Vec<(ConvBench, ConvBench)>> {
+    check_min_secs(min_secs)?;
+    crate::model::NetConfig::superhuman(0).check_patch(patch.0, patch.1, patch.2)?;
+    let b = crate::backend::cpu::CpuBackend::<f32>::new();
+    let mut out = Vec::new();
+    for l in superhuman_convs(&SUPERHUMAN_WIDTHS, patch.0, patch.1, patch.2, 3)
+        .iter()
+        .filter(|l| only.is_none_or(|o| l.name.contains(o)))
+    {
+        let h = bench_conv_bf16(l, min_secs);
+        let f = bench_conv(&b, l, min_secs)?;
+        progress(&h, &f);
+        out.push((h, f));
+    }
+    Ok(out)
+}
+
+fn check_min_secs(min_secs: f64) -> Result<()> {
+    if !(min_secs.is_finite() && min_secs > 0.0) {
+        return Err(crate::Error::Value {
+            what: "--min-secs".into(),
+            detail: format!("{min_secs} is not a finite number of seconds above 0, e.g. 0.5"),
+        });
+    }
+    Ok(())
+}
+
+/// "bf16 / f32" GFLOP/s of the forward, input gradient and weight gradient.
+pub fn beside(h: &ConvBench, f: &ConvBench) -> [String; 3] {
+    let (gh, gf) = (h.gflops(), f.gflops());
+    std::array::from_fn(|i| format!("{:.1} / {:.1}", gh[i], gf[i]))
+}
+
+/// The bf16 table with the f32 GFLOP/s beside each pass and the step totals of both.
+pub fn markdown_bf16(rows: &[(ConvBench, ConvBench)]) -> String {
+    let mut s = String::from("| layer | shape | count | fwd bf16 / f32 GFLOP/s | bwd-input bf16 / f32 | bwd-weight bf16 / f32 |\n|---|---|---|---|---|---|\n");
+    for (h, f) in rows {
+        let p = beside(h, f);
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} |\n",
+            h.layer.name,
+            shape_str(&h.layer.geom),
+            h.layer.count,
+            p[0],
+            p[1],
+            p[2]
+        );
+    }
+    let hs: Vec<ConvBench> = rows.iter().map(|r| r.0.clone()).collect();
+    let fs: Vec<ConvBench> = rows.iter().map(|r| r.1.clone()).collect();
+    let ((fl, th), (_, tf)) = (totals(&hs), totals(&fs));
+    if th > 0.0 && tf > 0.0 {
+        s += &format!("\nThe base network's convolutions of one step ({:.1} GFLOP): bf16 {:.3} s ({:.1} GFLOP/s), f32 {:.3} s ({:.1} GFLOP/s), bf16/f32 time {:.3}\n", fl / 1e9, th, fl / th / 1e9, tf, fl / tf / 1e9, th / tf);
+    }
+    s
+}
+
 pub fn run<B: Backend>(
     b: &B,
     patch: (usize, usize, usize),
@@ -157,12 +255,7 @@ pub fn run<B: Backend>(
     only: Option<&str>,
     mut progress: impl FnMut(&ConvBench),
 ) -> Result<Vec<ConvBench>> {
-    if !(min_secs.is_finite() && min_secs > 0.0) {
-        return Err(crate::Error::Value {
-            what: "--min-secs".into(),
-            detail: format!("{min_secs} is not a finite number of seconds above 0, e.g. 0.5"),
-        });
-    }
+    check_min_secs(min_secs)?;
     // The layers are those of the superhuman net: its pooling decides which patches exist.
     crate::model::NetConfig::superhuman(0).check_patch(patch.0, patch.1, patch.2)?;
     let layers = superhuman_convs(&SUPERHUMAN_WIDTHS, patch.0, patch.1, patch.2, 3);

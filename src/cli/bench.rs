@@ -142,6 +142,15 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Ops(a) => {
             let dev = super::select_device(&a.device)?;
+            // The CPU's bf16 convolution kernels exist before bf16 training does: the ops bench
+            // times them (beside f32) even where a bf16 training run is still refused.
+            let asked = a.precision.precision.as_deref();
+            if dev == crate::backend::device::Device::Cpu
+                && asked.map(crate::precision::Precision::parse).transpose()?
+                    == Some(crate::precision::Precision::Bf16)
+            {
+                return ops_bf16(a);
+            }
             let p = a.precision.resolve(dev)?;
             crate::on_device!(dev, p, |b| ops_on(b, a))
         }
@@ -167,6 +176,43 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
             crate::on_device!(dev, p, |b| table_on(b, a))
         }
     }
+}
+
+fn ops_bf16(a: &OpsArgs) -> Result<()> {
+    let patch = super::parse_patch(&a.patch)?;
+    let quiet = a.json;
+    let rows = ops::run_bf16_beside_f32(patch, a.min_secs, a.only.as_deref(), |h, f| {
+        if !quiet {
+            let p = ops::beside(h, f);
+            eprintln!(
+                "  {:<14} {:<30} bf16 / f32 GFLOP/s: fwd {}, bwd-in {}, bwd-w {}",
+                h.layer.name,
+                ops::shape_str(&h.layer.geom),
+                p[0],
+                p[1],
+                p[2]
+            );
+        }
+    })?;
+    let path = crate::backend::cpu::conv3d_bf16::Path::best();
+    if a.json {
+        let hs: Vec<ops::ConvBench> = rows.iter().map(|r| r.0.clone()).collect();
+        let fs: Vec<ops::ConvBench> = rows.iter().map(|r| r.1.clone()).collect();
+        println!(
+            "{}",
+            crate::json::obj([
+                ("bf16", ops::json(&hs, &format!("cpu bf16 ({path:?})"))),
+                ("f32", ops::json(&fs, "cpu f32")),
+            ])
+        );
+    } else {
+        println!(
+            "device: cpu, bf16 kernels {path:?}, patch {}x{}x{}\n",
+            patch.0, patch.1, patch.2
+        );
+        print!("{}", ops::markdown_bf16(&rows));
+    }
+    Ok(())
 }
 
 fn ops_on<B: Backend>(b: &B, a: &OpsArgs) -> Result<()> {

@@ -228,11 +228,6 @@ pub fn run(a: &TrainArgs) -> Result<()> {
     )?;
     let dev = super::select_device(&a.device)?;
     let precision = crate::precision::Precision::for_device(cfg.precision, dev)?;
-    if cfg.exact_coupling {
-        return Err(Error::Invalid(
-            "exact_coupling: this build has no exact coupling kernels yet; drop the setting".into(),
-        ));
-    }
     eprintln!(
         "revseg train on {dev:?} in {precision}, volume {shape:?}, {} training and {} held-out sections",
         data.val_from,

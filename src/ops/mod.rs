@@ -4,6 +4,7 @@
 pub mod batchnorm;
 pub mod conv3d;
 pub mod conv_transpose;
+pub mod coupling;
 pub mod elementwise;
 pub mod loss;
 pub mod maxpool;

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{ParamKind, Program};
 use crate::nvtx;
 use crate::ops::batchnorm::BatchNormArgs;
+use crate::ops::coupling::Direction;
 use crate::ops::optim::AdamParams;
 use crate::rng::Rng;
 use crate::tensor::Element;
@@ -414,6 +415,30 @@ impl<B: Backend> Executor<B> {
             SubAssign { dst, src } => {
                 let (d, s) = (self.view(dst), self.view(src));
                 b.sub_assign(&mut self.arena, d, s)
+            }
+            Coupling { x, f, y, dir, fp } => {
+                let (xv, fv, yv) = (self.view(x), f.map(|o| self.view(o)), self.view(y));
+                b.coupling(&mut self.arena, xv, fv, yv, dir, fp)
+                    .map_err(|e| match e {
+                        Error::Value { detail, .. } => Error::Value {
+                            what: match f {
+                                Some(f) => format!(
+                                    "reversible chain, {} of {}",
+                                    match dir {
+                                        Direction::Forward => "adding the output",
+                                        Direction::Inverse => "subtracting the output",
+                                    },
+                                    self.plan.bufs[f.buf].name
+                                ),
+                                None => format!(
+                                    "reversible chain {}, its input",
+                                    self.plan.bufs[y.buf].name
+                                ),
+                            },
+                            detail,
+                        },
+                        e => e,
+                    })
             }
             BnTrain {
                 x,

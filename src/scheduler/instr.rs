@@ -1,6 +1,7 @@
 //! The instructions of a plan: backend calls over buffers, before offsets are known.
 
 use crate::backend::Write;
+use crate::ops::coupling::{Direction, FixedPoint};
 use crate::tensor::Shape5;
 
 pub type BufId = usize;
@@ -120,6 +121,15 @@ pub enum Instr {
         dst: Opd,
         src: Opd,
     },
+    /// Exact reversible coupling (ops/coupling.rs): y = x +- q(f), or y = q(x) without f; y may
+    /// be x.
+    Coupling {
+        x: Opd,
+        f: Option<Opd>,
+        y: Opd,
+        dir: Direction,
+        fp: FixedPoint,
+    },
     /// `running` is None when recomputing: running statistics move once per step.
     BnTrain {
         x: Opd,
@@ -208,6 +218,7 @@ impl Instr {
             EluBwd { y, dy, dx, .. } => vec![*y, *dy, *dx],
             Add { p, q, out } => vec![*p, *q, *out],
             AddAssign { dst, src } | SubAssign { dst, src } => vec![*dst, *src],
+            Coupling { x, f, y, .. } => [Some(*x), *f, Some(*y)].into_iter().flatten().collect(),
             BnTrain {
                 x,
                 gamma,
@@ -285,6 +296,7 @@ impl Instr {
                 vec![*y]
             }
             Add { out, .. } => vec![*out],
+            Coupling { y, .. } => vec![*y],
             _ => vec![],
         }
     }
@@ -308,6 +320,7 @@ impl Instr {
             Add { .. } => "add",
             AddAssign { .. } => "add_assign",
             SubAssign { .. } => "sub_assign",
+            Coupling { .. } => "coupling",
             BnTrain { .. } => "batchnorm_forward_train",
             BnBwd { .. } => "batchnorm_backward",
             BnInfer { .. } => "batchnorm_forward_infer",

@@ -19,14 +19,20 @@ pub fn training_plan(
     strategy: Strategy,
     check_reconstruction: bool,
 ) -> Result<Plan> {
-    let mut plan = plan::build_training(
+    plan_with(
         prog,
         &PlanOptions {
             strategy,
             inference: false,
             check_reconstruction,
+            exact_coupling: None,
         },
-    )?;
+    )
+}
+
+/// The plan of a program under any options, offsets assigned.
+pub fn plan_with(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
+    let mut plan = plan::build_training(prog, opt)?;
     memory::assign(&mut plan);
     Ok(plan)
 }
@@ -34,12 +40,13 @@ pub fn training_plan(
 /// The forward-only plan: running statistics, reversible chains in place, sigmoid output; keeps
 /// no activation for a backward.
 pub fn inference_plan(prog: &Program) -> Result<Plan> {
-    let opt = PlanOptions {
-        strategy: Strategy::Recompute,
-        inference: true,
-        check_reconstruction: false,
-    };
-    let mut plan = plan::build_training(prog, &opt)?;
-    memory::assign(&mut plan);
-    Ok(plan)
+    plan_with(
+        prog,
+        &PlanOptions {
+            strategy: Strategy::Recompute,
+            inference: true,
+            check_reconstruction: false,
+            exact_coupling: None,
+        },
+    )
 }

@@ -14,6 +14,7 @@ use super::instr::{BufId, Instr, Opd, Phase};
 use crate::backend::Write;
 use crate::error::Result;
 use crate::model::{BnId, Node, ParamId, Program, Residual, TensorId};
+use crate::ops::coupling::{Direction, FixedPoint};
 use crate::tensor::Shape5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +117,9 @@ pub struct PlanOptions {
     pub inference: bool,
     /// Keep a copy of every reversible chain's input to measure the reconstruction (costs memory).
     pub check_reconstruction: bool,
+    /// Hold reversible chains' state in this fixed-point format (ops/coupling.rs), so that the
+    /// backward rebuilds their inputs bit for bit; None: plain float additions.
+    pub exact_coupling: Option<FixedPoint>,
 }
 
 struct Builder<'a> {
@@ -540,6 +544,17 @@ impl<'a> Builder<'a> {
     fn rev_forward(&mut self, x: TensorId, blocks: &[crate::model::RevBlock], y: TensorId) {
         let name = self.prog.tensors[y].name.clone();
         let xo = self.fwd[x].unwrap();
+        if let Some(fp) = self.opt.exact_coupling {
+            // The chain's input onto the grid, in place: every later use reads the rounded value
+            // (the backward's rebuilt input is rounded too), whichever the strategy.
+            self.emit(Instr::Coupling {
+                x: xo,
+                f: None,
+                y: xo,
+                dir: Direction::Forward,
+                fp,
+            });
+        }
         if self.recompute() {
             if self.opt.check_reconstruction {
                 let saved = self.buf(
@@ -559,10 +574,10 @@ impl<'a> Builder<'a> {
                 let (x1, x2) = (xo.half(0), xo.half(1));
                 let f = self.tmp(format!("{name}{i}.f"), x1.shape, Class::Workspace);
                 self.residual_forward(&b.f, &format!("{name}{i}.f"), x2, f, false);
-                self.emit(Instr::AddAssign { dst: x1, src: f });
+                self.couple(x1, f, x1, Direction::Forward);
                 let g = self.tmp(format!("{name}{i}.g"), x1.shape, Class::Workspace);
                 self.residual_forward(&b.g, &format!("{name}{i}.g"), x1, g, false);
-                self.emit(Instr::AddAssign { dst: x2, src: g });
+                self.couple(x2, g, x2, Direction::Forward);
             }
             self.fwd[y] = Some(xo);
         } else {
@@ -579,11 +594,7 @@ impl<'a> Builder<'a> {
                 } else {
                     self.tmp(format!("{name}{i}.y1"), x1.shape, Class::Activations)
                 };
-                self.emit(Instr::Add {
-                    p: x1,
-                    q: f,
-                    out: y1,
-                });
+                self.couple(x1, f, y1, Direction::Forward);
                 let g = self.tmp(format!("{name}{i}.g"), x1.shape, Class::Workspace);
                 let (ga, ge) = self.residual_forward(&b.g, &format!("{name}{i}.g"), y1, g, true);
                 let y2 = if last {
@@ -591,16 +602,33 @@ impl<'a> Builder<'a> {
                 } else {
                     self.tmp(format!("{name}{i}.y2"), x1.shape, Class::Activations)
                 };
-                self.emit(Instr::Add {
-                    p: x2,
-                    q: g,
-                    out: y2,
-                });
+                self.couple(x2, g, y2, Direction::Forward);
                 saved.push([x2, fa, fe, y1, ga, ge]);
                 (x1, x2) = (y1, y2);
             }
             self.store_all_saved.push((y, saved));
         }
+    }
+
+    /// y = x + f (forward) or y = x - f (inverse) of a reversible block; y may be x. Exact
+    /// (fixed point) when the plan asks for it.
+    fn couple(&mut self, x: Opd, f: Opd, y: Opd, dir: Direction) {
+        let ins = match (self.opt.exact_coupling, dir) {
+            (Some(fp), _) => Instr::Coupling {
+                x,
+                f: Some(f),
+                y,
+                dir,
+                fp,
+            },
+            (None, Direction::Forward) if x == y => Instr::AddAssign { dst: y, src: f },
+            (None, Direction::Forward) => Instr::Add { p: x, q: f, out: y },
+            (None, Direction::Inverse) => {
+                debug_assert_eq!(x, y, "the inverse runs in place");
+                Instr::SubAssign { dst: y, src: f }
+            }
+        };
+        self.emit(ins);
     }
 
     fn rev_backward(&mut self, x: TensorId, blocks: &[crate::model::RevBlock], y: TensorId) {
@@ -615,12 +643,12 @@ impl<'a> Builder<'a> {
                 // G(y1) again, then x2 = y2 - G(y1), then dy2 through G into dx1 = dy1 + ...
                 let g = self.tmp(format!("{nm}.g"), y1.shape, Class::Workspace);
                 let (ga, ge) = self.residual_forward(&b.g, &format!("{nm}.g"), y1, g, true);
-                self.emit(Instr::SubAssign { dst: y2, src: g });
+                self.couple(y2, g, y2, Direction::Inverse);
                 self.residual_backward(&b.g, &format!("{nm}.g"), y1, ga, ge, d2, d1);
                 // F(x2) again, then x1 = y1 - F(x2), then dx1 through F into dx2 = dy2 + ...
                 let f = self.tmp(format!("{nm}.f"), y1.shape, Class::Workspace);
                 let (fa, fe) = self.residual_forward(&b.f, &format!("{nm}.f"), y2, f, true);
-                self.emit(Instr::SubAssign { dst: y1, src: f });
+                self.couple(y1, f, y1, Direction::Inverse);
                 self.residual_backward(&b.f, &format!("{nm}.f"), y2, fa, fe, d1, d2);
             }
             self.bwd[x] = Some(yo);

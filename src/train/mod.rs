@@ -92,7 +92,17 @@ impl<'a, B: Backend> Trainer<'a, B> {
         } else {
             Strategy::Recompute
         };
-        let plan = scheduler::training_plan(&prog, strategy, false)?;
+        let plan = scheduler::plan_with(
+            &prog,
+            &scheduler::PlanOptions {
+                strategy,
+                inference: false,
+                check_reconstruction: false,
+                exact_coupling: cfg
+                    .exact_coupling
+                    .then(crate::ops::coupling::FixedPoint::default),
+            },
+        )?;
         let mut ex = Executor::new(b, &prog, plan, cfg.seed)?;
         ex.poison = false;
         ex.adam.lr = cfg.lr;

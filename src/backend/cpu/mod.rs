@@ -6,7 +6,9 @@ pub mod conv3d;
 pub mod conv3d_avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod conv3d_backward_weight_avx512;
+pub mod conv3d_bf16;
 pub mod conv_transpose;
+pub mod coupling;
 pub mod elementwise;
 pub(crate) mod gemm;
 pub mod loss;
@@ -17,6 +19,7 @@ pub(crate) mod simd;
 
 use super::{Backend, BnRunning, BnStats, Region, View, Write};
 use crate::error::{Error, Result};
+use crate::ops::coupling::{Direction, FixedPoint};
 use crate::ops::{
     self, batchnorm::BatchNormArgs, conv3d::Conv3dGeom, conv_transpose::ConvTransposeGeom,
 };
@@ -344,6 +347,34 @@ impl<T: Element> Backend for CpuBackend<T> {
         let ([s], [d]) = split("sub_assign", &mut a.data, [src.region], [dst.region])?;
         elementwise::axpy_sign(d, s, true);
         Ok(())
+    }
+
+    fn coupling(
+        &self,
+        a: &mut CpuArena<T>,
+        x: View,
+        f: Option<View>,
+        y: View,
+        dir: Direction,
+        fp: FixedPoint,
+    ) -> Result<()> {
+        const OP: &str = "coupling";
+        ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
+        if let Some(f) = f {
+            ops::same_shape(OP, "f vs x", f.shape, x.shape)?;
+        }
+        let fr = f.map(|f| f.region).unwrap_or_default();
+        let bad = if x.region == y.region {
+            let ([fs], [ys]) = split(OP, &mut a.data, [fr], [y.region])?;
+            coupling::coupling(fp, None, f.map(|_| &*fs), ys, dir)
+        } else {
+            let ([xs, fs], [ys]) = split(OP, &mut a.data, [x.region, fr], [y.region])?;
+            coupling::coupling(fp, Some(xs), f.map(|_| &*fs), ys, dir)
+        };
+        match bad {
+            None => Ok(()),
+            Some((at, v)) => Err(fp.overflow(OP, at, v)),
+        }
     }
 
     fn batchnorm_forward_train(

@@ -170,8 +170,25 @@ pub struct SgdArgs {
     pub weight_decay: f32,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CouplingArgs {
+    pub x: u64,
+    /// 0: y = q(x).
+    pub f: u64,
+    pub y: u64,
+    pub bad: u64,
+    pub n: i32,
+    pub negative: i32,
+    pub scale: f32,
+    pub inv_scale: f32,
+    pub range: f32,
+    pub pad: i32,
+}
+
 kernel_args!(
     EwArgs = 40,
+    CouplingArgs = 56,
     ConvArgs = 88,
     ConvTArgs = 72,
     PoolArgs = 40,

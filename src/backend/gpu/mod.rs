@@ -14,6 +14,7 @@ pub use emu::EmuLauncher;
 
 use super::{Backend, BnRunning, BnStats, Region, View, Write};
 use crate::error::{Error, Result};
+use crate::ops::coupling::{Direction, FixedPoint};
 use crate::ops::{
     self, batchnorm::BatchNormArgs, conv3d::Conv3dGeom, conv_transpose::ConvTransposeGeom,
     optim::AdamParams, optim::SgdParams,
@@ -91,6 +92,8 @@ const CONV_BK: usize = 16;
 /// Enough blocks to fill a large GPU twice over; the weight gradient splits positions to get there.
 const TARGET_BLOCKS: usize = 264;
 const MAX_WGRAD_SPLITS: usize = 64;
+/// Grid of the coupling kernel: its per-block overflow counts are read back after every call.
+const COUPLING_BLOCKS: usize = 1024;
 
 fn acc(mode: Write) -> i32 {
     (mode == Write::Accumulate) as i32
@@ -700,6 +703,67 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         check_regions("sub_assign", a.len, &[src.region], &[dst.region])?;
         let [s, d] = self.ptrs(a, [src.region, dst.region]);
         self.ew("add_assign_f32", dst.region.len, s, 0, d, 0, -1.0)
+    }
+
+    /// One kernel, then a read-back of its per-block overflow counts: the error must name the
+    /// block of the chain that overflowed before anything else runs on a wrong state.
+    fn coupling(
+        &self,
+        a: &mut Self::Arena,
+        x: View,
+        f: Option<View>,
+        y: View,
+        dir: Direction,
+        fp: FixedPoint,
+    ) -> Result<()> {
+        const OP: &str = "coupling";
+        let _r = self.range(OP);
+        ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
+        if let Some(f) = f {
+            ops::same_shape(OP, "f vs x", f.shape, x.shape)?;
+        }
+        let fr: Vec<Region> = f.iter().map(|f| f.region).collect();
+        if x.region == y.region {
+            check_regions(OP, a.len, &fr, &[y.region])?;
+        } else {
+            let ins: Vec<Region> = fr.iter().copied().chain([x.region]).collect();
+            check_regions(OP, a.len, &ins, &[y.region])?;
+        }
+        let n = y.region.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let blocks = n.div_ceil(THREADS as usize).clamp(1, COUPLING_BLOCKS);
+        let bad = self.scratch(a, blocks)?;
+        let [xp, yp] = self.ptrs(a, [x.region, y.region]);
+        let fp_ptr = match f {
+            Some(f) => self.ptrs(a, [f.region])[0],
+            None => 0,
+        };
+        let args = CouplingArgs {
+            x: xp,
+            f: fp_ptr,
+            y: yp,
+            bad,
+            n: int(OP, n)?,
+            negative: (dir == Direction::Inverse) as i32,
+            scale: fp.scale() as f32,
+            inv_scale: fp.resolution() as f32,
+            range: fp.range() as f32,
+            pad: 0,
+        };
+        self.launch(OP, [blocks as u32, 1, 1], THREADS, &args)?;
+        let mut counts = vec![0f32; blocks];
+        self.launcher
+            .download(a.scratch.as_ref().unwrap(), 0, &mut counts)?;
+        if counts.iter().all(|c| c.to_bits() == 0) {
+            return Ok(());
+        }
+        let mut vals = vec![0f32; n];
+        self.launcher.download(&a.buf, y.region.offset, &mut vals)?;
+        let range = fp.range() as f32;
+        let at = vals.iter().position(|v| !(v.abs() <= range)).unwrap_or(0);
+        Err(fp.overflow(OP, at, vals[at] as f64))
     }
 
     fn batchnorm_forward_train(
