@@ -325,19 +325,6 @@ pub trait Backend {
     ) -> Result<()>;
 }
 
-/// Per-channel operands (BN parameters and statistics, bias gradients) hold one value per
-/// channel: the check every backend makes before it touches them.
-pub(crate) fn per_channel(
-    op: &'static str,
-    items: &[(&str, Region)],
-    channels: usize,
-) -> Result<()> {
-    for (what, r) in items {
-        crate::ops::vector_len(op, what, r.len, channels)?;
-    }
-    Ok(())
-}
-
 /// Hands out consecutive regions of an arena: for checks and tests that lay buffers by hand. The
 /// scheduler's planner reuses memory; this does not.
 #[derive(Clone, Debug, Default)]

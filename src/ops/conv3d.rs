@@ -1,6 +1,8 @@
 //! conv3d: stride 1, "same" zero padding, odd kernel in every dimension, optional bias.
 //! x (N, Ci, D, H, W), w (Co, Ci, kD, kH, kW), y (N, Co, D, H, W).
 
+use super::Operands;
+use crate::backend::{Region, View};
 use crate::error::{Error, Result};
 use crate::tensor::Shape5;
 
@@ -70,4 +72,45 @@ impl Conv3dGeom {
     pub fn output_shape(&self) -> Shape5 {
         Shape5::new(self.n, self.co, self.d, self.h, self.w)
     }
+}
+
+/// conv3d_forward's operands: x, w and the bias (empty when absent) in, y out.
+pub fn check_forward(
+    x: View,
+    w: View,
+    bias: Option<Region>,
+    y: View,
+) -> Result<(Conv3dGeom, Operands<3, 1>)> {
+    let g = Conv3dGeom::check(x.shape, w.shape, y.shape)?;
+    if let Some(b) = bias {
+        super::vector_len("conv3d", "bias", b.len, g.co)?;
+    }
+    let b = bias.unwrap_or_default();
+    Ok((
+        g,
+        Operands::new("conv3d", [x.region, w.region, b], [y.region]),
+    ))
+}
+
+pub fn check_backward_input(dy: View, w: View, dx: View) -> Result<(Conv3dGeom, Operands<2, 1>)> {
+    let g = Conv3dGeom::check(dx.shape, w.shape, dy.shape)?;
+    Ok((
+        g,
+        Operands::new("conv3d_backward_input", [dy.region, w.region], [dx.region]),
+    ))
+}
+
+pub fn check_backward_weight(x: View, dy: View, dw: View) -> Result<(Conv3dGeom, Operands<2, 1>)> {
+    let g = Conv3dGeom::check(x.shape, dw.shape, dy.shape)?;
+    Ok((
+        g,
+        Operands::new("conv3d_backward_weight", [x.region, dy.region], [dw.region]),
+    ))
+}
+
+/// The bias gradient: per-channel sums of dy into db (also conv_transpose's).
+pub fn check_backward_bias(dy: View, db: Region) -> Result<Operands<1, 1>> {
+    const OP: &str = "conv3d_backward_bias";
+    super::vector_len(OP, "bias gradient", db.len, dy.shape.c)?;
+    Ok(Operands::new(OP, [dy.region], [db]))
 }

@@ -2,6 +2,8 @@
 //! x (N, Ci, D, H, W), w (Ci, Co, 1, 2, 2) as PyTorch stores it, y (N, Co, D, 2H, 2W).
 //! Kernel equals stride, so every output voxel has exactly one input voxel.
 
+use super::Operands;
+use crate::backend::{Region, View};
 use crate::error::{Error, Result};
 use crate::tensor::Shape5;
 
@@ -46,4 +48,54 @@ impl ConvTransposeGeom {
     pub fn flops(&self) -> f64 {
         2.0 * (self.n * self.ci * self.co * 4) as f64 * (self.d * self.h * self.w) as f64
     }
+}
+
+/// conv_transpose_forward's operands: x, w and the bias (empty when absent) in, y out.
+pub fn check_forward(
+    x: View,
+    w: View,
+    bias: Option<Region>,
+    y: View,
+) -> Result<(ConvTransposeGeom, Operands<3, 1>)> {
+    let g = ConvTransposeGeom::check(x.shape, w.shape, y.shape)?;
+    if let Some(b) = bias {
+        super::vector_len("conv_transpose", "bias", b.len, g.co)?;
+    }
+    let b = bias.unwrap_or_default();
+    Ok((
+        g,
+        Operands::new("conv_transpose", [x.region, w.region, b], [y.region]),
+    ))
+}
+
+pub fn check_backward_input(
+    dy: View,
+    w: View,
+    dx: View,
+) -> Result<(ConvTransposeGeom, Operands<2, 1>)> {
+    let g = ConvTransposeGeom::check(dx.shape, w.shape, dy.shape)?;
+    Ok((
+        g,
+        Operands::new(
+            "conv_transpose_backward_input",
+            [dy.region, w.region],
+            [dx.region],
+        ),
+    ))
+}
+
+pub fn check_backward_weight(
+    x: View,
+    dy: View,
+    dw: View,
+) -> Result<(ConvTransposeGeom, Operands<2, 1>)> {
+    let g = ConvTransposeGeom::check(x.shape, dw.shape, dy.shape)?;
+    Ok((
+        g,
+        Operands::new(
+            "conv_transpose_backward_weight",
+            [x.region, dy.region],
+            [dw.region],
+        ),
+    ))
 }

@@ -1,5 +1,7 @@
 //! maxpool: 1x2x2 windows, stride 1x2x2 (z is never pooled). An odd H or W is an error, not a crop.
 
+use super::Operands;
+use crate::backend::View;
 use crate::error::{Error, Result};
 use crate::tensor::Shape5;
 
@@ -18,4 +20,17 @@ pub fn check(x: Shape5, y: Shape5) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+pub fn check_forward(x: View, y: View) -> Result<Operands<1, 1>> {
+    check(x.shape, y.shape)?;
+    Ok(Operands::new("maxpool", [x.region], [y.region]))
+}
+
+/// x is read again to find each window's arg-max; dy has the pooled shape, dx the shape of x.
+pub fn check_backward(x: View, dy: View, dx: View) -> Result<Operands<2, 1>> {
+    const OP: &str = "maxpool_backward";
+    check(x.shape, dy.shape)?;
+    super::same_shape(OP, "dx vs x", dx.shape, x.shape)?;
+    Ok(Operands::new(OP, [x.region, dy.region], [dx.region]))
 }

@@ -1,5 +1,9 @@
 //! Optimisers: Adam (bias-corrected, as PyTorch) and SGD with optional momentum and weight decay.
 
+use super::{vector_len, Operands};
+use crate::backend::Region;
+use crate::error::{Error, Result};
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamParams {
     pub lr: f64,
@@ -35,4 +39,37 @@ pub struct SgdParams {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+}
+
+/// Adam: the gradient in; the parameters and both moments updated in place.
+pub fn check_adam(
+    param: Region,
+    grad: Region,
+    m: Region,
+    v: Region,
+    step: u64,
+) -> Result<Operands<1, 3>> {
+    const OP: &str = "adam_step";
+    if step == 0 {
+        return Err(Error::Invalid("adam_step: steps count from 1".into()));
+    }
+    for r in [grad, m, v] {
+        vector_len(OP, "gradient/moment buffer", r.len, param.len)?;
+    }
+    Ok(Operands::new(OP, [grad], [param, m, v]))
+}
+
+/// SGD: the gradient in; the parameters and (with momentum; else the empty region) the velocity
+/// updated in place.
+pub fn check_sgd(param: Region, grad: Region, velocity: Option<Region>) -> Result<Operands<1, 2>> {
+    const OP: &str = "sgd_step";
+    vector_len(OP, "gradient", grad.len, param.len)?;
+    let vel = match velocity {
+        Some(vr) => {
+            vector_len(OP, "velocity", vr.len, param.len)?;
+            vr
+        }
+        None => Region::default(),
+    };
+    Ok(Operands::new(OP, [grad], [param, vel]))
 }

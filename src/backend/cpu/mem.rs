@@ -1,59 +1,28 @@
 //! Safe access to regions of a host arena: bounds and aliasing are checked once per op, then the op
 //! works on plain slices.
 
-use crate::backend::Region;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::ops::Operands;
 
-pub(crate) fn check_bounds(op: &'static str, len: usize, r: Region) -> Result<()> {
-    if r.end() > len {
-        return Err(Error::region(
-            op,
-            format!(
-                "region {}..{} lies outside the arena of {len} elements",
-                r.offset,
-                r.end()
-            ),
-        ));
-    }
-    Ok(())
-}
+/// An op's inputs as shared slices and its outputs as mutable ones.
+pub(crate) type Split<'a, T, const I: usize, const O: usize> = ([&'a [T]; I], [&'a mut [T]; O]);
 
-/// Borrow `ins` shared and `outs` mutable from one arena. Outputs must be pairwise disjoint and
-/// disjoint from every input (in-place ops take their operand as an output only).
-pub(crate) fn split<'a, T, const I: usize, const O: usize>(
-    op: &'static str,
-    data: &'a mut [T],
-    ins: [Region; I],
-    outs: [Region; O],
-) -> Result<([&'a [T]; I], [&'a mut [T]; O])> {
-    let len = data.len();
-    for r in ins.iter().chain(outs.iter()) {
-        check_bounds(op, len, *r)?;
-    }
-    for (i, o) in outs.iter().enumerate() {
-        for o2 in &outs[i + 1..] {
-            if o.overlaps(o2) {
-                return Err(Error::region(
-                    op,
-                    format!("two outputs overlap ({o:?}, {o2:?})"),
-                ));
-            }
-        }
-        for r in &ins {
-            if o.overlaps(r) {
-                return Err(Error::region(
-                    op,
-                    format!("output {o:?} overlaps input {r:?}"),
-                ));
-            }
-        }
-    }
+/// Borrow an op's inputs shared and its outputs mutable from one arena, once `Operands::check`
+/// (bounds; outputs pairwise disjoint and disjoint from every input) has passed.
+pub(crate) fn split<T, const I: usize, const O: usize>(
+    data: &mut [T],
+    operands: Operands<I, O>,
+) -> Result<Split<'_, T, I, O>> {
+    operands.check(data.len())?;
     let base = data.as_mut_ptr();
     // SAFETY: every region is in bounds; outputs are disjoint from each other and from inputs, so
-    // the mutable slices never alias anything else handed out here, and all borrow `data` for 'a.
-    let ins =
-        ins.map(|r| unsafe { std::slice::from_raw_parts(base.add(r.offset) as *const T, r.len) });
-    let outs = outs.map(|r| unsafe { std::slice::from_raw_parts_mut(base.add(r.offset), r.len) });
+    // the mutable slices never alias anything else handed out here, and all borrow `data`.
+    let ins = operands
+        .ins
+        .map(|r| unsafe { std::slice::from_raw_parts(base.add(r.offset) as *const T, r.len) });
+    let outs = operands
+        .outs
+        .map(|r| unsafe { std::slice::from_raw_parts_mut(base.add(r.offset), r.len) });
     Ok((ins, outs))
 }
 

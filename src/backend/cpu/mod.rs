@@ -20,12 +20,11 @@ pub(crate) mod simd;
 use super::{Backend, BnRunning, BnStats, Region, View, Write};
 use crate::error::{Error, Result};
 use crate::ops::coupling::{Direction, FixedPoint};
-use crate::ops::{
-    self, batchnorm::BatchNormArgs, conv3d::Conv3dGeom, conv_transpose::ConvTransposeGeom,
-};
+use crate::ops::elementwise::AddForm;
+use crate::ops::{self, batchnorm::BatchNormArgs};
 use crate::ops::{optim::AdamParams, optim::SgdParams};
 use crate::tensor::Element;
-use mem::{check_bounds, split};
+use mem::split;
 use std::marker::PhantomData;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -78,43 +77,25 @@ impl<T: Element> Backend for CpuBackend<T> {
     }
 
     fn upload(&self, a: &mut CpuArena<T>, dst: Region, src: &[T]) -> Result<()> {
-        check_bounds("upload", a.data.len(), dst)?;
-        if src.len() != dst.len {
-            return Err(Error::region(
-                "upload",
-                format!("{} values for a region of {}", src.len(), dst.len),
-            ));
-        }
+        ops::check_transfer("upload", a.data.len(), dst, src.len())?;
         a.data[dst.offset..dst.end()].copy_from_slice(src);
         Ok(())
     }
 
     fn download(&self, a: &CpuArena<T>, src: Region, dst: &mut [T]) -> Result<()> {
-        check_bounds("download", a.data.len(), src)?;
-        if dst.len() != src.len {
-            return Err(Error::region(
-                "download",
-                format!("{} values for a region of {}", dst.len(), src.len),
-            ));
-        }
+        ops::check_transfer("download", a.data.len(), src, dst.len())?;
         dst.copy_from_slice(&a.data[src.offset..src.end()]);
         Ok(())
     }
 
     fn fill(&self, a: &mut CpuArena<T>, dst: Region, value: T) -> Result<()> {
-        let ([], [d]) = split("fill", &mut a.data, [], [dst])?;
+        let ([], [d]) = split(&mut a.data, ops::elementwise::check_fill(dst)?)?;
         d.fill(value);
         Ok(())
     }
 
     fn copy(&self, a: &mut CpuArena<T>, src: Region, dst: Region) -> Result<()> {
-        if src.len != dst.len {
-            return Err(Error::region(
-                "copy",
-                format!("source has {} elements, destination {}", src.len, dst.len),
-            ));
-        }
-        let ([s], [d]) = split("copy", &mut a.data, [src], [dst])?;
+        let ([s], [d]) = split(&mut a.data, ops::elementwise::check_copy(src, dst)?)?;
         d.copy_from_slice(s);
         Ok(())
     }
@@ -127,13 +108,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         bias: Option<Region>,
         y: View,
     ) -> Result<()> {
-        let g = Conv3dGeom::check(x.shape, w.shape, y.shape)?;
-        if let Some(b) = bias {
-            ops::vector_len("conv3d", "bias", b.len, g.co)?;
-        }
-        let b = bias.unwrap_or_default();
-        let ([xs, ws, bs], [ys]) =
-            split("conv3d", &mut a.data, [x.region, w.region, b], [y.region])?;
+        let (g, operands) = ops::conv3d::check_forward(x, w, bias, y)?;
+        let ([xs, ws, bs], [ys]) = split(&mut a.data, operands)?;
         conv3d::forward(&g, xs, ws, bias.map(|_| bs), ys, false);
         Ok(())
     }
@@ -146,13 +122,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         dx: View,
         mode: Write,
     ) -> Result<()> {
-        let g = Conv3dGeom::check(dx.shape, w.shape, dy.shape)?;
-        let ([gy, ws], [gx]) = split(
-            "conv3d_backward_input",
-            &mut a.data,
-            [dy.region, w.region],
-            [dx.region],
-        )?;
+        let (g, operands) = ops::conv3d::check_backward_input(dy, w, dx)?;
+        let ([gy, ws], [gx]) = split(&mut a.data, operands)?;
         conv3d::backward_input(&g, gy, ws, gx, acc(mode));
         Ok(())
     }
@@ -165,13 +136,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         dw: View,
         mode: Write,
     ) -> Result<()> {
-        let g = Conv3dGeom::check(x.shape, dw.shape, dy.shape)?;
-        let ([xs, gy], [gw]) = split(
-            "conv3d_backward_weight",
-            &mut a.data,
-            [x.region, dy.region],
-            [dw.region],
-        )?;
+        let (g, operands) = ops::conv3d::check_backward_weight(x, dy, dw)?;
+        let ([xs, gy], [gw]) = split(&mut a.data, operands)?;
         conv3d::backward_weight(&g, xs, gy, gw, acc(mode));
         Ok(())
     }
@@ -183,8 +149,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         db: Region,
         mode: Write,
     ) -> Result<()> {
-        ops::vector_len("conv3d_backward_bias", "bias gradient", db.len, dy.shape.c)?;
-        let ([gy], [gb]) = split("conv3d_backward_bias", &mut a.data, [dy.region], [db])?;
+        let ([gy], [gb]) = split(&mut a.data, ops::conv3d::check_backward_bias(dy, db)?)?;
         conv3d::backward_bias(
             dy.shape.n,
             dy.shape.c,
@@ -204,17 +169,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         bias: Option<Region>,
         y: View,
     ) -> Result<()> {
-        let g = ConvTransposeGeom::check(x.shape, w.shape, y.shape)?;
-        if let Some(b) = bias {
-            ops::vector_len("conv_transpose", "bias", b.len, g.co)?;
-        }
-        let b = bias.unwrap_or_default();
-        let ([xs, ws, bs], [ys]) = split(
-            "conv_transpose",
-            &mut a.data,
-            [x.region, w.region, b],
-            [y.region],
-        )?;
+        let (g, operands) = ops::conv_transpose::check_forward(x, w, bias, y)?;
+        let ([xs, ws, bs], [ys]) = split(&mut a.data, operands)?;
         conv_transpose::forward(&g, xs, ws, bias.map(|_| bs), ys, false);
         Ok(())
     }
@@ -227,13 +183,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         dx: View,
         mode: Write,
     ) -> Result<()> {
-        let g = ConvTransposeGeom::check(dx.shape, w.shape, dy.shape)?;
-        let ([gy, ws], [gx]) = split(
-            "conv_transpose_backward_input",
-            &mut a.data,
-            [dy.region, w.region],
-            [dx.region],
-        )?;
+        let (g, operands) = ops::conv_transpose::check_backward_input(dy, w, dx)?;
+        let ([gy, ws], [gx]) = split(&mut a.data, operands)?;
         conv_transpose::backward_input(&g, gy, ws, gx, acc(mode));
         Ok(())
     }
@@ -246,20 +197,14 @@ impl<T: Element> Backend for CpuBackend<T> {
         dw: View,
         mode: Write,
     ) -> Result<()> {
-        let g = ConvTransposeGeom::check(x.shape, dw.shape, dy.shape)?;
-        let ([xs, gy], [gw]) = split(
-            "conv_transpose_backward_weight",
-            &mut a.data,
-            [x.region, dy.region],
-            [dw.region],
-        )?;
+        let (g, operands) = ops::conv_transpose::check_backward_weight(x, dy, dw)?;
+        let ([xs, gy], [gw]) = split(&mut a.data, operands)?;
         conv_transpose::backward_weight(&g, xs, gy, gw, acc(mode));
         Ok(())
     }
 
     fn maxpool_forward(&self, a: &mut CpuArena<T>, x: View, y: View) -> Result<()> {
-        ops::maxpool::check(x.shape, y.shape)?;
-        let ([xs], [ys]) = split("maxpool", &mut a.data, [x.region], [y.region])?;
+        let ([xs], [ys]) = split(&mut a.data, ops::maxpool::check_forward(x, y)?)?;
         maxpool::forward(x.shape, xs, ys);
         Ok(())
     }
@@ -272,25 +217,16 @@ impl<T: Element> Backend for CpuBackend<T> {
         dx: View,
         mode: Write,
     ) -> Result<()> {
-        ops::maxpool::check(x.shape, dy.shape)?;
-        ops::same_shape("maxpool_backward", "dx vs x", dx.shape, x.shape)?;
-        let ([xs, gy], [gx]) = split(
-            "maxpool_backward",
-            &mut a.data,
-            [x.region, dy.region],
-            [dx.region],
-        )?;
+        let ([xs, gy], [gx]) = split(&mut a.data, ops::maxpool::check_backward(x, dy, dx)?)?;
         maxpool::backward(x.shape, xs, gy, gx, acc(mode));
         Ok(())
     }
 
     fn elu_forward(&self, a: &mut CpuArena<T>, x: View, y: View) -> Result<()> {
-        ops::same_shape("elu", "y vs x", y.shape, x.shape)?;
-        if x.region == y.region {
-            let ([], [ys]) = split("elu", &mut a.data, [], [y.region])?;
+        let ([xs], [ys]) = split(&mut a.data, ops::elementwise::check_elu(x, y)?)?;
+        if ops::elementwise::elu_in_place(x, y) {
             elementwise::elu_forward_inplace(ys);
         } else {
-            let ([xs], [ys]) = split("elu", &mut a.data, [x.region], [y.region])?;
             elementwise::elu_forward(xs, ys);
         }
         Ok(())
@@ -304,47 +240,37 @@ impl<T: Element> Backend for CpuBackend<T> {
         dx: View,
         mode: Write,
     ) -> Result<()> {
-        ops::same_shape("elu_backward", "dy vs y", dy.shape, y.shape)?;
-        ops::same_shape("elu_backward", "dx vs y", dx.shape, y.shape)?;
-        if dx.region == dy.region && mode == Write::Overwrite {
-            let ([ys], [g]) = split("elu_backward", &mut a.data, [y.region], [dx.region])?;
-            elementwise::elu_backward_inplace(ys, g);
+        let operands = ops::elementwise::check_elu_backward(y, dy, dx, mode)?;
+        let ([ys, gy], [gx]) = split(&mut a.data, operands)?;
+        if ops::elementwise::elu_backward_in_place(dy, dx, mode) {
+            elementwise::elu_backward_inplace(ys, gx);
         } else {
-            let ([ys, gy], [gx]) = split(
-                "elu_backward",
-                &mut a.data,
-                [y.region, dy.region],
-                [dx.region],
-            )?;
             elementwise::elu_backward(ys, gy, gx, acc(mode));
         }
         Ok(())
     }
 
     fn add(&self, a: &mut CpuArena<T>, p: View, q: View, out: View) -> Result<()> {
-        ops::same_shape("add", "p vs q", p.shape, q.shape)?;
-        ops::same_shape("add", "out vs p", out.shape, p.shape)?;
-        if out.region == p.region {
-            self.add_assign(a, out, q)
-        } else if out.region == q.region {
-            self.add_assign(a, out, p)
-        } else {
-            let ([ps, qs], [os]) = split("add", &mut a.data, [p.region, q.region], [out.region])?;
-            elementwise::add(ps, qs, os);
-            Ok(())
+        match ops::elementwise::check_add(p, q, out)? {
+            AddForm::Assign { dst, src } => self.add_assign(a, dst, src),
+            AddForm::Out(operands) => {
+                let ([ps, qs], [os]) = split(&mut a.data, operands)?;
+                elementwise::add(ps, qs, os);
+                Ok(())
+            }
         }
     }
 
     fn add_assign(&self, a: &mut CpuArena<T>, dst: View, src: View) -> Result<()> {
-        ops::same_shape("add_assign", "dst vs src", dst.shape, src.shape)?;
-        let ([s], [d]) = split("add_assign", &mut a.data, [src.region], [dst.region])?;
+        let operands = ops::elementwise::check_accumulate("add_assign", dst, src)?;
+        let ([s], [d]) = split(&mut a.data, operands)?;
         elementwise::axpy_sign(d, s, false);
         Ok(())
     }
 
     fn sub_assign(&self, a: &mut CpuArena<T>, dst: View, src: View) -> Result<()> {
-        ops::same_shape("sub_assign", "dst vs src", dst.shape, src.shape)?;
-        let ([s], [d]) = split("sub_assign", &mut a.data, [src.region], [dst.region])?;
+        let operands = ops::elementwise::check_accumulate("sub_assign", dst, src)?;
+        let ([s], [d]) = split(&mut a.data, operands)?;
         elementwise::axpy_sign(d, s, true);
         Ok(())
     }
@@ -365,10 +291,13 @@ impl<T: Element> Backend for CpuBackend<T> {
         }
         let fr = f.map(|f| f.region).unwrap_or_default();
         let bad = if x.region == y.region {
-            let ([fs], [ys]) = split(OP, &mut a.data, [fr], [y.region])?;
+            let ([fs], [ys]) = split(&mut a.data, ops::Operands::new(OP, [fr], [y.region]))?;
             coupling::coupling(fp, None, f.map(|_| &*fs), ys, dir)
         } else {
-            let ([xs, fs], [ys]) = split(OP, &mut a.data, [x.region, fr], [y.region])?;
+            let ([xs, fs], [ys]) = split(
+                &mut a.data,
+                ops::Operands::new(OP, [x.region, fr], [y.region]),
+            )?;
             coupling::coupling(fp, Some(xs), f.map(|_| &*fs), ys, dir)
         };
         match bad {
@@ -388,41 +317,10 @@ impl<T: Element> Backend for CpuBackend<T> {
         running: Option<BnRunning>,
         args: BatchNormArgs,
     ) -> Result<()> {
-        const OP: &str = "batchnorm";
-        ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
-        let c = x.shape.c;
-        super::per_channel(
-            OP,
-            &[
-                ("gamma", gamma),
-                ("beta", beta),
-                ("saved mean", stats.mean),
-                ("saved invstd", stats.invstd),
-            ],
-            c,
-        )?;
-        match running {
-            Some(run) => {
-                ops::vector_len(OP, "running mean", run.mean.len, c)?;
-                ops::vector_len(OP, "running var", run.var.len, c)?;
-                let ([xs, g, b], [ys, mo, io, rm, rv]) = split(
-                    OP,
-                    &mut a.data,
-                    [x.region, gamma, beta],
-                    [y.region, stats.mean, stats.invstd, run.mean, run.var],
-                )?;
-                batchnorm::forward_train(x.shape, xs, g, b, ys, mo, io, Some((rm, rv)), args);
-            }
-            None => {
-                let ([xs, g, b], [ys, mo, io]) = split(
-                    OP,
-                    &mut a.data,
-                    [x.region, gamma, beta],
-                    [y.region, stats.mean, stats.invstd],
-                )?;
-                batchnorm::forward_train(x.shape, xs, g, b, ys, mo, io, None, args);
-            }
-        }
+        let operands = ops::batchnorm::check_train(x, gamma, beta, y, stats, running)?;
+        let ([xs, g, b], [ys, mo, io, rm, rv]) = split(&mut a.data, operands)?;
+        let run = running.map(|_| (rm, rv));
+        batchnorm::forward_train(x.shape, xs, g, b, ys, mo, io, run, args);
         Ok(())
     }
 
@@ -460,24 +358,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         y: View,
         eps: f64,
     ) -> Result<()> {
-        const OP: &str = "batchnorm_infer";
-        ops::same_shape(OP, "y vs x", y.shape, x.shape)?;
-        super::per_channel(
-            OP,
-            &[
-                ("gamma", gamma),
-                ("beta", beta),
-                ("running mean", running.mean),
-                ("running var", running.var),
-            ],
-            x.shape.c,
-        )?;
-        let ([xs, g, b, rm, rv], [ys]) = split(
-            OP,
-            &mut a.data,
-            [x.region, gamma, beta, running.mean, running.var],
-            [y.region],
-        )?;
+        let operands = ops::batchnorm::check_infer(x, gamma, beta, running, y)?;
+        let ([xs, g, b, rm, rv], [ys]) = split(&mut a.data, operands)?;
         batchnorm::forward_infer(x.shape, xs, g, b, rm, rv, ys, eps);
         Ok(())
     }
@@ -494,27 +376,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         dbeta: Region,
         mode: Write,
     ) -> Result<()> {
-        const OP: &str = "batchnorm_backward";
-        ops::same_shape(OP, "dy vs x", dy.shape, x.shape)?;
-        ops::same_shape(OP, "dx vs x", dx.shape, x.shape)?;
-        let c = x.shape.c;
-        super::per_channel(
-            OP,
-            &[
-                ("gamma", gamma),
-                ("mean", stats.mean),
-                ("invstd", stats.invstd),
-                ("dgamma", dgamma),
-                ("dbeta", dbeta),
-            ],
-            c,
-        )?;
-        let ([xs, gy, g, mu, is], [gx, dg, db]) = split(
-            OP,
-            &mut a.data,
-            [x.region, dy.region, gamma, stats.mean, stats.invstd],
-            [dx.region, dgamma, dbeta],
-        )?;
+        let operands = ops::batchnorm::check_backward(x, dy, gamma, stats, dx, dgamma, dbeta)?;
+        let ([xs, gy, g, mu, is], [gx, dg, db]) = split(&mut a.data, operands)?;
         batchnorm::backward(x.shape, xs, gy, g, mu, is, gx, dg, db, acc(mode));
         Ok(())
     }
@@ -526,19 +389,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         mask: View,
         weight: View,
     ) -> Result<()> {
-        ops::same_shape("bce_weights", "mask vs target", mask.shape, target.shape)?;
-        ops::same_shape(
-            "bce_weights",
-            "weight vs target",
-            weight.shape,
-            target.shape,
-        )?;
-        let ([t, m], [w]) = split(
-            "bce_weights",
-            &mut a.data,
-            [target.region, mask.region],
-            [weight.region],
-        )?;
+        let operands = ops::loss::check_weights(target, mask, weight)?;
+        let ([t, m], [w]) = split(&mut a.data, operands)?;
         loss::weights(target.shape, t, m, w);
         Ok(())
     }
@@ -553,29 +405,15 @@ impl<T: Element> Backend for CpuBackend<T> {
         loss_out: Region,
         dlogits: Option<View>,
     ) -> Result<()> {
-        const OP: &str = "bce_loss";
-        for (what, v) in [("target", target), ("weight", weight), ("mask", mask)] {
-            ops::same_shape(OP, &format!("{what} vs logits"), v.shape, logits.shape)?;
-        }
-        ops::vector_len(OP, "loss output", loss_out.len, 1)?;
-        let ins = [logits.region, target.region, weight.region, mask.region];
-        match dlogits {
-            Some(dz) => {
-                ops::same_shape(OP, "dlogits vs logits", dz.shape, logits.shape)?;
-                let ([z, t, w, m], [l, d]) = split(OP, &mut a.data, ins, [loss_out, dz.region])?;
-                l[0] = T::from_f64(loss::bce(z, t, w, m, Some(d)));
-            }
-            None => {
-                let ([z, t, w, m], [l]) = split(OP, &mut a.data, ins, [loss_out])?;
-                l[0] = T::from_f64(loss::bce(z, t, w, m, None));
-            }
-        }
+        let operands = ops::loss::check_bce(logits, target, weight, mask, loss_out, dlogits)?;
+        let ([z, t, w, m], [l, d]) = split(&mut a.data, operands)?;
+        let d = dlogits.map(|_| d);
+        l[0] = T::from_f64(loss::bce(z, t, w, m, d));
         Ok(())
     }
 
     fn sigmoid(&self, a: &mut CpuArena<T>, x: View, y: View) -> Result<()> {
-        ops::same_shape("sigmoid", "y vs x", y.shape, x.shape)?;
-        let ([xs], [ys]) = split("sigmoid", &mut a.data, [x.region], [y.region])?;
+        let ([xs], [ys]) = split(&mut a.data, ops::loss::check_sigmoid(x, y)?)?;
         loss::sigmoid_map(xs, ys);
         Ok(())
     }
@@ -590,13 +428,8 @@ impl<T: Element> Backend for CpuBackend<T> {
         hp: AdamParams,
         step: u64,
     ) -> Result<()> {
-        if step == 0 {
-            return Err(Error::Invalid("adam_step: steps count from 1".into()));
-        }
-        for r in [grad, m, v] {
-            ops::vector_len("adam_step", "gradient/moment buffer", r.len, param.len)?;
-        }
-        let ([g], [p, ms, vs]) = split("adam_step", &mut a.data, [grad], [param, m, v])?;
+        let operands = ops::optim::check_adam(param, grad, m, v, step)?;
+        let ([g], [p, ms, vs]) = split(&mut a.data, operands)?;
         optim::adam(p, g, ms, vs, hp, step);
         Ok(())
     }
@@ -609,18 +442,9 @@ impl<T: Element> Backend for CpuBackend<T> {
         velocity: Option<Region>,
         hp: SgdParams,
     ) -> Result<()> {
-        ops::vector_len("sgd_step", "gradient", grad.len, param.len)?;
-        match velocity {
-            Some(vr) => {
-                ops::vector_len("sgd_step", "velocity", vr.len, param.len)?;
-                let ([g], [p, vel]) = split("sgd_step", &mut a.data, [grad], [param, vr])?;
-                optim::sgd(p, g, Some(vel), hp);
-            }
-            None => {
-                let ([g], [p]) = split("sgd_step", &mut a.data, [grad], [param])?;
-                optim::sgd(p, g, None, hp);
-            }
-        }
+        let operands = ops::optim::check_sgd(param, grad, velocity)?;
+        let ([g], [p, vel]) = split(&mut a.data, operands)?;
+        optim::sgd(p, g, velocity.map(|_| vel), hp);
         Ok(())
     }
 }
@@ -640,23 +464,8 @@ fn bn_apply<T: Element>(
     } else {
         "batchnorm_apply"
     };
-    ops::same_shape(op, "y vs x", y.shape, x.shape)?;
-    super::per_channel(
-        op,
-        &[
-            ("gamma", gamma),
-            ("beta", beta),
-            ("saved mean", stats.mean),
-            ("saved invstd", stats.invstd),
-        ],
-        x.shape.c,
-    )?;
-    let ([xs, g, b, m, i], [ys]) = split(
-        op,
-        &mut a.data,
-        [x.region, gamma, beta, stats.mean, stats.invstd],
-        [y.region],
-    )?;
+    let operands = ops::batchnorm::check_apply(op, x, gamma, beta, stats, y)?;
+    let ([xs, g, b, m, i], [ys]) = split(&mut a.data, operands)?;
     batchnorm::apply_saved(x.shape, xs, g, b, m, i, ys, then_elu);
     Ok(())
 }

@@ -82,7 +82,7 @@ fn prec_code(p: Precision) -> i32 {
 impl<L: Launcher> GpuBackend<L> {
     /// The shape fields, from conv3d.cu's argument struct (its checks included).
     fn mma_args(g: &Conv3dGeom, cin: usize, cout: usize) -> Result<MmaConvArgs> {
-        let c = Self::conv_args(g, 0, 0, 0, 0, 0, 0)?;
+        let c = super::conv3d::conv_args(g, 0, 0, 0, 0, 0, 0)?;
         Ok(MmaConvArgs {
             n: c.n,
             cin: int("conv3d", cin)?,
@@ -184,7 +184,7 @@ impl<L: Launcher> GpuBackend<L> {
             MMA_THREADS,
             &args,
         )?;
-        let mut red: ConvArgs = Self::conv_args(g, 0, 0, 0, part, dw, accumulate)?;
+        let mut red: ConvArgs = super::conv3d::conv_args(g, 0, 0, 0, part, dw, accumulate)?;
         red.splits = ns as i32;
         self.launch_1d("conv3d_backward_weight_reduce", g.co * m, &red)
     }
