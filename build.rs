@@ -1,12 +1,17 @@
 //! Builds the kernels of kernels/*.cu twice:
 //!
-//! 1. Always: for the CPU with g++ (the emulator, `src/backend/gpu/emu.rs`): every kernel file, the
-//!    runtime (kernels/emu/runtime.cpp) and a generated registry of the kernels by name, into one
+//! 1. Always: for the CPU with g++ (the emulator, `src/backend/gpu/emu.rs`): every kernel file twice,
+//!    with the checks' instrumentation (races, bounds, uninitialised shared memory; run when
+//!    REVSEG_EMU_RACECHECK=1) and without it (REVSEG_EMU_FAST: plain loads and stores, for speed),
+//!    the runtime (kernels/emu/runtime.cpp) and a generated registry of the kernels by name, into one
 //!    static library. g++ is called directly rather than through the `cc` crate: one compiler, one
 //!    flag set, nothing to configure, and one dependency fewer.
-//! 2. Where nvcc is found: to PTX for compute_80 and compute_90, checked by ptxas, all warnings
-//!    errors; the PTX is embedded in the binary. Where it is not, the sources are embedded for NVRTC
-//!    at first use, with one cargo warning.
+//! 2. Where nvcc is found: to PTX for compute_80 and compute_90, all warnings errors, and that PTX
+//!    assembled by ptxas into sm_80 and sm_90 cubins (what `nvcc -cubin -arch=sm_XX` makes, from the
+//!    very PTX that is embedded). Both are embedded in the binary: the CUDA launcher loads the cubin
+//!    of the device's architecture, so the machine code checked here (and by scripts/kernel-report)
+//!    is the code that runs, and the PTX (JIT-compiled by the driver) elsewhere. Where nvcc is not
+//!    found, the sources are embedded for NVRTC at first use, with one cargo warning.
 //!
 //! Either way `$OUT_DIR/kernels.rs` lists every kernel (name, file, argument struct) from its
 //! `REVSEG_KERNEL(name, Args)` / `REVSEG_KERNEL_SYNC(name, Args)` line, so the Rust side, the
@@ -18,7 +23,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-/// PTX targets: Ampere (A100) and Hopper (H100/H200). The driver JIT-compiles PTX for the device.
+/// PTX and cubin targets: Ampere (A100; its cubin also runs on 8.6 and 8.9) and Hopper (H100/H200).
+/// The driver JIT-compiles the compute_90 PTX for newer devices.
 const ARCHS: [u32; 2] = [80, 90];
 /// The newest PTX ISA the GPU machines' driver (580, CUDA 13.0) loads.
 const MAX_PTX_ISA: (u32, u32) = (9, 0);
@@ -147,13 +153,18 @@ fn build_emulator(kdir: &Path, out: &Path, files: &[String], kernels: &[Kernel])
          #include \"common.cuh\"\n#include \"emu/registry.h\"\n\n",
     );
     for k in kernels {
-        writeln!(reg, "extern \"C\" void {}__emu(const void*);", k.name).unwrap();
+        writeln!(
+            reg,
+            "extern \"C\" void {0}__emu(const void*);\nextern \"C\" void {0}__emu_fast(const void*);",
+            k.name
+        )
+        .unwrap();
     }
     reg += "\nextern const EmuKernelEntry emu_kernels[] = {\n";
     for k in kernels {
         writeln!(
             reg,
-            "    {{\"{0}\", {0}__emu, {1}, sizeof({2})}},",
+            "    {{\"{0}\", {0}__emu, {0}__emu_fast, {1}, sizeof({2})}},",
             k.name, k.sync as u8, k.args
         )
         .unwrap();
@@ -168,11 +179,14 @@ fn build_emulator(kdir: &Path, out: &Path, files: &[String], kernels: &[Kernel])
     fs::write(&reg_path, reg).unwrap();
 
     let cxx = env::var("CXX").unwrap_or_else(|_| "g++".into());
-    // (object name, source, whether its memory accesses are watched by the checks)
-    let mut sources: Vec<(String, PathBuf, bool)> = files
-        .iter()
-        .map(|f| (f.replace('/', "_"), kdir.join(format!("{f}.cu")), true))
-        .collect();
+    // (object name, source, whether its memory accesses are watched by the checks); each kernel
+    // file twice: watched, and fast (the same code without the instrumentation)
+    let mut sources: Vec<(String, PathBuf, bool)> = Vec::new();
+    for f in files {
+        let src = kdir.join(format!("{f}.cu"));
+        sources.push((f.replace('/', "_"), src.clone(), true));
+        sources.push((format!("{}.fast", f.replace('/', "_")), src, false));
+    }
     sources.push(("emu_runtime".into(), kdir.join("emu/runtime.cpp"), false));
     sources.push(("emu_checks".into(), kdir.join("emu/checks.cpp"), false));
     sources.push(("emu_warp".into(), kdir.join("emu/warp.cpp"), false));
@@ -194,6 +208,10 @@ fn build_emulator(kdir: &Path, out: &Path, files: &[String], kernels: &[Kernel])
             ]);
         } else {
             cmd.arg("-g0");
+        }
+        let fast = name.ends_with(".fast");
+        if fast {
+            cmd.arg("-DREVSEG_EMU_FAST");
         }
         let child = cmd
             .args(["-x", "c++", "-std=c++17", "-O2", "-fPIC"])
@@ -218,6 +236,7 @@ fn build_emulator(kdir: &Path, out: &Path, files: &[String], kernels: &[Kernel])
         objects.push(obj);
     }
     wait_all("compiling the kernel emulator", jobs);
+    check_emu_symbols(&sources, &objects);
     let lib = out.join("librevseg_emu.a");
     let _ = fs::remove_file(&lib);
     let ar = env::var("AR").unwrap_or_else(|_| "ar".into());
@@ -228,6 +247,53 @@ fn build_emulator(kdir: &Path, out: &Path, files: &[String], kernels: &[Kernel])
     println!("cargo:rustc-link-search=native={}", out.display());
     println!("cargo:rustc-link-lib=static=revseg_emu");
     println!("cargo:rustc-link-lib=dylib=stdc++");
+}
+
+/// A kernel file's two objects may define no global symbol but their kernel entries (`*__emu`,
+/// `*__emu_fast`): an inline function or a template's static defined in both would be merged by
+/// the linker into one copy, and the checked kernels would then run the fast one's code (or the
+/// reverse). kernels/emu/cuda_emu.h gives device functions internal linkage so that this holds.
+fn check_emu_symbols(sources: &[(String, PathBuf, bool)], objects: &[PathBuf]) {
+    let nm = env::var("NM").unwrap_or_else(|_| "nm".into());
+    for ((name, src, _), obj) in sources.iter().zip(objects) {
+        if src.extension().is_none_or(|e| e != "cu") {
+            continue; // the runtime, the checks, the warps and the registry: compiled once
+        }
+        let o = Command::new(&nm)
+            .args(["--defined-only", "--extern-only", "--format=posix"])
+            .arg(obj)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run `{nm}` (binutils) on the emulator's objects: {e}")
+            });
+        if !o.status.success() {
+            panic!(
+                "{nm} {} failed: {}",
+                obj.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let suffix = if name.ends_with(".fast") {
+            "__emu_fast"
+        } else {
+            "__emu"
+        };
+        let stray: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|sym| !sym.ends_with(suffix))
+            .map(str::to_string)
+            .collect();
+        if !stray.is_empty() {
+            panic!(
+                "{}: the emulator's build defines global symbols other than its kernels ({}): declare \
+                 device functions with __device__ (internal linkage in the emulator) and keep \
+                 namespace-scope variables static or constexpr",
+                src.display(),
+                stray.join(", ")
+            );
+        }
+    }
 }
 
 /// nvcc in order: $NVCC; the project's pinned pip install (.venv, what scripts/test installs: its
@@ -279,6 +345,12 @@ fn build_ptx(nvcc: &Path, kdir: &Path, out: &Path, files: &[String]) -> String {
         })
         .unwrap_or_else(|| panic!("{} --version failed", nvcc.display()));
     let ptxas = nvcc.with_file_name("ptxas");
+    if !ptxas.is_file() {
+        panic!(
+            "{} has no ptxas beside it; the cubins embedded for sm_80 and sm_90 need it (set NVCC to a full CUDA toolkit's nvcc, or REVSEG_NO_NVCC=1 for NVRTC at run time)",
+            nvcc.display()
+        );
+    }
     let mut jobs = Vec::new();
     for f in files {
         for arch in ARCHS {
@@ -305,12 +377,14 @@ fn build_ptx(nvcc: &Path, kdir: &Path, out: &Path, files: &[String]) -> String {
             let ptx = out.join(format!("{f}.sm{arch}.ptx"));
             let text = fs::read_to_string(&ptx).unwrap();
             check_ptx_isa(&ptx, &text);
-            // ptxas turns the PTX into machine code as the driver will: register or shared-memory
-            // overuse fails here rather than at the first launch on a GPU. It has no -Werror;
-            // wait_all fails on any output instead.
-            if ptxas.is_file() {
+            // ptxas turns the PTX into the machine code that is embedded and loaded on devices of
+            // this architecture: register or shared-memory overuse fails here rather than at the
+            // first launch on a GPU. Line tables for compute-sanitizer's reports. It has no
+            // -Werror; wait_all fails on any output instead.
+            {
                 let child = Command::new(&ptxas)
                     .arg(format!("-arch=sm_{arch}"))
+                    .args(["-O3", "-lineinfo"])
                     .arg(&ptx)
                     .arg("-o")
                     .arg(out.join(format!("{f}.sm{arch}.cubin")))
@@ -322,7 +396,7 @@ fn build_ptx(nvcc: &Path, kdir: &Path, out: &Path, files: &[String]) -> String {
             }
         }
     }
-    wait_all("checking the PTX with ptxas", jobs);
+    wait_all("assembling the PTX into cubins with ptxas", jobs);
     format!("nvcc ({version})")
 }
 
@@ -381,6 +455,16 @@ fn write_table(
             for arch in ARCHS {
                 let p = out.join(format!("{f}.sm{arch}.ptx"));
                 writeln!(t, "    ({f:?}, {arch}, include_str!({:?})),", p.display()).unwrap();
+            }
+        }
+    }
+    t += "];\n/// (file, arch, cubin): ptxas's machine code from the PTX above, loaded on devices of that arch\n";
+    t += "pub const CUBIN: &[(&str, u32, &[u8])] = &[\n";
+    if ptx_from.is_some() {
+        for f in files {
+            for arch in ARCHS {
+                let p = out.join(format!("{f}.sm{arch}.cubin"));
+                writeln!(t, "    ({f:?}, {arch}, include_bytes!({:?})),", p.display()).unwrap();
             }
         }
     }

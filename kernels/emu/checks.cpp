@@ -25,7 +25,9 @@
 namespace emu_rt {
 namespace {
 
-constexpr std::size_t kSharedLimit = 48 * 1024;
+// The largest per-block shared memory of the devices emulated (an H200 opts in to 227 KiB); each
+// launch has its own limit (Launch::max_shared, the device's, from src/backend/gpu/emu.rs).
+constexpr std::size_t kSharedLimit = 227 * 1024;
 // Room past the limit, so that a block over it is reported instead of writing past the arena.
 constexpr std::size_t kArenaBytes = 2 * kSharedLimit;
 constexpr int kNobody = -1;
@@ -260,12 +262,12 @@ void* emu::static_shared(SharedSite& site, std::size_t bytes) {
     SharedArena& s = arena();
     if (site.block_gen != s.gen) {
         const std::size_t off = (s.used + 15) / 16 * 16;
-        if (off + bytes > kSharedLimit) {
+        if (off + bytes > t_launch->max_shared) {
             char buf[256];
             std::snprintf(buf, sizeof buf,
                           "kernel %s: %zu bytes of shared memory (static and dynamic) in a block, "
-                          "over the 48 KiB limit",
-                          t_launch->kernel->name, off + bytes);
+                          "over the device's %u bytes",
+                          t_launch->kernel->name, off + bytes, t_launch->max_shared);
             t_launch->fail(kSharedTooLarge, buf);
             if (off + bytes > kArenaBytes) {
                 std::fprintf(stderr, "revseg emulator: %s\n", buf);

@@ -24,7 +24,11 @@ extern thread_local dim3 blockDim;
 extern thread_local dim3 gridDim;
 
 #define __global__
-#define __device__
+// Internal linkage for every device function: build.rs compiles each kernel file twice (with the
+// checks' instrumentation and without it, REVSEG_EMU_FAST), and two copies of one inline function
+// must never be merged by the linker into one (a checked kernel would then run unchecked code, or
+// the reverse). build.rs verifies with nm that the kernel entries are each object's only globals.
+#define __device__ static
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
@@ -90,22 +94,22 @@ void cp_async_wait(int pending);
 #define REVSEG_SHARED_ALIGN16(T, name, dims) REVSEG_SHARED(T, name, dims)
 
 // Math: the float functions of <math.h> (expf, log1pf, sqrtf, fabsf, fmaf, ...), plus CUDA's extras.
-inline float rsqrtf(float x) {
+static inline float rsqrtf(float x) {
     return 1.0f / std::sqrt(x);
 }
-inline int min(int a, int b) {
+static inline int min(int a, int b) {
     return a < b ? a : b;
 }
-inline int max(int a, int b) {
+static inline int max(int a, int b) {
     return a > b ? a : b;
 }
 
-inline unsigned __float_as_uint(float x) {
+static inline unsigned __float_as_uint(float x) {
     unsigned u;
     std::memcpy(&u, &x, 4);
     return u;
 }
-inline float __uint_as_float(unsigned u) {
+static inline float __uint_as_float(unsigned u) {
     float x;
     std::memcpy(&x, &u, 4);
     return x;
@@ -113,7 +117,7 @@ inline float __uint_as_float(unsigned u) {
 #define warpSize 32
 
 template <class T>
-inline T emu_shfl(int kind, unsigned mask, T var, int arg, int width) {
+static inline T emu_shfl(int kind, unsigned mask, T var, int arg, int width) {
     static_assert(sizeof(T) == 4, "the emulator shuffles 32-bit values");
     emu::WarpOp op{};
     op.kind = kind;
@@ -127,31 +131,31 @@ inline T emu_shfl(int kind, unsigned mask, T var, int arg, int width) {
     return r;
 }
 template <class T>
-inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32) {
+static inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = 32) {
     return emu_shfl(emu::kShflIdx, mask, var, src_lane, width);
 }
 template <class T>
-inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+static inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = 32) {
     return emu_shfl(emu::kShflUp, mask, var, static_cast<int>(delta), width);
 }
 template <class T>
-inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
+static inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = 32) {
     return emu_shfl(emu::kShflDown, mask, var, static_cast<int>(delta), width);
 }
 template <class T>
-inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
+static inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
     return emu_shfl(emu::kShflXor, mask, var, lane_mask, width);
 }
-inline unsigned __ballot_sync(unsigned mask, int pred) {
+static inline unsigned __ballot_sync(unsigned mask, int pred) {
     return emu_shfl<unsigned>(emu::kBallot, mask, pred != 0, 0, 32);
 }
-inline int __any_sync(unsigned mask, int pred) {
+static inline int __any_sync(unsigned mask, int pred) {
     return __ballot_sync(mask, pred) != 0;
 }
-inline int __all_sync(unsigned mask, int pred) {
+static inline int __all_sync(unsigned mask, int pred) {
     return __ballot_sync(mask, pred) == mask;
 }
-inline void __syncwarp(unsigned mask = 0xffffffffu) {
+static inline void __syncwarp(unsigned mask = 0xffffffffu) {
     emu::WarpOp op{};
     op.kind = emu::kSyncwarp;
     op.mask = mask;
@@ -159,13 +163,13 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
 }
 
 // Atomics: blocks run in parallel on several OS threads, so these are real atomics.
-inline int atomicAdd(int* p, int v) {
+static inline int atomicAdd(int* p, int v) {
     return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
-inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
+static inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
     return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
-inline float atomicAdd(float* p, float v) {
+static inline float atomicAdd(float* p, float v) {
     float old, next;
     __atomic_load(p, &old, __ATOMIC_RELAXED);
     do {
@@ -173,7 +177,7 @@ inline float atomicAdd(float* p, float v) {
     } while (!__atomic_compare_exchange(p, &old, &next, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
     return old;
 }
-inline int atomicMax(int* p, int v) {
+static inline int atomicMax(int* p, int v) {
     int old = __atomic_load_n(p, __ATOMIC_RELAXED);
     while (old < v &&
            !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
@@ -182,10 +186,16 @@ inline int atomicMax(int* p, int v) {
 }
 
 // A kernel: its body as a static function, and an extern "C" entry `<name>__emu(const void* args)`
-// that the generated registry (build.rs) lists with the argument size and whether it synchronises.
+// (`<name>__emu_fast` in the build without the checks' instrumentation) that the generated registry
+// (build.rs) lists with the argument size and whether it synchronises.
+#ifdef REVSEG_EMU_FAST
+#define EMU_ENTRY(name) name##__emu_fast
+#else
+#define EMU_ENTRY(name) name##__emu
+#endif
 #define EMU_KERNEL(name, Args)                                \
     static void name##__body(const Args a);                   \
-    extern "C" void name##__emu(const void* p) {              \
+    extern "C" void EMU_ENTRY(name)(const void* p) {          \
         Args a;                                               \
         std::memcpy(static_cast<void*>(&a), p, sizeof(Args)); \
         name##__body(a);                                      \

@@ -42,8 +42,9 @@ namespace {
 constexpr std::size_t kStackBytes = 64 * 1024;
 // CUDA's limits, enforced here so that a launch the GPU would refuse fails on the emulator too.
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr unsigned kMaxDynamicShared = 48 * 1024;
 constexpr unsigned kMaxGridYZ = 65535;
+// What the shared-memory arena (checks.cpp) holds: no emulated device may allow more per block.
+constexpr unsigned kMaxSharedArena = 227 * 1024;
 
 enum FiberState { kNew, kRunning, kIdle };
 
@@ -106,7 +107,7 @@ void unwaited_copies() {
 
 void fiber_main() {
     for (;;) {
-        t_launch->kernel->entry(t_launch->args);
+        t_launch->entry(t_launch->args);
         unwaited_copies();
         t_cur->state = kIdle;
         if (!_setjmp(t_cur->ctx)) {
@@ -338,7 +339,7 @@ bool run_block_loop(const Launch& l) {
         threadIdx = thread_index(l.block, i);
         t_loop_fiber.ncopies = 0;
         t_loop_fiber.committed = 0;
-        l.kernel->entry(l.args);
+        l.entry(l.args);
         unwaited_copies();
     }
     return true;
@@ -516,6 +517,8 @@ struct EmuOptions {
     unsigned long long seed;
     const unsigned long long* regions;
     std::size_t region_count;
+    // The emulated device's opt-in shared memory per block, bytes (DeviceLimits in Rust).
+    unsigned max_shared;
 };
 
 // Runs one kernel over its grid and returns when every block has finished (a launch followed by a
@@ -535,7 +538,7 @@ extern "C" int emu_launch(const char* name, const unsigned grid[3], const unsign
         grid[2] == 0 || grid[1] > kMaxGridYZ || grid[2] > kMaxGridYZ || block[2] > 64) {
         return kBadConfig;
     }
-    if (shared_bytes > kMaxDynamicShared) {
+    if (shared_bytes > opt->max_shared || opt->max_shared > kMaxSharedArena) {
         return kSharedTooLarge;
     }
     Launch l;
@@ -544,11 +547,13 @@ extern "C" int emu_launch(const char* name, const unsigned grid[3], const unsign
     l.block = dim3{block[0], block[1], block[2]};
     l.threads = static_cast<unsigned>(threads);
     l.shared_bytes = shared_bytes;
+    l.max_shared = opt->max_shared;
     l.args = args;
     l.blocks = 1ull * grid[0] * grid[1] * grid[2];
     l.schedule = opt->schedule;
     l.seed = opt->seed;
     l.check = opt->check != 0;
+    l.entry = l.check ? k->entry : k->fast;
     std::vector<std::atomic<unsigned long long>*> shadows;
     if (l.check) {
         l.buffers = buffers_snapshot();

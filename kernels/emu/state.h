@@ -34,9 +34,13 @@ struct Region {
 
 struct Launch {
     const EmuKernelEntry* kernel;
+    // kernel->entry when the launch is checked, else kernel->fast.
+    void (*entry)(const void* args);
     dim3 grid, block;
     unsigned threads;
     unsigned shared_bytes;
+    // Shared memory (static and dynamic) one block may use: the emulated device's opt-in limit.
+    unsigned max_shared;
     const void* args;
     unsigned long long blocks;
     int schedule;

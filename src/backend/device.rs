@@ -97,12 +97,15 @@ pub fn device_info() -> String {
         EmuLauncher::new().name()
     );
     s += &format!(
-        "kernels: {} in {} files; PTX: {}\n",
+        "kernels: {} in {} files; {}\n",
         table::KERNELS.len(),
         table::SOURCES.len(),
         table::PTX_COMPILER
-            .map(|c| format!("embedded for sm_80 and sm_90, built by {c}"))
-            .unwrap_or_else(|| "none embedded (no nvcc at build time): NVRTC at first use".into())
+            .map(|c| format!(
+                "cubins for sm_80 and sm_90 and PTX for compute_80 and compute_90 embedded ({} cubins), built by {c}",
+                table::CUBIN.len()
+            ))
+            .unwrap_or_else(|| "no cubin or PTX embedded (no nvcc at build time): NVRTC at first use".into())
     );
     if !cuda::driver_present() {
         s += "cuda: no driver (libcuda not found)\n";
@@ -118,12 +121,15 @@ pub fn device_info() -> String {
                 let ctx = l.context();
                 let (ma, mi) = ctx.compute_capability().unwrap_or((0, 0));
                 let (free, total) = ctx.mem_get_info().unwrap_or((0, 0));
+                let lim = l.device_limits();
                 s += &format!(
-                    "cuda:{i}: {}, compute capability {ma}.{mi}, {} MiB free of {} MiB, kernels as sm_{} ({})\n",
+                    "cuda:{i}: {}, compute capability {ma}.{mi}, {} SMs, shared memory {} KiB per block (opt-in) and {} KiB per SM, {} MiB free of {} MiB, kernels: {}\n",
                     ctx.name().unwrap_or_else(|_| "?".into()),
+                    lim.sm_count,
+                    lim.max_shared_per_block / 1024,
+                    lim.shared_per_sm / 1024,
                     free >> 20,
                     total >> 20,
-                    l.arch(),
                     l.ptx_source()
                 );
             }

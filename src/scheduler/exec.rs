@@ -168,6 +168,36 @@ impl<B: Backend> Executor<B> {
         )
     }
 
+    /// A step one instruction at a time, for lockstep comparisons of two backends (tests/
+    /// full_step.rs): uploads the batch and counts the step as `train_step` does, and returns how
+    /// many instructions such a step runs; then `run_instr` for each, with `read` and `write`
+    /// between them.
+    pub fn begin_step(&mut self, b: &B, batch: &Batch<B::Elem>, update: bool) -> Result<usize> {
+        self.upload_batch(b, batch)?;
+        if update {
+            self.step += 1;
+        }
+        let order = [Phase::Forward, Phase::Loss, Phase::Backward, Phase::Update];
+        let at = |p: &Phase| order.iter().position(|q| q == p).unwrap();
+        let last = at(if update {
+            &Phase::Update
+        } else {
+            &Phase::Backward
+        });
+        Ok(self
+            .plan
+            .instrs
+            .iter()
+            .take_while(|(p, _)| at(p) <= last)
+            .count())
+    }
+
+    /// Instruction `i` of the plan alone (see `begin_step`).
+    pub fn run_instr(&mut self, b: &B, i: usize) -> Result<()> {
+        let ins = self.plan.instrs[i].1.clone();
+        self.exec(b, &ins)
+    }
+
     /// Forward and loss only (parameters untouched; running statistics move).
     pub fn loss(&mut self, b: &B, batch: &Batch<B::Elem>) -> Result<f64> {
         self.run(b, batch, Phase::Loss)
@@ -331,7 +361,8 @@ impl<B: Backend> Executor<B> {
         }
     }
 
-    fn write(&mut self, b: &B, o: Opd, vals: &[f64]) -> Result<()> {
+    /// Overwrites a buffer's span with `vals` (also for lockstep runs: see `begin_step`).
+    pub fn write(&mut self, b: &B, o: Opd, vals: &[f64]) -> Result<()> {
         if vals.len() != o.shape.len() {
             return Err(Error::shape(
                 "executor",

@@ -12,8 +12,8 @@ use crate::precision::Precision;
 /// conv3d weight-gradient tiles (BM, BN, BK of kernels/conv3d.cu).
 const CONV_TILE: usize = 64;
 const CONV_BK: usize = 16;
-/// Enough blocks to fill a large GPU twice over; the weight gradient splits positions to get there.
-const TARGET_BLOCKS: usize = 264;
+/// The weight gradient splits positions until its grid has the device's `target_blocks` (two per
+/// SM), at most this many ways.
 const MAX_WGRAD_SPLITS: usize = 64;
 
 pub(super) fn conv_args(
@@ -108,7 +108,7 @@ pub(super) fn backward_input<L: Launcher>(
 /// (splits, chunk) of the weight gradient's positions: enough splits that the grid of
 /// `tiles` x splits blocks reaches `target_blocks`, in BK-aligned chunks. Fixed by the shape and
 /// the device alone, so the sum order (and the bits) never change from one call to the next.
-pub(super) fn wgrad_splits(g: &Conv3dGeom, target_blocks: usize) -> (usize, usize) {
+pub fn wgrad_splits(g: &Conv3dGeom, target_blocks: usize) -> (usize, usize) {
     let k = g.ci * g.taps();
     let tiles = k.div_ceil(CONV_TILE) * g.co.div_ceil(CONV_TILE);
     let q = g.n * g.spatial();
@@ -136,7 +136,7 @@ pub(super) fn backward_weight<L: Launcher>(
         return b.conv3d_mma_weight(a, &g, b.precision, xp, gy, gw, acc(mode));
     }
     let k = g.ci * g.taps();
-    let (ns, chunk) = wgrad_splits(&g, TARGET_BLOCKS);
+    let (ns, chunk) = wgrad_splits(&g, b.launcher.limits().target_blocks());
     int("conv3d_backward_weight", ns * g.co * k)?;
     let part = b.scratch(a, ns * g.co * k)?;
     let [xp, gy, gw] = b.ptrs(a, [x.region, dy.region, dw.region]);

@@ -44,8 +44,6 @@ pub const TILE_K: usize = 16;
 const MMA_THREADS: u32 = 128;
 /// The channel tiles the kernels are built for (multiples of the mma's n = 8).
 pub const CHANNEL_TILES: [usize; 8] = [8, 16, 24, 32, 40, 48, 64, 80];
-/// The SM count the emulator reports (an H100/H200's).
-pub const EMU_SM_COUNT: usize = 132;
 const MAX_WEIGHT_SPLITS: usize = 128;
 
 /// The channel tile for `c` channels: the least padding (ceil(c / n) * n), the larger tile on a
@@ -168,7 +166,7 @@ impl<L: Launcher> GpuBackend<L> {
         let bn = channel_tile(g.co);
         let (mt, nt) = (m.div_ceil(TILE_M), g.co.div_ceil(bn));
         let q = g.n * g.spatial();
-        let (ns, chunk) = weight_splits(self.launcher.sm_count(), mt * nt, q);
+        let (ns, chunk) = weight_splits(self.launcher.limits().sm_count as usize, mt * nt, q);
         int(OP, ns * g.co * m)?;
         let part = self.scratch(a, ns * g.co * m)?;
         let mut args = Self::mma_args(g, g.ci, g.co)?;

@@ -1,17 +1,21 @@
 //! The CUDA launcher: one context and one stream on one GPU, the arena as one device allocation,
-//! every kernel module loaded at creation from the embedded PTX for the device's compute capability
-//! (sm_90 PTX for 9.x and newer, sm_80 PTX for 8.x), or compiled by NVRTC from the embedded sources
-//! where the build had no nvcc. libcuda is loaded at run time: a machine without it gets an error,
+//! every kernel module loaded at creation: the embedded cubin of the device's architecture (sm_90
+//! for 9.x, sm_80 for 8.x: the machine code ptxas made at build time, the code kernel-report and
+//! the emulator's parity tests speak of), else the embedded PTX JIT-compiled by the driver (compute_90
+//! for 10.x and newer; also where REVSEG_CUDA_IMAGE=ptx, or a cubin fails to load), or PTX compiled
+//! by NVRTC from the embedded sources where the build had no nvcc. A module that fails to load is
+//! reported with the driver's JIT error and info logs. The SM count and shared-memory limits come
+//! from the device's attributes. libcuda is loaded at run time: a machine without it gets an error,
 //! never a panic (cudarc panics on first use of a missing library, so `is_culib_present` comes
 //! first).
 
 use super::table;
-use super::Launcher;
+use super::{DeviceLimits, Launcher};
 use crate::error::{Error, Result};
 use cudarc::driver::{result, sys, CudaContext};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub struct CudaLauncher {
     ctx: Arc<CudaContext>,
@@ -21,7 +25,13 @@ pub struct CudaLauncher {
     ordinal: usize,
     arch: u32,
     ptx_source: String,
+    limits: DeviceLimits,
+    /// Dynamic shared memory each kernel has been opted in to beyond the default 48 KiB.
+    opted_in: Mutex<HashMap<&'static str, u32>>,
 }
+
+/// Dynamic shared memory a kernel may use without opting in (CUDA's default per block).
+const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
 
 pub struct CudaBuf {
     ptr: sys::CUdeviceptr,
@@ -141,6 +151,97 @@ fn ptx_for(file: &str, arch: u32) -> Result<String> {
     Ok(ptx.to_src())
 }
 
+/// The embedded cubin of one kernel file for the device's architecture: sm_90 runs on 9.x and
+/// sm_80 on 8.x (a cubin runs on its major version, same or newer minor); none for other devices.
+fn cubin_for(file: &str, cc: (i32, i32)) -> Option<&'static [u8]> {
+    let arch = match cc.0 {
+        9 => 90,
+        8 => 80,
+        _ => return None,
+    };
+    table::CUBIN
+        .iter()
+        .find(|(f, a, _)| *f == file && *a == arch)
+        .map(|(_, _, b)| *b)
+}
+
+/// Which images to load: REVSEG_CUDA_IMAGE=ptx forces the PTX (the driver's JIT) where a cubin
+/// would be used; `cubin` (or unset) prefers the cubin.
+fn prefer_cubin() -> Result<bool> {
+    match std::env::var("REVSEG_CUDA_IMAGE").as_deref() {
+        Err(_) | Ok("") | Ok("cubin") => Ok(true),
+        Ok("ptx") => Ok(false),
+        Ok(v) => Err(Error::Device(format!(
+            "REVSEG_CUDA_IMAGE={v:?}: choose cubin (the default) or ptx"
+        ))),
+    }
+}
+
+/// cuModuleLoadDataEx with the JIT's error and info logs: a cubin or a NUL-terminated PTX image.
+/// On failure the error carries both logs (what ptxas inside the driver said).
+fn load_module(image: &[u8], what: &str) -> Result<sys::CUmodule> {
+    const LOG: usize = 16 * 1024;
+    let mut error_log = vec![0u8; LOG];
+    let mut info_log = vec![0u8; LOG];
+    let mut options = [
+        sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
+        sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+        sys::CUjit_option::CU_JIT_INFO_LOG_BUFFER,
+        sys::CUjit_option::CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES,
+        sys::CUjit_option::CU_JIT_LOG_VERBOSE,
+    ];
+    // The driver reads scalar option values from the pointer-sized slot itself.
+    let scalar = std::ptr::without_provenance_mut::<c_void>;
+    let mut values: [*mut c_void; 5] = [
+        error_log.as_mut_ptr() as *mut c_void,
+        scalar(LOG),
+        info_log.as_mut_ptr() as *mut c_void,
+        scalar(LOG),
+        scalar(1),
+    ];
+    let mut module: sys::CUmodule = std::ptr::null_mut();
+    // SAFETY: the image outlives the call (PTX NUL-terminated by the caller); the log buffers have
+    // the sizes given; the context is current.
+    let r = unsafe {
+        sys::cuModuleLoadDataEx(
+            &mut module,
+            image.as_ptr() as *const c_void,
+            options.len() as u32,
+            options.as_mut_ptr(),
+            values.as_mut_ptr(),
+        )
+    };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        return Ok(module);
+    }
+    let text = |b: &[u8]| {
+        String::from_utf8_lossy(&b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())])
+            .trim()
+            .to_string()
+    };
+    let (err, info) = (text(&error_log), text(&info_log));
+    Err(Error::Device(format!(
+        "CUDA: loading {what}: {r:?}; JIT error log: {}; JIT info log: {}",
+        if err.is_empty() { "(empty)" } else { &err },
+        if info.is_empty() { "(empty)" } else { &info }
+    )))
+}
+
+/// The device's SM count and shared-memory limits.
+fn query_limits(ctx: &CudaContext) -> Result<DeviceLimits> {
+    use sys::CUdevice_attribute as A;
+    let get = |a: A| -> Result<u32> {
+        ctx.attribute(a)
+            .map(|v| v.max(0) as u32)
+            .map_err(|e| dev_err(&format!("device attribute {a:?}"), e))
+    };
+    Ok(DeviceLimits {
+        sm_count: get(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+        max_shared_per_block: get(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?,
+        shared_per_sm: get(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?,
+    })
+}
+
 impl CudaLauncher {
     /// Opens device `ordinal` and loads every kernel.
     pub fn new(ordinal: usize) -> Result<Self> {
@@ -163,6 +264,8 @@ impl CudaLauncher {
         let stream = ctx
             .new_stream()
             .map_err(|e| dev_err("creating a stream", e))?;
+        let limits = query_limits(&ctx)?;
+        let use_cubin = prefer_cubin()?;
         let mut me = CudaLauncher {
             ctx,
             stream,
@@ -170,19 +273,52 @@ impl CudaLauncher {
             modules: Vec::new(),
             ordinal,
             arch,
-            ptx_source: table::PTX_COMPILER
-                .map(|s| format!("PTX from {s}"))
-                .unwrap_or_else(|| "NVRTC at run time".into()),
+            ptx_source: String::new(),
+            limits,
+            opted_in: Mutex::new(HashMap::new()),
         };
         let mut files: Vec<&str> = table::KERNELS.iter().map(|k| k.1).collect();
         files.dedup();
+        // What was loaded, file by file: "sm_90 cubin", "compute_90 PTX (JIT)", ...
+        let mut loaded: Vec<String> = Vec::new();
         for file in files {
-            let ptx = ptx_for(file, arch)?;
-            let image = CString::new(ptx)
-                .map_err(|_| Error::Device(format!("PTX of {file} contains a NUL byte")))?;
-            // SAFETY: a NUL-terminated PTX image; the context is current (new() bound it).
-            let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
-                .map_err(|e| dev_err(&format!("loading the PTX of kernels/{file}.cu"), e))?;
+            let mut cubin_error = None;
+            let mut module = None;
+            if let Some(cubin) = cubin_for(file, (major, minor)).filter(|_| use_cubin) {
+                match load_module(cubin, &format!("the sm_{arch} cubin of kernels/{file}.cu")) {
+                    Ok(m) => {
+                        module = Some(m);
+                        loaded.push(format!("sm_{arch} cubin"));
+                    }
+                    // The PTX may still load (a driver that refuses the cubin's ELF version):
+                    // say so, and try it.
+                    Err(e) => cubin_error = Some(e.to_string()),
+                }
+            }
+            let module = match module {
+                Some(m) => m,
+                None => {
+                    let ptx = ptx_for(file, arch)?;
+                    let image = CString::new(ptx)
+                        .map_err(|_| Error::Device(format!("PTX of {file} contains a NUL byte")))?;
+                    let m = load_module(
+                        image.as_bytes_with_nul(),
+                        &format!("the compute_{arch} PTX of kernels/{file}.cu"),
+                    )
+                    .map_err(|e| match &cubin_error {
+                        Some(c) => Error::Device(format!("{c}; then {e}")),
+                        None => e,
+                    })?;
+                    loaded.push(match (&cubin_error, table::PTX_COMPILER) {
+                        (Some(c), _) => {
+                            format!("compute_{arch} PTX (JIT) after the cubin failed: {c}")
+                        }
+                        (None, Some(_)) => format!("compute_{arch} PTX (JIT)"),
+                        (None, None) => format!("compute_{arch} PTX from NVRTC (JIT)"),
+                    });
+                    m
+                }
+            };
             me.modules.push(module);
             for (name, _, _, _) in table::KERNELS.iter().filter(|k| k.1 == file) {
                 let cname = CString::new(*name).unwrap();
@@ -192,20 +328,63 @@ impl CudaLauncher {
                 me.funcs.insert(name, func);
             }
         }
+        loaded.dedup();
+        let compiler = table::PTX_COMPILER.unwrap_or("NVRTC at run time");
+        me.ptx_source = format!("{}, built by {compiler}", loaded.join("; "));
         Ok(me)
+    }
+
+    /// The device's SM count and shared-memory limits, as queried.
+    pub fn device_limits(&self) -> DeviceLimits {
+        self.limits
     }
 
     pub fn ordinal(&self) -> usize {
         self.ordinal
     }
 
-    /// "sm_80" or "sm_90": which embedded PTX was loaded.
+    /// 80 or 90: which embedded cubin or PTX was loaded.
     pub fn arch(&self) -> u32 {
         self.arch
     }
 
+    /// What was loaded (cubin or PTX JIT, and why) and which compiler built it.
     pub fn ptx_source(&self) -> &str {
         &self.ptx_source
+    }
+
+    /// Opts `kernel` in to `bytes` of dynamic shared memory where that is beyond the default.
+    fn opt_in_shared(&self, kernel: &'static str, f: sys::CUfunction, bytes: u32) -> Result<()> {
+        if bytes <= DEFAULT_DYNAMIC_SHARED {
+            return Ok(());
+        }
+        if bytes > self.limits.max_shared_per_block {
+            return Err(Error::Device(format!(
+                "CUDA: kernel {kernel}: {bytes} bytes of dynamic shared memory, over the device's {} bytes per block",
+                self.limits.max_shared_per_block
+            )));
+        }
+        let mut done = self.opted_in.lock().unwrap_or_else(|e| e.into_inner());
+        if done.get(kernel).is_some_and(|&b| b >= bytes) {
+            return Ok(());
+        }
+        // SAFETY: f belongs to a loaded module; the value is within the device's limit.
+        unsafe {
+            sys::cuFuncSetAttribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+        }
+        .result()
+        .map_err(|e| {
+            dev_err(
+                &format!("opting {kernel} in to {bytes} bytes of shared memory"),
+                e,
+            )
+        })?;
+        done.insert(kernel, bytes);
+        Ok(())
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -317,11 +496,12 @@ impl Launcher for CudaLauncher {
         shared_bytes: u32,
         args: &[u8],
     ) -> Result<()> {
-        let f = *self
+        let (&name, &f) = self
             .funcs
-            .get(kernel)
+            .get_key_value(kernel)
             .ok_or_else(|| Error::Device(format!("CUDA: no kernel named {kernel}")))?;
         self.bind()?;
+        self.opt_in_shared(name, f, shared_bytes)?;
         // The kernel's one parameter is the argument struct: kernelParams[0] points at its bytes,
         // which the driver copies before cuLaunchKernel returns. Copied to u64 words for alignment.
         let mut words = vec![0u64; args.len().div_ceil(8)];
@@ -345,10 +525,8 @@ impl Launcher for CudaLauncher {
         .map_err(|e| dev_err(&format!("launching {kernel}"), e))
     }
 
-    fn sm_count(&self) -> usize {
-        self.ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_or(super::conv3d_mma::EMU_SM_COUNT, |n| n.max(1) as usize)
+    fn limits(&self) -> DeviceLimits {
+        self.limits
     }
 
     fn synchronize(&self) -> Result<()> {

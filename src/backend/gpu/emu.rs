@@ -1,7 +1,7 @@
 //! The emulator launcher: kernels/*.cu compiled for the CPU (build.rs), run by
 //! kernels/emu/runtime.cpp. Device memory is host memory; a launch returns when the grid has run.
 
-use super::Launcher;
+use super::{DeviceLimits, Launcher};
 use crate::error::{Error, Result};
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::sync::Mutex;
@@ -14,6 +14,7 @@ struct EmuOptions {
     seed: u64,
     regions: *const u64,
     region_count: usize,
+    max_shared: u32,
 }
 
 extern "C" {
@@ -89,6 +90,8 @@ pub struct EmuLauncher {
     config: std::result::Result<EmuConfig, String>,
     /// (address, bytes) of every region the current op handed to its kernels.
     regions: Mutex<Vec<(u64, u64)>>,
+    /// The device emulated: an H200's unless a test sets others.
+    limits: DeviceLimits,
 }
 
 /// f32 words of NaN before and after every buffer: an access that runs off a buffer lands in them
@@ -119,6 +122,7 @@ impl EmuLauncher {
         EmuLauncher {
             config,
             regions: Mutex::new(Vec::new()),
+            limits: DeviceLimits::H200,
         }
     }
 
@@ -126,7 +130,15 @@ impl EmuLauncher {
         EmuLauncher {
             config: Ok(config),
             regions: Mutex::new(Vec::new()),
+            limits: DeviceLimits::H200,
         }
+    }
+
+    /// The same emulator reporting another device's SM count and shared-memory limits (at most
+    /// an H200's 227 KiB per block: what the emulator's shared-memory arena holds).
+    pub fn with_limits(mut self, limits: DeviceLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The argument-struct size the emulator's registry has for a kernel (None: no such kernel).
@@ -157,9 +169,16 @@ impl Launcher for EmuLauncher {
 
     fn name(&self) -> String {
         // SAFETY: no arguments; reads an environment variable and the core count.
-        format!("emu (CUDA kernels on {} CPU threads)", unsafe {
-            emu_threads()
-        })
+        let threads = unsafe { emu_threads() };
+        let checks = match &self.config {
+            Ok(c) if c.check => "checked",
+            _ => "unchecked",
+        };
+        format!(
+            "emu (CUDA kernels on {threads} CPU threads, {checks}, as a device of {} SMs and {} KiB shared memory per block)",
+            self.limits.sm_count,
+            self.limits.max_shared_per_block / 1024
+        )
     }
 
     fn alloc(&self, len: usize) -> Result<EmuBuf> {
@@ -192,6 +211,10 @@ impl Launcher for EmuLauncher {
 
     fn device_ptr(&self, buf: &mut EmuBuf) -> u64 {
         buf.data[GUARD..].as_mut_ptr() as u64
+    }
+
+    fn limits(&self) -> DeviceLimits {
+        self.limits
     }
 
     fn clear_regions(&self) {
@@ -229,6 +252,7 @@ impl Launcher for EmuLauncher {
             seed,
             regions: regions.as_ptr(),
             region_count: regions.len() / 2,
+            max_shared: self.limits.max_shared_per_block,
         };
         let mut msg = vec![0u8; 2048];
         // SAFETY: name is NUL-terminated; grid and block are 3 u32 each; args points to args.len()
@@ -261,7 +285,10 @@ impl Launcher for EmuLauncher {
             3 => "the kernel calls __syncthreads or a warp collective but is declared with REVSEG_KERNEL (use REVSEG_KERNEL_SYNC)".into(),
             4 => format!("bad launch configuration grid {grid:?} block {block:?}"),
             5 if !report.is_empty() => report,
-            5 => format!("{shared_bytes} bytes of dynamic shared memory is over the 48 KiB limit"),
+            5 => format!(
+                "{shared_bytes} bytes of dynamic shared memory is over the device's {} bytes per block",
+                self.limits.max_shared_per_block
+            ),
             6 => format!("check failed: {report}"),
             s => format!("status {s}"),
         };

@@ -21,6 +21,7 @@ mod loss;
 mod maxpool;
 mod optim;
 
+pub use conv3d::wgrad_splits;
 pub use cuda::CudaLauncher;
 pub use emu::EmuLauncher;
 
@@ -66,9 +67,35 @@ pub trait Launcher {
     /// Profiler ranges (NVTX on CUDA).
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}
-    /// Streaming multiprocessors (the weight gradient's split count follows it).
-    fn sm_count(&self) -> usize {
-        conv3d_mma::EMU_SM_COUNT
+    /// The device's SM count and shared-memory limits, which launch configurations depend on.
+    fn limits(&self) -> DeviceLimits;
+}
+
+/// What launch configurations depend on: queried from the device on CUDA, an H200's on the emulator
+/// (so that the emulator's grids, and the split counts of the reductions, are the H200's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// Streaming multiprocessors (CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).
+    pub sm_count: u32,
+    /// Shared memory, static and dynamic, one block may opt in to, bytes
+    /// (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN); beyond 48 KiB of dynamic shared
+    /// memory the CUDA launcher opts the kernel in.
+    pub max_shared_per_block: u32,
+    /// Shared memory per SM, bytes (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR).
+    pub shared_per_sm: u32,
+}
+
+impl DeviceLimits {
+    /// An H200 (and H100 SXM): 132 SMs, 227 KiB per block, 228 KiB per SM.
+    pub const H200: DeviceLimits = DeviceLimits {
+        sm_count: 132,
+        max_shared_per_block: 227 * 1024,
+        shared_per_sm: 228 * 1024,
+    };
+
+    /// Blocks a split reduction aims for: two waves' worth, two per SM.
+    pub fn target_blocks(&self) -> usize {
+        2 * self.sm_count.max(1) as usize
     }
 }
 
@@ -531,5 +558,161 @@ impl<L: Launcher> Backend for GpuBackend<L> {
         hp: SgdParams,
     ) -> Result<()> {
         optim::sgd(self, a, param, grad, velocity, hp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::Bump;
+    use crate::ops::conv3d::Conv3dGeom;
+    use crate::tensor::Shape5;
+    use std::cell::RefCell;
+
+    /// The embedded machine code: one cubin per kernel file for sm_80 and for sm_90, each a CUDA
+    /// ELF for its architecture that holds every kernel the file declares.
+    #[test]
+    fn cubins_are_embedded_for_sm80_and_sm90() {
+        if table::PTX_COMPILER.is_none() {
+            eprintln!("skipped: built without nvcc (no PTX or cubin embedded; NVRTC at run time)");
+            assert!(table::CUBIN.is_empty());
+            return;
+        }
+        assert_eq!(table::CUBIN.len(), 2 * table::SOURCES.len());
+        for (file, _) in table::SOURCES {
+            for arch in [80u32, 90] {
+                let (_, _, elf) = table::CUBIN
+                    .iter()
+                    .find(|(f, a, _)| f == file && *a == arch)
+                    .unwrap_or_else(|| panic!("no sm_{arch} cubin for kernels/{file}.cu"));
+                assert_eq!(&elf[..4], b"\x7fELF", "{file} sm_{arch}");
+                // e_machine EM_CUDA (190); the architecture in bits 8..16 of e_flags.
+                assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 190, "{file}");
+                let flags = u32::from_le_bytes([elf[48], elf[49], elf[50], elf[51]]);
+                assert_eq!((flags >> 8) & 0xff, arch, "{file}: e_flags {flags:#x}");
+                for (name, ..) in table::KERNELS.iter().filter(|k| k.1 == *file) {
+                    assert!(
+                        elf.windows(name.len() + 1)
+                            .any(|w| &w[..name.len()] == name.as_bytes() && w[name.len()] == 0),
+                        "kernel {name} is not in the sm_{arch} cubin of {file}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A launcher that notes every launch's kernel and grid, and reports the given device.
+    struct Recorder {
+        inner: EmuLauncher,
+        grids: RefCell<Vec<(String, [u32; 3])>>,
+    }
+
+    impl Launcher for Recorder {
+        type Buf = <EmuLauncher as Launcher>::Buf;
+        fn name(&self) -> String {
+            self.inner.name()
+        }
+        fn alloc(&self, len: usize) -> Result<Self::Buf> {
+            self.inner.alloc(len)
+        }
+        fn upload(&self, buf: &mut Self::Buf, offset: usize, src: &[f32]) -> Result<()> {
+            self.inner.upload(buf, offset, src)
+        }
+        fn download(&self, buf: &Self::Buf, offset: usize, dst: &mut [f32]) -> Result<()> {
+            self.inner.download(buf, offset, dst)
+        }
+        fn device_ptr(&self, buf: &mut Self::Buf) -> u64 {
+            self.inner.device_ptr(buf)
+        }
+        fn launch(
+            &self,
+            kernel: &str,
+            grid: [u32; 3],
+            block: [u32; 3],
+            shared_bytes: u32,
+            args: &[u8],
+        ) -> Result<()> {
+            self.grids.borrow_mut().push((kernel.to_string(), grid));
+            self.inner.launch(kernel, grid, block, shared_bytes, args)
+        }
+        fn clear_regions(&self) {
+            self.inner.clear_regions()
+        }
+        fn note_region(&self, ptr: u64, len: usize) {
+            self.inner.note_region(ptr, len)
+        }
+        fn limits(&self) -> DeviceLimits {
+            self.inner.limits()
+        }
+    }
+
+    /// The weight gradient's split count comes from the device's SM count (two blocks per SM),
+    /// not a constant: the emulator as an H200 and as smaller devices launches the grids
+    /// `wgrad_splits` predicts, and every split gives the CPU's result.
+    #[test]
+    fn weight_gradient_splits_follow_the_devices_sm_count() {
+        // 4 -> 8 channels, 3x3x3: one 64x64 tile, so the split alone fills the device.
+        let x_s = Shape5::new(1, 4, 4, 24, 24);
+        let w_s = Shape5::new(8, 4, 3, 3, 3);
+        let g = Conv3dGeom::check(x_s, w_s, Shape5::new(1, 8, 4, 24, 24)).unwrap();
+        let mut bump = Bump::default();
+        let (x, dy, dw) = (bump.view(x_s), bump.view(g.output_shape()), bump.view(w_s));
+        let mut rng = crate::rng::Rng::new(7);
+        let xv: Vec<f32> = (0..x_s.len()).map(|_| rng.normal() as f32).collect();
+        let dyv: Vec<f32> = (0..dy.shape.len()).map(|_| rng.normal() as f32).collect();
+
+        let cpu = CpuBackend::<f32>::new();
+        let mut ca = cpu.alloc_arena(bump.len()).unwrap();
+        cpu.upload(&mut ca, x.region, &xv).unwrap();
+        cpu.upload(&mut ca, dy.region, &dyv).unwrap();
+        cpu.conv3d_backward_weight(&mut ca, x, dy, dw, Write::Overwrite)
+            .unwrap();
+        let mut want = vec![0f32; w_s.len()];
+        cpu.download(&ca, dw.region, &mut want).unwrap();
+
+        let mut seen = Vec::new();
+        for sm_count in [132, 16, 4] {
+            let limits = DeviceLimits {
+                sm_count,
+                ..DeviceLimits::H200
+            };
+            let gpu = GpuBackend::new(Recorder {
+                inner: EmuLauncher::with_config(emu::EmuConfig {
+                    schedule: emu::Schedule::Ascending,
+                    check: false,
+                })
+                .with_limits(limits),
+                grids: RefCell::new(Vec::new()),
+            });
+            let mut ga = gpu.alloc_arena(bump.len()).unwrap();
+            gpu.upload(&mut ga, x.region, &xv).unwrap();
+            gpu.upload(&mut ga, dy.region, &dyv).unwrap();
+            gpu.conv3d_backward_weight(&mut ga, x, dy, dw, Write::Overwrite)
+                .unwrap();
+            let mut got = vec![0f32; w_s.len()];
+            gpu.download(&ga, dw.region, &mut got).unwrap();
+
+            let (splits, _) = wgrad_splits(&g, 2 * sm_count as usize);
+            let grids = gpu.launcher.grids.borrow();
+            let (_, grid) = grids
+                .iter()
+                .find(|(k, _)| k == "conv3d_backward_weight_partial")
+                .expect("the partial kernel ran");
+            assert_eq!(grid[2] as usize, splits, "{sm_count} SMs");
+            seen.push(splits);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .fold(0.0, f64::max);
+            let scale = want.iter().map(|v| v.abs() as f64).fold(0.0, f64::max);
+            assert!(
+                err <= 1e-5 * scale,
+                "{sm_count} SMs: max error {err} of {scale}"
+            );
+        }
+        // 2304 positions in chunks of 16: 64 splits at most, and fewer for fewer SMs.
+        assert_eq!(seen, [48, 16, 4], "splits for 132, 16 and 4 SMs");
     }
 }
