@@ -2,7 +2,8 @@
 //! and BF16: forward (with and without bias), input gradient and weight gradient (overwrite and
 //! accumulate), on ragged shapes (positions and channels not multiples of the tiles, K not a
 //! multiple of 16, one input channel, three output channels, an aligned volume that takes the
-//! 16-byte copies and misaligned ones that do not), under two schedules with every check on.
+//! 16-byte copies and misaligned ones that do not), under two schedules with every check on, and on
+//! the GPU where one is found (scripts/gpu-check).
 //!
 //! Bound (kernels/README.md, "Tolerances of the tensor-core convolutions"): every output is a sum
 //! of K products of operands rounded to the format (unit roundoff u), added in f32 (u32 = 2^-24),
@@ -10,8 +11,9 @@
 //! the sum of absolute products is the same convolution of |x| and |w| in f64.
 
 use revseg::backend::cpu::CpuBackend;
+use revseg::backend::device;
 use revseg::backend::gpu::emu::{EmuConfig, Schedule};
-use revseg::backend::gpu::{EmuLauncher, GpuBackend};
+use revseg::backend::gpu::{cuda, EmuLauncher, GpuBackend};
 use revseg::backend::{Backend, Bump, Region, View, Write};
 use revseg::model::{self, NetConfig, Norm, ParamKind};
 use revseg::precision::Precision;
@@ -172,6 +174,32 @@ const SHAPES: [([usize; 9], usize); 5] = [
     ([1, 6, 75, 1, 7, 8, 1, 3, 3], 0),
 ];
 
+/// The devices a precision is checked on: the emulator always (unless a GPU run asks for CUDA
+/// only, as scripts/gpu-check does: CI runs the emulator half), the GPU where one is found.
+fn on_devices(
+    precision: Precision,
+    mut body: impl FnMut(&str, &dyn Fn(&Case) -> [Vec<Vec<f64>>; 2]),
+) {
+    if std::env::var_os("REVSEG_PARITY_CUDA_ONLY").is_none() {
+        body("emu", &|case| {
+            [
+                case.run(&emu(precision, Schedule::Ascending), false),
+                case.run(&emu(precision, Schedule::Descending), false),
+            ]
+        });
+    }
+    if cuda::device_count() > 0 {
+        let gpu = device::cuda_backend_in(0, precision)
+            .expect("a CUDA device is listed but does not open");
+        // Two runs: the kernels are deterministic, so any difference is a race.
+        body("cuda", &|case| {
+            [case.run(&gpu, false), case.run(&gpu, false)]
+        });
+    } else if std::env::var_os("REVSEG_REQUIRE_CUDA").is_some() {
+        panic!("REVSEG_REQUIRE_CUDA is set but no CUDA device was found (see `revseg info`)");
+    }
+}
+
 fn check(precision: Precision) {
     let u = unit_roundoff(precision);
     let mut rng = Rng::new(23);
@@ -180,34 +208,35 @@ fn check(precision: Precision) {
         let case = Case::new(dims, skew, &mut rng);
         let exact = case.run(&cpu, false);
         let scale = case.run(&cpu, true);
-        let got = case.run(&emu(precision, Schedule::Ascending), false);
-        let again = case.run(&emu(precision, Schedule::Descending), false);
-        let mut fwd_ratio_f32 = 0.0f64;
-        for (j, (name, _, k)) in case.outputs().into_iter().enumerate() {
-            assert!(
-                exact[j].iter().any(|&v| v != 0.0),
-                "shape {i} {name}: the reference is all zero"
-            );
-            assert_eq!(
-                got[j].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                again[j].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "shape {i} {name}: ascending and descending schedules differ (a race)"
-            );
-            let r = worst(&got[j], &exact[j], &scale[j], u, k);
-            eprintln!("{precision} shape {i} {name}: worst error {r:.3} of the bound");
-            assert!(
-                r <= 1.0,
-                "{precision} shape {i} {dims:?} {name}: error {r:.2} times the bound"
-            );
-            if j < 2 {
-                fwd_ratio_f32 = fwd_ratio_f32.max(worst(&got[j], &exact[j], &scale[j], U32, k));
+        on_devices(precision, |dev, run| {
+            let [got, again] = run(&case);
+            let mut fwd_ratio_f32 = 0.0f64;
+            for (j, (name, _, k)) in case.outputs().into_iter().enumerate() {
+                assert!(
+                    exact[j].iter().any(|&v| v != 0.0),
+                    "shape {i} {name}: the reference is all zero"
+                );
+                assert_eq!(
+                    got[j].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    again[j].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{dev} shape {i} {name}: two runs (two schedules on the emulator) differ (a race)"
+                );
+                let r = worst(&got[j], &exact[j], &scale[j], u, k);
+                eprintln!("{dev} {precision} shape {i} {name}: worst error {r:.3} of the bound");
+                assert!(
+                    r <= 1.0,
+                    "{dev} {precision} shape {i} {dims:?} {name}: error {r:.2} times the bound"
+                );
+                if j < 2 {
+                    fwd_ratio_f32 = fwd_ratio_f32.max(worst(&got[j], &exact[j], &scale[j], U32, k));
+                }
             }
-        }
-        // The operands really are rounded: the forward's error exceeds what f32 operands allow.
-        assert!(
-            fwd_ratio_f32 > 1.0,
-            "{precision} shape {i}: error within the f32 bound ({fwd_ratio_f32:.2}), operands not rounded?"
-        );
+            // The operands really are rounded: the forward's error exceeds what f32 operands allow.
+            assert!(
+                fwd_ratio_f32 > 1.0,
+                "{dev} {precision} shape {i}: error within the f32 bound ({fwd_ratio_f32:.2}), operands not rounded?"
+            );
+        });
     }
 }
 
@@ -223,7 +252,7 @@ fn bf16_matches_f64_within_the_bound() {
 
 /// One training step (forward, loss, backward through the scheduler's recompute plan) of a small
 /// reversible network: (loss, every parameter gradient, number of convolutions, parameter names).
-fn train_step<B: Backend>(b: &B) -> (f64, Vec<Vec<f64>>, usize, Vec<String>) {
+fn train_step<B: Backend>(b: &B) -> Step {
     let c = NetConfig {
         widths: vec![4, 6, 8],
         rev_blocks: 2,
@@ -274,17 +303,34 @@ fn norm(v: impl Iterator<Item = f64>) -> f64 {
 /// of about 2u (its two rounded operands; f32 accumulation is far below), and a gradient passes
 /// through at most every convolution twice (forward and backward): 4 u D for D convolutions.
 fn step_matches_cpu(precision: Precision) {
-    let (l_ref, g_ref, convs, names) = train_step(&CpuBackend::<f64>::new());
-    let dev = GpuBackend::with_precision(EmuLauncher::new(), precision);
-    let (l_dev, g_dev, _, _) = train_step(&dev);
+    let reference = train_step(&CpuBackend::<f64>::new());
+    if std::env::var_os("REVSEG_PARITY_CUDA_ONLY").is_none() {
+        let emu = GpuBackend::with_precision(EmuLauncher::new(), precision);
+        step_within_tolerance("emu", precision, train_step(&emu), &reference);
+    }
+    if cuda::device_count() > 0 {
+        let gpu = device::cuda_backend_in(0, precision)
+            .expect("a CUDA device is listed but does not open");
+        step_within_tolerance("cuda", precision, train_step(&gpu), &reference);
+    } else if std::env::var_os("REVSEG_REQUIRE_CUDA").is_some() {
+        panic!("REVSEG_REQUIRE_CUDA is set but no CUDA device was found (see `revseg info`)");
+    }
+}
+
+type Step = (f64, Vec<Vec<f64>>, usize, Vec<String>);
+
+fn step_within_tolerance(dev: &str, precision: Precision, got: Step, reference: &Step) {
+    let (l_dev, g_dev, _, _) = got;
+    let (l_ref, g_ref, convs, names) = reference;
+    let (l_ref, convs) = (*l_ref, *convs);
     let tol = 4.0 * unit_roundoff(precision) * convs as f64;
     let loss_err = (l_dev - l_ref).abs() / l_ref.abs();
     eprintln!(
-        "{precision}: loss {l_dev} vs {l_ref} (relative {loss_err:.2e}), tolerance {tol:.2e}"
+        "{dev} {precision}: loss {l_dev} vs {l_ref} (relative {loss_err:.2e}), tolerance {tol:.2e}"
     );
     assert!(
         loss_err <= tol,
-        "{precision}: loss error {loss_err:.2e} > {tol:.2e}"
+        "{dev} {precision}: loss error {loss_err:.2e} > {tol:.2e}"
     );
     let global = g_ref
         .iter()
@@ -303,14 +349,14 @@ fn step_matches_cpu(precision: Precision) {
         let name = &names[i];
         assert!(
             err <= tol,
-            "{precision} {name}: error {err:.2e} > {tol:.2e}"
+            "{dev} {precision} {name}: error {err:.2e} > {tol:.2e}"
         );
     }
-    eprintln!("{precision}: worst gradient error {worst:.2e}");
+    eprintln!("{dev} {precision}: worst gradient error {worst:.2e}");
     // The precision is in effect: an f32 step is within 1e-4 (tests/gpu_parity.rs).
     assert!(
         worst > 1e-4,
-        "{precision}: gradients as close as f32 ones ({worst:.2e})"
+        "{dev} {precision}: gradients as close as f32 ones ({worst:.2e})"
     );
 }
 

@@ -51,6 +51,7 @@ fn dry_run_runs_every_step_within_its_deadline() {
     let order = [
         "| info ",
         "| parity ",
+        "| tensor_cores ",
         "| full_step ",
         "| bench_table ",
         "| pytorch",
@@ -66,7 +67,14 @@ fn dry_run_runs_every_step_within_its_deadline() {
         })
         .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{summary}");
-    for s in ["info", "parity", "full_step", "bench_table", "bench_ops"] {
+    for s in [
+        "info",
+        "parity",
+        "tensor_cores",
+        "full_step",
+        "bench_table",
+        "bench_ops",
+    ] {
         assert!(
             summary.contains(&format!("| {s} | passed |")),
             "{s} did not pass:\n{summary}\n{text}"
