@@ -34,6 +34,9 @@ const MR: usize = 8;
 /// Which kernel computes the sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
+    /// AMX tiles (`tdpbf16ps`, backend/cpu/conv3d_amx.rs), detected at run time: the fastest by
+    /// far where it exists. Its sums are deterministic but not the bits of the two paths below.
+    Amx,
     /// `vdpbf16ps` (AVX512-BF16), detected at run time.
     Avx512Bf16,
     /// Plain f32 arithmetic on the same pairs.
@@ -43,6 +46,10 @@ pub enum Path {
 impl Path {
     /// The fastest path this CPU runs.
     pub fn best() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        if super::conv3d_amx::available() {
+            return Path::Amx;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
             return Path::Avx512Bf16;
@@ -392,6 +399,18 @@ pub fn forward<O: Store>(
     accumulate: bool,
 ) {
     let k = g.ci * g.taps();
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx {
+        let taps = g.taps();
+        return super::conv3d_amx::convolve(
+            g,
+            x,
+            |co, ci, t| w[(co * g.ci + ci) * taps + t],
+            bias,
+            y,
+            accumulate,
+        );
+    }
     let (wp, kp) = pack_weights(g.co, k, |o, j| w[o * k + j]);
     convolve(path, g, x, &wp, kp, bias, y, accumulate);
 }
@@ -411,6 +430,18 @@ pub fn backward_input<O: Store>(
         co: g.ci,
         ..*g
     };
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx {
+        // w'[ci][co][tap] = w[co][ci][taps - 1 - tap], as below.
+        return super::conv3d_amx::convolve(
+            &gt,
+            dy,
+            |ci, co, t| w[(co * g.ci + ci) * taps + (taps - 1 - t)],
+            None,
+            dx,
+            accumulate,
+        );
+    }
     // w'[ci][co][tap] = w[co][ci][taps - 1 - tap]: the kernel flipped in every dimension.
     let (wp, kp) = pack_weights(g.ci, g.co * taps, |ci, j| {
         let (co, tap) = (j / taps, j % taps);
@@ -513,6 +544,10 @@ pub fn backward_weight(
     dw: &mut [f32],
     accumulate: bool,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx {
+        return super::conv3d_amx::weight_gradient(g, x, dy, dw, accumulate);
+    }
     let k = g.ci * g.taps();
     let t = tiling(g, k);
     let sp = g.spatial();
