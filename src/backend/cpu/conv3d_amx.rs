@@ -255,33 +255,18 @@ pub fn convolve<O: Store>(
                 for yy in 0..g.h {
                     let dst = &mut plane[pl.row_start(g, z, yy)..][..g.w];
                     let s0 = &c0[(z * g.h + yy) * g.w..][..g.w];
-                    match c1 {
-                        Some(c1) => {
-                            let s1 = &c1[(z * g.h + yy) * g.w..][..g.w];
-                            for ((d, a), b) in dst.iter_mut().zip(s0).zip(s1) {
-                                *d = a.to_bits() as u32 | (b.to_bits() as u32) << 16;
-                            }
-                        }
-                        None => {
-                            for (d, a) in dst.iter_mut().zip(s0) {
-                                *d = a.to_bits() as u32;
-                            }
-                        }
-                    }
+                    let s1 = c1.map(|c1| &c1[(z * g.h + yy) * g.w..][..g.w]);
+                    // SAFETY: AVX-512 comes with AMX (`available`).
+                    unsafe { interleave(dst, s0, s1) };
                 }
             }
         });
 
     // Two C tiles along co and two along positions where there are two co blocks, else 1 x 3.
     let (mc, mx) = if nb >= 2 { (2, 2) } else { (1, 3) };
-    let shapes: [(usize, usize); 8] = if mc == 2 {
-        let (c, a, b) = ((cb, 64), (cb, 4 * gs), (gs, 64));
-        [c, c, c, c, a, a, b, b]
-    } else {
-        let (c, a, b) = ((cb, 64), (cb, 4 * gs), (gs, 64));
-        [c, c, c, (0, 0), a, b, b, b]
-    };
-    let cfg = TileConfig::new(shapes);
+    let (c, a, b) = ((cb, 64), (cb, 4 * gs), (gs, 64));
+    // tmm5 is the second co block's A tile (2 x 2) or the third position block's B tile (1 x 3).
+    let cfg = TileConfig::new([c, c, c, c, a, if mc == 2 { a } else { b }, b, b]);
     let offsets = pl.tap_offsets(g);
     let block = 16 * mx;
     let chunk = block * 8;
@@ -289,7 +274,12 @@ pub fn convolve<O: Store>(
     let yp = SendPtr(y.as_mut_ptr());
     let (xt, wa) = (&xt[..], &wa[..]);
     (0..g.n * chunks).into_par_iter().for_each_init(
-        || (vec![0f32; 4 * 16 * 16], Vec::new()),
+        || {
+            (
+                vec![0f32; 4 * 16 * 16],
+                [Vec::new(), Vec::new(), Vec::new()],
+            )
+        },
         |(scratch, runs), task| {
             let (n, ch) = (task / chunks, task % chunks);
             let f_end = pl.outputs.min((ch + 1) * chunk);
@@ -321,28 +311,31 @@ pub fn convolve<O: Store>(
                             scratch,
                         )
                     };
+                    for (j, r) in runs.iter_mut().enumerate().take(mxv) {
+                        pl.runs(g, f0 + 16 * j, r);
+                    }
                     for i in 0..mcv {
-                        for j in 0..mxv {
-                            pl.runs(g, f0 + 16 * j, runs);
+                        for (j, r) in runs.iter().enumerate().take(mxv) {
                             let tile = &scratch[(i * 2 + j) * 256..][..256];
                             for m in 0..cb.min(g.co.saturating_sub((cob + i) * cb)) {
                                 let co = (cob + i) * cb + m;
                                 let b = bias.map_or(0.0, |b| b[co]);
                                 let lanes = &tile[m * 16..][..16];
                                 let base = yp.get().wrapping_add((n * g.co + co) * sp);
-                                for &(l0, l1, off) in runs.iter() {
-                                    for (l, &v) in lanes.iter().enumerate().take(l1).skip(l0) {
-                                        // SAFETY: off + l is an output voxel of channel co of
-                                        // sample n, written by this task alone (its positions).
-                                        unsafe {
-                                            let o = base.offset(off + l as isize);
-                                            *o = if accumulate {
-                                                O::store((*o).load() + (v + b))
-                                            } else {
-                                                O::store(v + b)
-                                            };
-                                        }
-                                    }
+                                for &(l0, l1, off) in r {
+                                    // SAFETY: lanes l0..l1 at base + off are output voxels of
+                                    // channel co of sample n, written by this task alone (its
+                                    // positions); AVX-512 comes with AMX (`available`).
+                                    unsafe {
+                                        store_lanes(
+                                            lanes,
+                                            b,
+                                            base.wrapping_offset(off),
+                                            l0,
+                                            l1,
+                                            accumulate,
+                                        )
+                                    };
                                 }
                             }
                         }
@@ -351,6 +344,23 @@ pub fn convolve<O: Store>(
             }
         },
     );
+}
+
+/// dst[i] = (s0[i], s1[i]) as one u32, low half first; s1 zero where absent.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn interleave(dst: &mut [u32], s0: &[bf16], s1: Option<&[bf16]>) {
+    match s1 {
+        Some(s1) => {
+            for ((d, a), b) in dst.iter_mut().zip(s0).zip(s1) {
+                *d = a.to_bits() as u32 | (b.to_bits() as u32) << 16;
+            }
+        }
+        None => {
+            for (d, a) in dst.iter_mut().zip(s0) {
+                *d = a.to_bits() as u32;
+            }
+        }
+    }
 }
 
 /// The C tiles of co blocks co0.. (mcv of them) and positions f0.. (mxv blocks of 16), summed over
@@ -376,22 +386,22 @@ unsafe fn block_tiles(
     let bstride = len * 4;
     let astride = gs * 4;
     let xp = xs.as_ptr();
-    if mc == 2 {
-        tzero!(0);
-        tzero!(1);
-        tzero!(2);
-        tzero!(3);
-        for (t, &off) in offsets.iter().enumerate() {
-            for gi in 0..ng {
-                let a = wa.as_ptr().add(((t * ng + gi) * co_pad + co0) * gs);
-                let b = xp.add(gi * gs * len + f0 + off);
-                tload!(4, a, astride);
-                tload!(6, b, bstride);
-                tdp!(0, 4, 6);
-                if mxv > 1 {
-                    tload!(7, b.add(16), bstride);
-                    tdp!(1, 4, 7);
-                }
+    tzero!(0);
+    tzero!(1);
+    tzero!(2);
+    tzero!(3);
+    for (t, &off) in offsets.iter().enumerate() {
+        for gi in 0..ng {
+            let a = wa.as_ptr().add(((t * ng + gi) * co_pad + co0) * gs);
+            let b = xp.add(gi * gs * len + f0 + off);
+            tload!(4, a, astride);
+            tload!(6, b, bstride);
+            tdp!(0, 4, 6);
+            if mxv > 1 {
+                tload!(7, b.add(16), bstride);
+                tdp!(1, 4, 7);
+            }
+            if mc == 2 {
                 if mcv > 1 {
                     // The second co block's rows follow the first's.
                     tload!(5, a.add(cb * gs), astride);
@@ -400,38 +410,70 @@ unsafe fn block_tiles(
                         tdp!(3, 5, 7);
                     }
                 }
+            } else if mxv > 2 {
+                tload!(5, b.add(32), bstride);
+                tdp!(2, 4, 5);
             }
         }
-        let s = scratch.as_mut_ptr();
-        tstore!(0, s, 64usize);
-        tstore!(1, s.add(256), 64usize);
-        tstore!(2, s.add(512), 64usize);
-        tstore!(3, s.add(768), 64usize);
+    }
+    // Tile k goes to scratch[256 k..]: (co block i, position block j) at 2 i + j, both layouts.
+    let s = scratch.as_mut_ptr();
+    tstore!(0, s, 64usize);
+    tstore!(1, s.add(256), 64usize);
+    tstore!(2, s.add(512), 64usize);
+    tstore!(3, s.add(768), 64usize);
+}
+
+/// Lanes l0..l1 of `v` + bias to dst[l0..l1] (added to what is there with `accumulate`), as
+/// `O::store(dst.load() + (v + bias))` computes them, in one masked vector.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn store_lanes<O: Store>(
+    v: &[f32],
+    bias: f32,
+    dst: *mut O,
+    l0: usize,
+    l1: usize,
+    accumulate: bool,
+) {
+    use std::any::TypeId;
+    use std::arch::x86_64::*;
+    let mask = (((1u32 << l1) - 1) & !((1u32 << l0) - 1)) as u16;
+    let r = _mm512_add_ps(_mm512_loadu_ps(v.as_ptr()), _mm512_set1_ps(bias));
+    if TypeId::of::<O>() == TypeId::of::<f32>() {
+        let p = dst as *mut f32;
+        let r = if accumulate {
+            _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), r)
+        } else {
+            r
+        };
+        _mm512_mask_storeu_ps(p, mask, r);
+    } else if TypeId::of::<O>() == TypeId::of::<half::bf16>() {
+        let p = dst as *mut i16;
+        let r = if accumulate {
+            let old = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
+            _mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(old, 16)), r)
+        } else {
+            r
+        };
+        // Round to nearest even as `bf16::from_f32`: NaN stays a quiet NaN of the same sign.
+        let bits = _mm512_castps_si512(r);
+        let hi = _mm512_srli_epi32(bits, 16);
+        let lsb = _mm512_and_si512(hi, _mm512_set1_epi32(1));
+        let bias_rne = _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff));
+        let rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, bias_rne), 16);
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(r, r);
+        let quiet = _mm512_or_si512(hi, _mm512_set1_epi32(0x40));
+        let out = _mm512_mask_mov_epi32(rounded, nan, quiet);
+        _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(out));
     } else {
-        tzero!(0);
-        tzero!(1);
-        tzero!(2);
-        for (t, &off) in offsets.iter().enumerate() {
-            for gi in 0..ng {
-                let a = wa.as_ptr().add(((t * ng + gi) * co_pad + co0) * gs);
-                let b = xp.add(gi * gs * len + f0 + off);
-                tload!(4, a, astride);
-                tload!(5, b, bstride);
-                tdp!(0, 4, 5);
-                if mxv > 1 {
-                    tload!(6, b.add(16), bstride);
-                    tdp!(1, 4, 6);
-                }
-                if mxv > 2 {
-                    tload!(7, b.add(32), bstride);
-                    tdp!(2, 4, 7);
-                }
-            }
+        for (l, &x) in v.iter().enumerate().take(l1).skip(l0) {
+            let o = dst.add(l);
+            *o = if accumulate {
+                O::store((*o).load() + (x + bias))
+            } else {
+                O::store(x + bias)
+            };
         }
-        let s = scratch.as_mut_ptr();
-        tstore!(0, s, 64usize);
-        tstore!(1, s.add(256), 64usize);
-        tstore!(2, s.add(512), 64usize);
     }
 }
 
@@ -501,11 +543,13 @@ pub fn weight_gradient(g: &Conv3dGeom, x: &[bf16], dy: &[bf16], dw: &mut [f32], 
                     if yy < g.h && xo < g.w {
                         let vend = end.min(row0 + g.w);
                         let src0 = (z * g.h + yy) * g.w;
-                        for co in 0..g.co {
-                            let s = &dyn_[co * sp + src0..][..g.w];
-                            for ff in f..vend {
-                                out[(ff - f_lo) / 2 * row_elems + co * 2 + (ff & 1)] =
-                                    s[ff - row0].to_bits();
+                        // Channels inner: each output row of co_pad pairs is written at
+                        // once, while the reads run along co channels' rows.
+                        for ff in f..vend {
+                            let dst = &mut out[(ff - f_lo) / 2 * row_elems + (ff & 1)..];
+                            let src = &dyn_[src0 + ff - row0..];
+                            for co in 0..g.co {
+                                dst[co * 2] = src[co * sp].to_bits();
                             }
                         }
                     }

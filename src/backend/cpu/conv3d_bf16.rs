@@ -1,10 +1,12 @@
 //! conv3d on bf16 operands with f32 accumulation: forward, input gradient, weight gradient.
 //!
 //! Every product of two bf16 values is exact in f32 (8 + 8 significand bits), so the only rounding
-//! inside a convolution is that of the f32 sums (and of the result, when it is stored as bf16). On a
-//! CPU with AVX512-BF16, `vdpbf16ps` does 32 such multiply-adds per instruction (two per f32 lane,
-//! the pair along the summed dimension); elsewhere a scalar loop computes the same sums in the same
-//! pairs (`Path::Scalar`).
+//! inside a convolution is that of the f32 sums (and of the result, when it is stored as bf16).
+//! Where the CPU has AMX-BF16 and the OS grants the tile state, conv3d_amx.rs computes all three
+//! passes (`Path::Amx`, the fastest by far). Otherwise, on a CPU with AVX512-BF16, `vdpbf16ps`
+//! does 32 such multiply-adds per instruction (two per f32 lane, the pair along the summed
+//! dimension), as laid out below; elsewhere a scalar loop computes the same sums in the same pairs
+//! (`Path::Scalar`).
 //!
 //! Layouts, per tile of whole output rows of one sample (as conv3d.rs):
 //! - forward and input gradient: the im2col tile interleaves pairs of the summed index k
