@@ -39,7 +39,11 @@ pub fn available() -> bool {
         let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
         let amx_bf16 = leaf7.edx & (1 << 22) != 0;
         let amx_tile = leaf7.edx & (1 << 24) != 0;
-        if !(std::is_x86_feature_detected!("avx512f") && amx_bf16 && amx_tile) {
+        // The stores and copies around the tiles are AVX-512 (F, BW, VL) code.
+        let avx512 = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl");
+        if !(avx512 && amx_bf16 && amx_tile) {
             return false;
         }
         // Linux hands out the 8 KiB tile state only on request: ARCH_REQ_XCOMP_PERM for
