@@ -1,10 +1,12 @@
 //! conv3d on bf16 operands with f32 accumulation: forward, input gradient, weight gradient.
 //!
 //! Every product of two bf16 values is exact in f32 (8 + 8 significand bits), so the only rounding
-//! inside a convolution is that of the f32 sums (and of the result, when it is stored as bf16). On a
-//! CPU with AVX512-BF16, `vdpbf16ps` does 32 such multiply-adds per instruction (two per f32 lane,
-//! the pair along the summed dimension); elsewhere a scalar loop computes the same sums in the same
-//! pairs (`Path::Scalar`).
+//! inside a convolution is that of the f32 sums (and of the result, when it is stored as bf16).
+//! Where the CPU has AMX-BF16 and the OS grants the tile state, conv3d_amx.rs computes all three
+//! passes (`Path::Amx`, the fastest by far). Otherwise, on a CPU with AVX512-BF16, `vdpbf16ps`
+//! does 32 such multiply-adds per instruction (two per f32 lane, the pair along the summed
+//! dimension), as laid out below; elsewhere a scalar loop computes the same sums in the same pairs
+//! (`Path::Scalar`).
 //!
 //! Layouts, per tile of whole output rows of one sample (as conv3d.rs):
 //! - forward and input gradient: the im2col tile interleaves pairs of the summed index k
@@ -34,6 +36,9 @@ const MR: usize = 8;
 /// Which kernel computes the sums.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
+    /// AMX tiles (`tdpbf16ps`, backend/cpu/conv3d_amx.rs), detected at run time: the fastest by
+    /// far where it exists. Its sums are deterministic but not the bits of the two paths below.
+    Amx,
     /// `vdpbf16ps` (AVX512-BF16), detected at run time.
     Avx512Bf16,
     /// Plain f32 arithmetic on the same pairs.
@@ -43,6 +48,10 @@ pub enum Path {
 impl Path {
     /// The fastest path this CPU runs.
     pub fn best() -> Path {
+        #[cfg(target_arch = "x86_64")]
+        if super::conv3d_amx::available() {
+            return Path::Amx;
+        }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
             return Path::Avx512Bf16;
@@ -392,6 +401,18 @@ pub fn forward<O: Store>(
     accumulate: bool,
 ) {
     let k = g.ci * g.taps();
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx {
+        let taps = g.taps();
+        return super::conv3d_amx::convolve(
+            g,
+            x,
+            |co, ci, t| w[(co * g.ci + ci) * taps + t],
+            bias,
+            y,
+            accumulate,
+        );
+    }
     let (wp, kp) = pack_weights(g.co, k, |o, j| w[o * k + j]);
     convolve(path, g, x, &wp, kp, bias, y, accumulate);
 }
@@ -411,6 +432,18 @@ pub fn backward_input<O: Store>(
         co: g.ci,
         ..*g
     };
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx {
+        // w'[ci][co][tap] = w[co][ci][taps - 1 - tap], as below.
+        return super::conv3d_amx::convolve(
+            &gt,
+            dy,
+            |ci, co, t| w[(co * g.ci + ci) * taps + (taps - 1 - t)],
+            None,
+            dx,
+            accumulate,
+        );
+    }
     // w'[ci][co][tap] = w[co][ci][taps - 1 - tap]: the kernel flipped in every dimension.
     let (wp, kp) = pack_weights(g.ci, g.co * taps, |ci, j| {
         let (co, tap) = (j / taps, j % taps);
@@ -513,6 +546,10 @@ pub fn backward_weight(
     dw: &mut [f32],
     accumulate: bool,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Amx {
+        return super::conv3d_amx::weight_gradient(g, x, dy, dw, accumulate);
+    }
     let k = g.ci * g.taps();
     let t = tiling(g, k);
     let sp = g.spatial();

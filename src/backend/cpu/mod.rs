@@ -3,6 +3,8 @@
 pub mod batchnorm;
 pub mod conv3d;
 #[cfg(target_arch = "x86_64")]
+pub mod conv3d_amx;
+#[cfg(target_arch = "x86_64")]
 pub mod conv3d_avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod conv3d_backward_weight_avx512;
