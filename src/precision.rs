@@ -67,6 +67,11 @@ impl Precision {
             (Precision::Tf32, Device::Cpu) => {
                 "TF32 is a GPU tensor-core format; the CPU reference has no TF32 path"
             }
+            (Precision::Bf16, Device::Cpu) => {
+                "the plan lays bf16 buffers out (revseg plan --precision bf16 gives their peak), \
+                 but the CPU executor's arena holds f32 elements only, so a bf16 step does not \
+                 run there yet"
+            }
             _ => "this build has no kernels for it on this device",
         };
         Err(Error::Invalid(format!(
@@ -74,6 +79,39 @@ impl Precision {
             p.name(),
             have.join(" or ")
         )))
+    }
+}
+
+impl Precision {
+    /// How kept activations and workspace tensors are stored in this precision; parameters,
+    /// their gradients and moments, BatchNorm statistics and the loss are f32 in every one.
+    pub fn activation_storage(self) -> Storage {
+        match self {
+            Precision::F32 | Precision::Tf32 => Storage::F32,
+            Precision::Bf16 => Storage::Bf16,
+        }
+    }
+}
+
+/// The element type one buffer of a plan is stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Storage {
+    F32,
+    Bf16,
+}
+
+impl Storage {
+    pub fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::Bf16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::Bf16 => "bf16",
+        }
     }
 }
 
@@ -117,5 +155,18 @@ mod tests {
             Precision::for_device(None, Device::Cpu).unwrap(),
             Precision::F32
         );
+    }
+
+    #[test]
+    fn bf16_on_the_cpu_is_refused_with_the_reason() {
+        let e = Precision::for_device(Some(Precision::Bf16), Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("revseg plan --precision bf16") && e.contains("f32"),
+            "{e}"
+        );
+        assert_eq!(Precision::Bf16.activation_storage().bytes(), 2);
+        assert_eq!(Precision::Tf32.activation_storage(), Storage::F32);
     }
 }

@@ -54,6 +54,7 @@ fn options(strategy: Strategy, check: bool, exact: bool) -> PlanOptions {
         inference: false,
         check_reconstruction: check,
         exact_coupling: exact.then(FixedPoint::default),
+        precision: revseg::precision::Precision::F32,
     }
 }
 

@@ -97,10 +97,10 @@ fn inference_plan_matches_the_training_forward_and_keeps_less() {
         assert!((p - 1.0 / (1.0 + (-z).exp())).abs() < 1e-12);
     }
     assert!(
-        infer.plan.arena_len * 3 < train.plan.arena_len,
+        infer.plan.arena_bytes * 3 < train.plan.arena_bytes,
         "{} vs {}",
-        infer.plan.arena_len,
-        train.plan.arena_len
+        infer.plan.arena_bytes,
+        train.plan.arena_bytes
     );
 }
 

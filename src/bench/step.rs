@@ -49,8 +49,7 @@ pub struct StepRunner<'a, B: Backend> {
 impl<'a, B: Backend> StepRunner<'a, B> {
     pub fn new(b: &'a B, prog: &Program, strategy: Strategy) -> Result<Self> {
         let plan = scheduler::training_plan(prog, strategy, false)?;
-        let elem = std::mem::size_of::<B::Elem>();
-        let summary = PlanSummary::new(&plan, prog.param_count(), elem);
+        let summary = PlanSummary::new(&plan, prog.param_count());
         let mut ex = Executor::new(b, prog, plan, 1)?;
         ex.poison = false;
         let mut rng = Rng::new(3);
@@ -117,14 +116,13 @@ pub fn bench_step_profiled<B: Backend>(
         .map(|(k, (t, n))| (k, t, n))
         .collect();
     prof.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
-    let elem = std::mem::size_of::<B::Elem>();
     let bench = StepBench {
         label: label.to_string(),
         params: prog.param_count(),
         step_secs: secs,
         gflop: run.summary.flops / 1e9,
         arena_bytes: run.summary.arena_bytes,
-        measured_bytes: run.ex.high_water.get() * elem,
+        measured_bytes: run.ex.high_water.get(),
         activation_bytes: run.summary.activation_bytes(),
     };
     Ok((bench, prof))

@@ -3,9 +3,11 @@
 use super::net::NetArgs;
 use crate::error::Result;
 use crate::json::{self, Json};
+use crate::ops::coupling::FixedPoint;
 use crate::plot::{LinePlot, Series, BLUE};
+use crate::precision::Precision;
 use crate::scheduler::report::{live_curve, PlanSummary};
-use crate::scheduler::{self, Strategy};
+use crate::scheduler::{self, PlanOptions, Strategy};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -21,6 +23,13 @@ pub struct PlanArgs {
     /// List the buffers live at the peak, largest first.
     #[arg(long)]
     pub verbose: bool,
+    /// Storage of activations and workspace: f32 (also for tf32) or bf16. The plan is the same
+    /// on every device.
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// Reversible chains in exact (fixed-point) coupling, their state in f32.
+    #[arg(long)]
+    pub exact_coupling: bool,
     /// Write the live bytes over the plan's steps as a PNG plot.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -33,10 +42,22 @@ pub fn run(a: &PlanArgs) -> Result<()> {
     } else {
         Strategy::Recompute
     };
-    let plan = scheduler::training_plan(&prog, strategy, false)?;
-    let elem = 4;
-    let s = PlanSummary::new(&plan, prog.param_count(), elem);
-    let (pts, phases) = live_curve(&plan, elem);
+    let precision = match &a.precision {
+        Some(p) => Precision::parse(p)?,
+        None => Precision::F32,
+    };
+    let plan = scheduler::plan_with(
+        &prog,
+        &PlanOptions {
+            strategy,
+            inference: false,
+            check_reconstruction: false,
+            exact_coupling: a.exact_coupling.then(FixedPoint::default),
+            precision,
+        },
+    )?;
+    let s = PlanSummary::new(&plan, prog.param_count());
+    let (pts, phases) = live_curve(&plan);
     if let Some(path) = &a.plot {
         let p = LinePlot {
             title: format!(
@@ -70,7 +91,7 @@ pub fn run(a: &PlanArgs) -> Result<()> {
         println!("{j}");
     } else {
         println!(
-            "network: {} scales, widths {:?}, {} rev blocks, patch {} (f32)",
+            "network: {} scales, widths {:?}, {} rev blocks, patch {} ({precision})",
             prog.config.widths.len(),
             prog.config.widths,
             prog.config.rev_blocks,
@@ -91,12 +112,13 @@ pub fn run(a: &PlanArgs) -> Result<()> {
                 .zip(&life)
                 .filter(|(b, l)| !b.persistent && l.is_some_and(|(f, z)| f <= i && i <= z))
                 .collect();
-            live.sort_by_key(|(b, _)| std::cmp::Reverse(b.len));
+            live.sort_by_key(|(b, _)| std::cmp::Reverse(b.bytes()));
             for (b, l) in live {
                 let (f, z) = l.unwrap();
                 println!(
-                    "  {:>9.1} MiB  {:<40} steps {f}..{z}",
-                    (b.len * elem) as f64 / (1 << 20) as f64,
+                    "  {:>9.1} MiB  {:<4} {:<40} steps {f}..{z}",
+                    b.bytes() as f64 / (1 << 20) as f64,
+                    b.storage.name(),
                     b.name
                 );
             }

@@ -102,7 +102,7 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let arena = crate::on_device!(dev, precision, |b| {
         let plan = scheduler::inference_plan(&prog)?;
-        let arena = plan.arena_len * 4;
+        let arena = plan.arena_bytes;
         let mut ex = Executor::new(b, &prog, plan, 0)?;
         ex.poison = false;
         state::load_model(b, &prog, &mut ex, &ck, &a.checkpoint)?;

@@ -11,11 +11,17 @@ use crate::nvtx;
 use crate::ops::batchnorm::BatchNormArgs;
 use crate::ops::coupling::Direction;
 use crate::ops::optim::AdamParams;
+use crate::precision::Storage;
 use crate::rng::Rng;
 use crate::tensor::Element;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::Instant;
+
+/// Bytes of the plan per element of a backend's arena: plans in f32 storage place buffers at
+/// multiples of 4 bytes, and an arena of f32 (or, for reference checks, f64) elements holds one
+/// element per 4 planned bytes.
+const SLOT: usize = 4;
 
 pub struct Executor<B: Backend> {
     pub plan: Plan,
@@ -25,7 +31,7 @@ pub struct Executor<B: Backend> {
     pub bn: BatchNormArgs,
     /// Fill freed buffers with NaN after their last use.
     pub poison: bool,
-    /// Largest arena offset (elements) any instruction touched: the measured high-water mark.
+    /// Largest arena offset (bytes) any instruction touched: the measured high-water mark.
     pub high_water: Cell<usize>,
     /// Relative L2 error ||rebuilt - true|| / ||true|| of each checked reconstruction in the last
     /// step.
@@ -45,12 +51,21 @@ impl<B: Backend> Executor<B> {
     /// Allocate the arena and initialise the parameters (Kaiming-normal weights with ELU's ~ReLU
     /// gain, zero biases, BN gamma 1 and beta 0, running mean 0 and variance 1, Adam moments 0).
     pub fn new(b: &B, prog: &Program, plan: Plan, seed: u64) -> Result<Self> {
-        if plan.arena_len == 0 {
+        if plan.arena_bytes == 0 {
             return Err(Error::Invalid(
                 "plan has no memory assignment (call memory::assign)".into(),
             ));
         }
-        let arena = b.alloc_arena(plan.arena_len)?;
+        if let Some(buf) = plan.bufs.iter().find(|x| x.storage != Storage::F32) {
+            return Err(Error::Invalid(format!(
+                "the plan stores {} in {}; backend {} holds one element type per arena, so it runs \
+                 plans in f32 storage only",
+                buf.name,
+                buf.storage.name(),
+                b.name()
+            )));
+        }
+        let arena = b.alloc_arena(plan.arena_bytes / SLOT)?;
         let mut ex = Executor {
             plan,
             arena,
@@ -92,12 +107,13 @@ impl<B: Backend> Executor<B> {
     }
 
     fn region(&self, o: Opd) -> Region {
-        Region::new(self.plan.bufs[o.buf].offset + o.at, o.shape.len())
+        Region::new(self.plan.bufs[o.buf].offset / SLOT + o.at, o.shape.len())
     }
 
     fn view(&self, o: Opd) -> View {
         let r = self.region(o);
-        self.high_water.set(self.high_water.get().max(r.end()));
+        self.high_water
+            .set(self.high_water.get().max(r.end() * SLOT));
         View {
             region: r,
             shape: o.shape,
@@ -317,7 +333,7 @@ impl<B: Backend> Executor<B> {
             if self.poison {
                 for k in 0..self.plan.free_after[i].len() {
                     let buf = self.plan.free_after[i][k];
-                    let r = Region::new(self.plan.bufs[buf].offset, self.plan.bufs[buf].len);
+                    let r = Region::new(self.plan.bufs[buf].offset / SLOT, self.plan.bufs[buf].len);
                     b.fill(&mut self.arena, r, B::Elem::NAN)?;
                 }
             }

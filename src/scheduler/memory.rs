@@ -6,13 +6,19 @@
 //! size" of TFLite's arena planner), which comes within a few percent of the live-bytes peak.
 
 use super::instr::Phase;
-use super::plan::{Class, Plan, CLASSES};
+use super::plan::{BufInfo, Class, Plan, CLASSES};
 
-/// Offsets are multiples of this many elements (256 bytes in f32), for coalesced device access.
-pub const ALIGN: usize = 64;
+/// Offsets are multiples of this many bytes (64 f32 or 128 bf16 values), for coalesced device
+/// access and whole cache lines on the host.
+pub const ALIGN: usize = 256;
 
 fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Bytes a buffer takes in the arena, with its alignment padding.
+fn size(b: &BufInfo) -> usize {
+    align(b.bytes())
 }
 
 /// First and last instruction touching each buffer (None when unused).
@@ -35,28 +41,24 @@ pub fn lifetimes(plan: &Plan) -> Vec<Option<(usize, usize)>> {
     life
 }
 
+/// Byte offsets for every buffer, the arena's size and the live bytes after each instruction.
 pub fn assign(plan: &mut Plan) {
     let life = lifetimes(plan);
     let mut off = 0;
     for b in plan.bufs.iter_mut().filter(|b| b.persistent) {
         b.offset = off;
-        off += align(b.len);
+        off += size(b);
     }
     let persistent_end = off;
     let mut order: Vec<usize> = (0..plan.bufs.len())
         .filter(|&i| !plan.bufs[i].persistent && life[i].is_some())
         .collect();
-    order.sort_by_key(|&i| {
-        (
-            std::cmp::Reverse(align(plan.bufs[i].len)),
-            life[i].unwrap().0,
-        )
-    });
+    order.sort_by_key(|&i| (std::cmp::Reverse(size(&plan.bufs[i])), life[i].unwrap().0));
     let mut placed: Vec<(usize, usize, usize, usize)> = Vec::new(); // (offset, size, first, last)
     let mut top = 0;
     for i in order {
         let (first, last) = life[i].unwrap();
-        let size = align(plan.bufs[i].len);
+        let size = size(&plan.bufs[i]);
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
             .filter(|p| p.2 <= last && first <= p.3)
@@ -76,12 +78,12 @@ pub fn assign(plan: &mut Plan) {
     }
     let _ = top;
     // Alignment pads the gaps between buffers, not the arena's end.
-    plan.arena_len = plan
+    plan.arena_bytes = plan
         .bufs
         .iter()
         .zip(&life)
         .filter(|(b, l)| b.persistent || l.is_some())
-        .map(|(b, _)| b.offset + b.len)
+        .map(|(b, _)| b.offset + b.bytes())
         .max()
         .unwrap_or(0);
     let n = plan.instrs.len();
@@ -93,8 +95,8 @@ pub fn assign(plan: &mut Plan) {
         }
         if let Some((a, b)) = l {
             plan.free_after[*b].push(i);
-            delta[*a] += align(plan.bufs[i].len) as isize;
-            delta[b + 1] -= align(plan.bufs[i].len) as isize;
+            delta[*a] += size(&plan.bufs[i]) as isize;
+            delta[b + 1] -= size(&plan.bufs[i]) as isize;
         }
     }
     let mut cur = persistent_end as isize;
@@ -109,8 +111,8 @@ pub fn assign(plan: &mut Plan) {
         .unwrap_or(0);
 }
 
-/// Bytes by class live at instruction i (persistent buffers always), with `elem` bytes per element.
-pub fn breakdown_at(plan: &Plan, i: usize, elem: usize) -> Vec<(Class, usize)> {
+/// Bytes by class live at instruction i (persistent buffers always).
+pub fn breakdown_at(plan: &Plan, i: usize) -> Vec<(Class, usize)> {
     let life = lifetimes(plan);
     CLASSES
         .iter()
@@ -122,9 +124,9 @@ pub fn breakdown_at(plan: &Plan, i: usize, elem: usize) -> Vec<(Class, usize)> {
                 .filter(|(b, l)| {
                     b.class == c && (b.persistent || l.is_some_and(|(a, z)| a <= i && i <= z))
                 })
-                .map(|(b, _)| align(b.len))
+                .map(|(b, _)| size(b))
                 .sum();
-            (c, n * elem)
+            (c, n)
         })
         .collect()
 }

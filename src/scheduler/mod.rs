@@ -12,6 +12,7 @@ pub use plan::{Plan, PlanOptions, Strategy};
 
 use crate::error::Result;
 use crate::model::Program;
+use crate::precision::Precision;
 
 /// The training plan of a program with offsets assigned.
 pub fn training_plan(
@@ -26,6 +27,7 @@ pub fn training_plan(
             inference: false,
             check_reconstruction,
             exact_coupling: None,
+            precision: Precision::F32,
         },
     )
 }
@@ -47,6 +49,7 @@ pub fn inference_plan(prog: &Program) -> Result<Plan> {
             inference: true,
             check_reconstruction: false,
             exact_coupling: None,
+            precision: Precision::F32,
         },
     )
 }

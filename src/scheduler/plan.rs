@@ -15,6 +15,7 @@ use crate::backend::Write;
 use crate::error::Result;
 use crate::model::{BnId, Node, ParamId, Program, Residual, TensorId};
 use crate::ops::coupling::{Direction, FixedPoint};
+use crate::precision::{Precision, Storage};
 use crate::tensor::Shape5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,12 +61,20 @@ impl Class {
 #[derive(Clone, Debug)]
 pub struct BufInfo {
     pub name: String,
+    /// Elements.
     pub len: usize,
+    pub storage: Storage,
     pub class: Class,
     /// Lives for the whole step (and across steps).
     pub persistent: bool,
-    /// Element offset in the arena, set by the memory planner.
+    /// Byte offset in the arena, set by the memory planner.
     pub offset: usize,
+}
+
+impl BufInfo {
+    pub fn bytes(&self) -> usize {
+        self.len * self.storage.bytes()
+    }
 }
 
 /// Buffers of one parameter.
@@ -90,6 +99,7 @@ pub struct ReconCheck {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub strategy: Strategy,
+    pub precision: Precision,
     pub bufs: Vec<BufInfo>,
     pub instrs: Vec<(Phase, Instr)>,
     pub params: Vec<ParamBufs>,
@@ -102,10 +112,10 @@ pub struct Plan {
     pub recon_checks: Vec<ReconCheck>,
     /// Buffers uploaded before the first instruction.
     pub uploaded: Vec<BufId>,
-    /// Filled by the memory planner.
-    pub arena_len: usize,
+    /// Filled by the memory planner: bytes.
+    pub arena_bytes: usize,
     pub free_after: Vec<Vec<BufId>>,
-    /// Live elements after each instruction (persistent buffers included).
+    /// Live bytes after each instruction (persistent buffers included).
     pub live: Vec<usize>,
     pub peak_index: usize,
 }
@@ -120,6 +130,8 @@ pub struct PlanOptions {
     /// Hold reversible chains' state in this fixed-point format (ops/coupling.rs), so that the
     /// backward rebuilds their inputs bit for bit; None: plain float additions.
     pub exact_coupling: Option<FixedPoint>,
+    /// Storage of activations and workspace (see `Builder::buf`).
+    pub precision: Precision,
 }
 
 struct Builder<'a> {
@@ -141,15 +153,36 @@ struct Builder<'a> {
     recon_checks: Vec<ReconCheck>,
     /// Per chain (by its output tensor) the saved copy of its input.
     recon_saved: Vec<Option<Opd>>,
-    /// Store-all chains: per block, (x2, F's conv1 output, F's ELU output, y1, G's conv1, G's ELU).
+    /// Store-all chains: per block, (F's input, its conv1 output, its ELU output, G's input, G's
+    /// conv1, G's ELU).
     store_all_saved: Vec<(TensorId, Vec<[Opd; 6]>)>,
 }
 
 impl<'a> Builder<'a> {
+    /// A buffer in its class's storage: parameters, their gradients and moments, and everything
+    /// persistent (BatchNorm statistics, the loss) in f32; activations and workspace in the
+    /// plan's activation storage.
     fn buf(&mut self, name: String, shape: Shape5, class: Class, persistent: bool) -> Opd {
+        let storage = match class {
+            Class::Activations | Class::Workspace if !persistent => {
+                self.opt.precision.activation_storage()
+            }
+            _ => Storage::F32,
+        };
+        self.buf_in(name, shape, class, persistent, storage)
+    }
+    fn buf_in(
+        &mut self,
+        name: String,
+        shape: Shape5,
+        class: Class,
+        persistent: bool,
+        storage: Storage,
+    ) -> Opd {
         self.bufs.push(BufInfo {
             name,
             len: shape.len(),
+            storage,
             class,
             persistent,
             offset: 0,
@@ -173,14 +206,33 @@ impl<'a> Builder<'a> {
         self.prog.tensors[t].shape
     }
     fn act(&mut self, t: TensorId) -> Opd {
-        let o = self.buf(
-            self.prog.tensors[t].name.clone(),
-            self.shape(t),
-            Class::Activations,
-            false,
-        );
+        let name = self.prog.tensors[t].name.clone();
+        let o = if t == self.prog.output {
+            // The logits feed the loss, which is computed and kept in f32.
+            self.buf_in(name, self.shape(t), Class::Activations, false, Storage::F32)
+        } else {
+            self.buf(name, self.shape(t), Class::Activations, false)
+        };
         self.fwd[t] = Some(o);
         o
+    }
+    /// Marks a reversible chain's state buffer: with exact coupling it holds the f32 fixed-point
+    /// format (ops/coupling.rs) in every precision, since a 16-bit grid would be too coarse.
+    fn chain_state(&mut self, o: Opd) {
+        if self.opt.exact_coupling.is_some() {
+            self.bufs[o.buf].storage = Storage::F32;
+        }
+    }
+    /// The input of a convolution in the activation storage: `x` itself, or a copy converted
+    /// into it (an exact chain's f32 state read by F and G in bf16).
+    fn conv_operand(&mut self, x: Opd, name: &str, class: Class) -> Opd {
+        let storage = self.opt.precision.activation_storage();
+        if self.bufs[x.buf].storage == storage {
+            return x;
+        }
+        let c = self.tmp(format!("{name}.input"), x.shape, class);
+        self.emit(Instr::Copy { src: x, dst: c });
+        c
     }
     fn tmp(&mut self, name: String, shape: Shape5, class: Class) -> Opd {
         self.buf(name, shape, class, false)
@@ -423,8 +475,8 @@ impl<'a> Builder<'a> {
             .any(|n| matches!(n, Node::BatchNorm { y, .. } if *y == t))
     }
 
-    /// conv_a -> [BN -> ELU] -> conv_b on `x`, into `out`. Returns (conv_a output, ELU output), the
-    /// tensors its backward reads. `keep` marks them as activations kept for a backward; in the
+    /// conv_a -> [BN -> ELU] -> conv_b on `x`, into `out`. Returns (conv_a input, conv_a output,
+    /// ELU output), the tensors its backward reads (the input is `x` or its converted copy). `keep` marks them as activations kept for a backward; in the
     /// recomputing strategy's forward nothing is kept and they die at once.
     fn residual_forward(
         &mut self,
@@ -433,12 +485,13 @@ impl<'a> Builder<'a> {
         x: Opd,
         out: Opd,
         keep: bool,
-    ) -> (Opd, Opd) {
+    ) -> (Opd, Opd, Opd) {
         let class = if keep {
             Class::Activations
         } else {
             Class::Workspace
         };
+        let x = self.conv_operand(x, name, class);
         let za = self.tmp(format!("{name}.conv1"), x.shape, class);
         self.emit(Instr::Conv {
             x,
@@ -468,7 +521,7 @@ impl<'a> Builder<'a> {
             b: None,
             y: out,
         });
-        (za, he)
+        (x, za, he)
     }
 
     /// Back-propagate dy through a residual F or G whose input is x and internals (za, he);
@@ -544,6 +597,7 @@ impl<'a> Builder<'a> {
     fn rev_forward(&mut self, x: TensorId, blocks: &[crate::model::RevBlock], y: TensorId) {
         let name = self.prog.tensors[y].name.clone();
         let xo = self.fwd[x].unwrap();
+        self.chain_state(xo);
         if let Some(fp) = self.opt.exact_coupling {
             // The chain's input onto the grid, in place: every later use reads the rounded value
             // (the backward's rebuilt input is rounded too), whichever the strategy.
@@ -557,11 +611,13 @@ impl<'a> Builder<'a> {
         }
         if self.recompute() {
             if self.opt.check_reconstruction {
-                let saved = self.buf(
+                let storage = self.bufs[xo.buf].storage;
+                let saved = self.buf_in(
                     format!("{name}.saved_input"),
                     xo.shape,
                     Class::Workspace,
                     true,
+                    storage,
                 );
                 self.emit(Instr::Copy {
                     src: xo,
@@ -583,27 +639,34 @@ impl<'a> Builder<'a> {
         } else {
             // Out of place, every internal tensor kept; the last block writes the chain's output.
             let out = self.act(y);
+            self.chain_state(out);
             let (mut x1, mut x2) = (xo.half(0), xo.half(1));
             let mut saved = Vec::new();
             for (i, b) in blocks.iter().enumerate() {
                 let last = i + 1 == blocks.len();
                 let f = self.tmp(format!("{name}{i}.f"), x1.shape, Class::Workspace);
-                let (fa, fe) = self.residual_forward(&b.f, &format!("{name}{i}.f"), x2, f, true);
+                let (fx, fa, fe) =
+                    self.residual_forward(&b.f, &format!("{name}{i}.f"), x2, f, true);
                 let y1 = if last {
                     out.half(0)
                 } else {
-                    self.tmp(format!("{name}{i}.y1"), x1.shape, Class::Activations)
+                    let y1 = self.tmp(format!("{name}{i}.y1"), x1.shape, Class::Activations);
+                    self.chain_state(y1);
+                    y1
                 };
                 self.couple(x1, f, y1, Direction::Forward);
                 let g = self.tmp(format!("{name}{i}.g"), x1.shape, Class::Workspace);
-                let (ga, ge) = self.residual_forward(&b.g, &format!("{name}{i}.g"), y1, g, true);
+                let (gx, ga, ge) =
+                    self.residual_forward(&b.g, &format!("{name}{i}.g"), y1, g, true);
                 let y2 = if last {
                     out.half(1)
                 } else {
-                    self.tmp(format!("{name}{i}.y2"), x1.shape, Class::Activations)
+                    let y2 = self.tmp(format!("{name}{i}.y2"), x1.shape, Class::Activations);
+                    self.chain_state(y2);
+                    y2
                 };
                 self.couple(x2, g, y2, Direction::Forward);
-                saved.push([x2, fa, fe, y1, ga, ge]);
+                saved.push([fx, fa, fe, gx, ga, ge]);
                 (x1, x2) = (y1, y2);
             }
             self.store_all_saved.push((y, saved));
@@ -642,14 +705,14 @@ impl<'a> Builder<'a> {
                 let nm = format!("{name}{i}");
                 // G(y1) again, then x2 = y2 - G(y1), then dy2 through G into dx1 = dy1 + ...
                 let g = self.tmp(format!("{nm}.g"), y1.shape, Class::Workspace);
-                let (ga, ge) = self.residual_forward(&b.g, &format!("{nm}.g"), y1, g, true);
+                let (gx, ga, ge) = self.residual_forward(&b.g, &format!("{nm}.g"), y1, g, true);
                 self.couple(y2, g, y2, Direction::Inverse);
-                self.residual_backward(&b.g, &format!("{nm}.g"), y1, ga, ge, d2, d1);
+                self.residual_backward(&b.g, &format!("{nm}.g"), gx, ga, ge, d2, d1);
                 // F(x2) again, then x1 = y1 - F(x2), then dx1 through F into dx2 = dy2 + ...
                 let f = self.tmp(format!("{nm}.f"), y1.shape, Class::Workspace);
-                let (fa, fe) = self.residual_forward(&b.f, &format!("{nm}.f"), y2, f, true);
+                let (fx, fa, fe) = self.residual_forward(&b.f, &format!("{nm}.f"), y2, f, true);
                 self.couple(y1, f, y1, Direction::Inverse);
-                self.residual_backward(&b.f, &format!("{nm}.f"), y2, fa, fe, d1, d2);
+                self.residual_backward(&b.f, &format!("{nm}.f"), fx, fa, fe, d1, d2);
             }
             self.bwd[x] = Some(yo);
             if let Some(saved) = self.recon_saved[y] {
@@ -669,9 +732,9 @@ impl<'a> Builder<'a> {
                 .clone();
             for (i, b) in blocks.iter().enumerate().rev() {
                 let nm = format!("{name}{i}");
-                let [x2, fa, fe, y1, ga, ge] = saved[i];
-                self.residual_backward(&b.g, &format!("{nm}.g"), y1, ga, ge, d2, d1);
-                self.residual_backward(&b.f, &format!("{nm}.f"), x2, fa, fe, d1, d2);
+                let [fx, fa, fe, gx, ga, ge] = saved[i];
+                self.residual_backward(&b.g, &format!("{nm}.g"), gx, ga, ge, d2, d1);
+                self.residual_backward(&b.f, &format!("{nm}.f"), fx, fa, fe, d1, d2);
             }
         }
         self.grad[y] = None;
@@ -874,21 +937,26 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
     }
     let out_shape = prog.tensors[prog.output].shape;
     let input = b.act(prog.input);
-    let target = b.tmp("target".into(), out_shape, Class::Activations);
-    let mask = b.tmp("mask".into(), out_shape, Class::Activations);
+    // The loss's inputs stay f32: targets, masks (which carry z_weight) and class weights.
+    let f32_tmp = |b: &mut Builder, name: &str, class| {
+        b.buf_in(name.into(), out_shape, class, false, Storage::F32)
+    };
+    let target = f32_tmp(&mut b, "target", Class::Activations);
+    let mask = f32_tmp(&mut b, "mask", Class::Activations);
     let loss = b.buf("loss".into(), Shape5::vector(1), Class::Workspace, true);
     for n in &prog.nodes {
         b.forward_node(n);
     }
     if opt.inference {
         let logits = b.fwd[prog.output].unwrap();
-        let probs = b.tmp("affinities".into(), out_shape, Class::Activations);
+        let probs = f32_tmp(&mut b, "affinities", Class::Activations);
         b.emit(Instr::Sigmoid {
             x: logits,
             y: probs,
         });
         return Ok(Plan {
             strategy: opt.strategy,
+            precision: opt.precision,
             bufs: b.bufs,
             instrs: b.instrs,
             params: b.params,
@@ -900,7 +968,7 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
             logits: probs,
             recon_checks: vec![],
             uploaded: vec![input.buf],
-            arena_len: 0,
+            arena_bytes: 0,
             free_after: vec![],
             live: vec![],
             peak_index: 0,
@@ -908,7 +976,7 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
     }
     b.phase = Phase::Loss;
     let logits = b.fwd[prog.output].unwrap();
-    let weight = b.tmp("class_weights".into(), out_shape, Class::Workspace);
+    let weight = f32_tmp(&mut b, "class_weights", Class::Workspace);
     b.emit(Instr::BceWeights {
         target,
         mask,
@@ -941,6 +1009,7 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
     }
     Ok(Plan {
         strategy: opt.strategy,
+        precision: opt.precision,
         bufs: b.bufs,
         instrs: b.instrs,
         params: b.params,
@@ -952,7 +1021,7 @@ pub fn build_training(prog: &Program, opt: &PlanOptions) -> Result<Plan> {
         logits,
         recon_checks: b.recon_checks,
         uploaded: vec![input.buf, target.buf, mask.buf],
-        arena_len: 0,
+        arena_bytes: 0,
         free_after: vec![],
         live: vec![],
         peak_index: 0,

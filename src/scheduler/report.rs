@@ -6,6 +6,7 @@ use super::plan::{Plan, Strategy};
 use crate::json::{self, Json};
 use crate::ops::conv3d::Conv3dGeom;
 use crate::ops::conv_transpose::ConvTransposeGeom;
+use crate::precision::Precision;
 
 /// Convolution FLOPs of every instruction of the plan (recomputations included).
 pub fn step_flops(plan: &Plan) -> f64 {
@@ -35,6 +36,7 @@ pub fn step_flops(plan: &Plan) -> f64 {
 
 pub struct PlanSummary {
     pub strategy: Strategy,
+    pub precision: Precision,
     pub params: usize,
     pub flops: f64,
     pub arena_bytes: usize,
@@ -45,14 +47,15 @@ pub struct PlanSummary {
 }
 
 impl PlanSummary {
-    pub fn new(plan: &Plan, params: usize, elem: usize) -> Self {
+    pub fn new(plan: &Plan, params: usize) -> Self {
         PlanSummary {
             strategy: plan.strategy,
+            precision: plan.precision,
             params,
             flops: step_flops(plan),
-            arena_bytes: plan.arena_len * elem,
-            peak_live_bytes: plan.live.get(plan.peak_index).copied().unwrap_or(0) * elem,
-            breakdown: breakdown_at(plan, plan.peak_index, elem)
+            arena_bytes: plan.arena_bytes,
+            peak_live_bytes: plan.live.get(plan.peak_index).copied().unwrap_or(0),
+            breakdown: breakdown_at(plan, plan.peak_index)
                 .into_iter()
                 .map(|(c, b)| (c.name(), b))
                 .collect(),
@@ -73,6 +76,7 @@ impl PlanSummary {
     pub fn json(&self) -> Json {
         json::obj([
             ("strategy", Json::from(format!("{:?}", self.strategy))),
+            ("precision", Json::from(self.precision.name())),
             ("params", Json::from(self.params)),
             ("step_gflop", Json::from(self.flops / 1e9)),
             ("arena_bytes", Json::from(self.arena_bytes)),
@@ -90,8 +94,9 @@ impl PlanSummary {
     pub fn text(&self) -> String {
         let mib = |b: usize| b as f64 / (1 << 20) as f64;
         let mut s = format!(
-            "strategy {:?}: {} parameters, {:.1} GFLOP per training step, {} instructions, {} buffers\n",
+            "strategy {:?} in {}: {} parameters, {:.1} GFLOP per training step, {} instructions, {} buffers\n",
             self.strategy,
+            self.precision,
             self.params,
             self.flops / 1e9,
             self.instructions,
@@ -110,12 +115,12 @@ impl PlanSummary {
 }
 
 /// Live bytes after each instruction, with the phase boundaries, for plots.
-pub fn live_curve(plan: &Plan, elem: usize) -> (Vec<(f64, f64)>, Vec<(String, usize)>) {
+pub fn live_curve(plan: &Plan) -> (Vec<(f64, f64)>, Vec<(String, usize)>) {
     let pts = plan
         .live
         .iter()
         .enumerate()
-        .map(|(i, l)| (i as f64, (*l * elem) as f64 / (1 << 20) as f64))
+        .map(|(i, l)| (i as f64, *l as f64 / (1 << 20) as f64))
         .collect();
     let phases = phase_ranges(plan)
         .into_iter()

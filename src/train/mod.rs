@@ -101,6 +101,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 exact_coupling: cfg
                     .exact_coupling
                     .then(crate::ops::coupling::FixedPoint::default),
+                precision: crate::precision::Precision::F32,
             },
         )?;
         let mut ex = Executor::new(b, &prog, plan, cfg.seed)?;
@@ -442,7 +443,7 @@ pub fn train<B: Backend>(
     if start_step == 0 {
         writeln!(csv, "{CSV_HEADER}").map_err(io)?;
     }
-    let arena = t.ex.plan.arena_len * std::mem::size_of::<B::Elem>();
+    let arena = t.ex.plan.arena_bytes;
     let voxels = (t.cfg.patch.0 * t.cfg.patch.1 * t.cfg.patch.2) as f64;
     let mut bar = Progress::new("train", t.cfg.steps.saturating_sub(start_step));
     let started = Instant::now();
