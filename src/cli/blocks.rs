@@ -71,7 +71,8 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     }
     let cwd = std::env::current_dir()
         .map_err(|e| Error::Io(format!("cannot read the current directory: {e}")))?;
-    Ok(cwd.join(p))
+    // Through components, so that `.` and `a/./b` come out as plain paths in the script.
+    Ok(cwd.join(p).components().collect())
 }
 
 /// `cli` is the program's command-line definition, against which the stage's command is
