@@ -1,4 +1,4 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use revseg::cli;
 use std::process::ExitCode;
 
@@ -38,6 +38,9 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cli::bench::BenchCmd),
+    /// Blockwise jobs on a cluster: Slurm array scripts for any command that takes --worker.
+    #[command(subcommand)]
+    Blocks(cli::blocks::BlocksCmd),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Cmd::Eval(a) => cli::eval::run(a).map(|_| true),
         Cmd::Render(a) => cli::render::run(a).map(|_| true),
         Cmd::Bench(b) => cli::bench::run(b).map(|_| true),
+        Cmd::Blocks(b) => cli::blocks::run(b, &Cli::command()).map(|_| true),
     };
     match res {
         Ok(true) => ExitCode::SUCCESS,

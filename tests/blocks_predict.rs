@@ -2,17 +2,8 @@
 //! its unfinished blocks, and the finished volume equals the one-process prediction bit for bit.
 
 mod common;
-use common::{data_and_checkpoint, revseg};
+use common::{data_and_checkpoint, predict_cpu, read_bits, revseg};
 use std::path::Path;
-
-fn read_bits(spec: &str) -> (Vec<usize>, Vec<u32>) {
-    let r = revseg::volume::io::open_volume(spec).unwrap();
-    let a = r.read_all::<f32>().unwrap();
-    (
-        a.shape.clone(),
-        a.data.iter().map(|v| v.to_bits()).collect(),
-    )
-}
 
 fn done_count(array: &Path) -> usize {
     std::fs::read_dir(array.join(".revseg-blocks"))
@@ -30,15 +21,7 @@ fn done_count(array: &Path) -> usize {
 fn two_workers_equal_one_process_also_after_a_kill() {
     let (d, image, ck) = data_and_checkpoint("blocks");
     let s = |n: &str| d.join(n).display().to_string();
-    let base = [
-        "predict",
-        "--checkpoint",
-        &ck,
-        "--input",
-        &image,
-        "--device",
-        "cpu",
-    ];
+    let base = predict_cpu(&ck, &image);
     let single = s("single.zarr");
     let (c, o, e) = revseg(&[&base[..], &["--output", &single]].concat());
     assert_eq!(c, Some(0), "{o}{e}");

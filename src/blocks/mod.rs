@@ -7,6 +7,7 @@
 //! Slurm array runs the same command with `--worker $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
 
 pub mod predict;
+pub mod slurm;
 
 use crate::error::{Error, Result};
 use clap::Args;

@@ -1,6 +1,7 @@
 //! Command-line front end: one module per subcommand.
 
 pub mod bench;
+pub mod blocks;
 pub mod demo;
 pub mod eval;
 pub mod gradcheck;

@@ -65,3 +65,28 @@ pub const TINY_NET: [&str; 8] = [
     "--device",
     "cpu",
 ];
+
+/// `revseg predict` of a checkpoint over an image on the CPU, before --output and the rest.
+#[allow(dead_code)]
+pub fn predict_cpu<'a>(checkpoint: &'a str, image: &'a str) -> [&'a str; 7] {
+    [
+        "predict",
+        "--checkpoint",
+        checkpoint,
+        "--input",
+        image,
+        "--device",
+        "cpu",
+    ]
+}
+
+/// Shape and f32 bit patterns of a volume, for bit-exact comparisons.
+#[allow(dead_code)]
+pub fn read_bits(spec: &str) -> (Vec<usize>, Vec<u32>) {
+    let r = revseg::volume::io::open_volume(spec).unwrap();
+    let a = r.read_all::<f32>().unwrap();
+    (
+        a.shape.clone(),
+        a.data.iter().map(|v| v.to_bits()).collect(),
+    )
+}
