@@ -38,6 +38,9 @@ fn seg_args(aff: &str, out: &str) -> SegmentArgs {
         ws_absolute: true,
         no_gzip: false,
         json: false,
+        stage: "all".into(),
+        halo: "4,32,32".into(),
+        blocks: Default::default(),
     }
 }
 

@@ -33,6 +33,10 @@ pub struct SegmentBenchArgs {
     /// fragments, the agglomeration's hard case).
     #[arg(long, default_value = "jl")]
     pub watershed: String,
+    /// Write the synthetic affinities (DIR/affinities.zarr, float32 (3, Z, Y, X)) and their
+    /// labels (DIR/labels.zarr, uint32) instead of segmenting, to run `revseg segment` on them.
+    #[arg(long)]
+    pub write_volumes: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -188,6 +192,41 @@ pub fn bench_params(name: &str) -> Result<Params> {
     }
 }
 
+/// The bench's volume for `seed`: labels and affinities, as [`run`] segments them.
+pub fn volume(d: Dims, seed: u64) -> (Vec<u32>, Vec<f32>, usize) {
+    let mut rng = Rng::new(seed);
+    let (labels, margin, regions) = voronoi_labels(d, [5, 64, 64], &mut rng);
+    let aff = noisy_affinities(&labels, &margin, d, &mut rng);
+    (labels, aff, regions)
+}
+
+/// Writes the bench's volume as `dir/affinities.zarr` and `dir/labels.zarr` (gzip level 1).
+pub fn write_volumes(d: Dims, seed: u64, dir: &std::path::Path) -> Result<()> {
+    use crate::volume::array::{Array, Dtype};
+    use crate::volume::zarr::{Compressor, CreateOptions, ZarrArray};
+    let (labels, aff, _) = volume(d, seed);
+    let co = CreateOptions {
+        compressor: Compressor::Gzip(1),
+        overwrite: true,
+        ..CreateOptions::default()
+    };
+    let shape = vec![d.z, d.y, d.x];
+    let chunks = [10.min(d.z), 256.min(d.y), 256.min(d.x)];
+    let z = ZarrArray::create_with(dir.join("labels.zarr"), &shape, &chunks, Dtype::U32, &co)?;
+    z.write_region(&[0, 0, 0], &Array::new(shape.clone(), labels)?)?;
+    let shape4 = vec![3, d.z, d.y, d.x];
+    let chunks4 = [3, chunks[0], chunks[1], chunks[2]];
+    let z = ZarrArray::create_with(
+        dir.join("affinities.zarr"),
+        &shape4,
+        &chunks4,
+        Dtype::F32,
+        &co,
+    )?;
+    z.write_region(&[0, 0, 0, 0], &Array::new(shape4, aff)?)?;
+    crate::fsutil::sync_tree(dir)
+}
+
 pub fn run(d: Dims, seed: u64, thresholds: &[f64], params: &Params) -> Result<SegmentBench> {
     if !fits_u32(d.voxels()) {
         return Err(Error::Invalid(format!(
@@ -196,10 +235,8 @@ pub fn run(d: Dims, seed: u64, thresholds: &[f64], params: &Params) -> Result<Se
         )));
     }
     let t0 = Instant::now();
-    let mut rng = Rng::new(seed);
-    let (labels, margin, regions) = voronoi_labels(d, [5, 64, 64], &mut rng);
-    let aff = noisy_affinities(&labels, &margin, d, &mut rng);
-    drop((labels, margin));
+    let (labels, aff, regions) = volume(d, seed);
+    drop(labels);
     let seconds_generate = t0.elapsed().as_secs_f64();
     let peak_process_before = peak_rss();
     let reset = reset_peak_rss();
@@ -278,6 +315,18 @@ pub fn run_cli(a: &SegmentBenchArgs) -> Result<()> {
             ))
         })?;
     let thresholds = crate::cli::segment::parse_thresholds(&a.thresholds)?;
+    if let Some(dir) = &a.write_volumes {
+        std::fs::create_dir_all(dir).map_err(|e| crate::volume::array::io_err(dir, e))?;
+        write_volumes(Dims::new(v[0], v[1], v[2]), a.seed, dir)?;
+        println!(
+            "wrote {0}/affinities.zarr and {0}/labels.zarr ({1}x{2}x{3})",
+            dir.display(),
+            v[0],
+            v[1],
+            v[2]
+        );
+        return Ok(());
+    }
     let b = run(
         Dims::new(v[0], v[1], v[2]),
         a.seed,

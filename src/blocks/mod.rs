@@ -6,10 +6,18 @@
 //! rerunning the job skips the done ones. Worker `I/N` takes blocks I, I + N, I + 2N, ... so a
 //! Slurm array runs the same command with `--worker $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
 
+pub mod agglomerate;
+pub mod fragments;
+pub mod graph;
 pub mod predict;
+pub mod relabel;
+pub mod segjob;
 pub mod slurm;
 
 use crate::error::{Error, Result};
+use crate::volume::array::Dtype;
+use crate::volume::io::VolumeSpec;
+use crate::volume::zarr::{CreateOptions, ZarrArray};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -188,9 +196,71 @@ impl DoneMarks {
     }
 }
 
+/// The zarr array directory an output spec names, or why blockwise output needs zarr.
+pub fn zarr_target(spec: &str) -> Result<PathBuf> {
+    match VolumeSpec::parse(spec)? {
+        VolumeSpec::Zarr { path } => Ok(path),
+        _ => Err(Error::Invalid(format!(
+            "--output {spec}: blockwise jobs write zarr (DIR.zarr or DIR.zarr/PATH), whose chunks workers can write independently"
+        ))),
+    }
+}
+
+/// Opens the output array, creating it first when no worker has: built in a temporary
+/// directory and renamed into place, so that of several workers starting at once one wins and
+/// the others open its array.
+pub fn open_or_create(
+    path: &Path,
+    shape: &[usize],
+    chunks: &[usize],
+    dtype: Dtype,
+    co: &CreateOptions,
+) -> Result<ZarrArray> {
+    if !path.join(".zarray").exists() && !path.join("zarr.json").exists() {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| crate::volume::array::io_err(parent, e))?;
+        }
+        let tmp = crate::volume::io::temp_beside(path, "partial")?;
+        let made = ZarrArray::create_with(&tmp, shape, chunks, dtype, co).and_then(|_| {
+            crate::volume::zarr::write_zarr_groups(
+                path,
+                co.version,
+                co.voxel_size.map(|v| (v, co.offset_nm)),
+            )
+        });
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if std::fs::rename(&tmp, path).is_err() {
+            // Another worker's array got there first (or the target is not ours to replace;
+            // opening it below says which).
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    let z = ZarrArray::open(path)?;
+    if z.shape != shape || z.chunks != chunks || z.dtype != dtype {
+        return Err(Error::Invalid(format!(
+            "{}: holds shape {:?}, chunks {:?}, {} but this job writes {shape:?}, {chunks:?}, {dtype}; remove it or choose another --output",
+            path.display(),
+            z.shape,
+            z.chunks,
+            z.dtype
+        )));
+    }
+    z.durable()
+}
+
 /// Runs this program again as `k` worker processes (`--worker i/k` replacing `--workers k`) and
 /// waits for all of them; any failure is reported with the worker's exit status.
 pub fn run_local_workers(k: usize) -> Result<()> {
+    run_local_workers_with(k, &[])
+}
+
+/// [`run_local_workers`] with flags replaced in the workers' command lines: each
+/// `(flag, value)` drops the flag's occurrences (`--flag V` or `--flag=V`) and appends
+/// `--flag value`, so that one command can run a pipeline stage by stage.
+pub fn run_local_workers_with(k: usize, replace: &[(&str, &str)]) -> Result<()> {
     if k == 0 {
         return Err(Error::Invalid("--workers must be at least 1".into()));
     }
@@ -198,12 +268,24 @@ pub fn run_local_workers(k: usize) -> Result<()> {
         .map_err(|e| Error::Io(format!("cannot find this program to start workers: {e}")))?;
     let mut args: Vec<String> = Vec::new();
     let mut it = std::env::args().skip(1);
+    let dropped = |a: &str| {
+        std::iter::once("--workers")
+            .chain(replace.iter().map(|r| r.0))
+            .find(|f| a == *f || a.starts_with(&format!("{f}=")))
+            .map(|f| a == f)
+    };
     while let Some(a) = it.next() {
-        if a == "--workers" {
-            it.next();
-        } else if !a.starts_with("--workers=") {
-            args.push(a);
+        match dropped(&a) {
+            Some(true) => {
+                it.next();
+            }
+            Some(false) => {}
+            None => args.push(a),
         }
+    }
+    for (f, v) in replace {
+        args.push(f.to_string());
+        args.push(v.to_string());
     }
     let mut children = Vec::new();
     for i in 0..k {

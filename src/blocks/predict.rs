@@ -13,9 +13,9 @@ use crate::predict::{bump, predict_window, starts, transforms, PredictOptions};
 use crate::scheduler::{self, Executor};
 use crate::train::{progress::Progress, state};
 use crate::volume::array::{Array, Dtype, VoxelSize};
-use crate::volume::io::{VolumeReader, VolumeSpec};
-use crate::volume::zarr::{CreateOptions, ZarrArray, ZarrVersion};
-use std::path::{Path, PathBuf};
+use crate::volume::io::VolumeReader;
+use crate::volume::zarr::{CreateOptions, ZarrVersion};
+use std::path::Path;
 
 /// Windows along one axis that overlap `lo..hi`, as indices into `starts`.
 fn touching(starts: &[usize], patch: usize, lo: usize, hi: usize) -> Vec<usize> {
@@ -120,61 +120,6 @@ pub fn predict_block<B: Backend>(
     Ok(acc)
 }
 
-/// The zarr array directory an output spec names, or why blockwise output needs zarr.
-fn zarr_target(spec: &str) -> Result<PathBuf> {
-    match VolumeSpec::parse(spec)? {
-        VolumeSpec::Zarr { path } => Ok(path),
-        _ => Err(Error::Invalid(format!(
-            "--output {spec}: blockwise jobs write zarr (DIR.zarr or DIR.zarr/PATH), whose chunks workers can write independently"
-        ))),
-    }
-}
-
-/// Opens the output array, creating it first when no worker has: built in a temporary
-/// directory and renamed into place, so that of several workers starting at once one wins and
-/// the others open its array.
-fn open_or_create(
-    path: &Path,
-    shape: &[usize],
-    chunks: &[usize],
-    dtype: Dtype,
-    co: &CreateOptions,
-) -> Result<ZarrArray> {
-    if !path.join(".zarray").exists() && !path.join("zarr.json").exists() {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| crate::volume::array::io_err(parent, e))?;
-        }
-        let tmp = crate::volume::io::temp_beside(path, "partial")?;
-        let made = ZarrArray::create_with(&tmp, shape, chunks, dtype, co).and_then(|_| {
-            crate::volume::zarr::write_zarr_groups(
-                path,
-                co.version,
-                co.voxel_size.map(|v| (v, co.offset_nm)),
-            )
-        });
-        if let Err(e) = made {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if std::fs::rename(&tmp, path).is_err() {
-            // Another worker's array got there first (or the target is not ours to replace;
-            // opening it below says which).
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-    }
-    let z = ZarrArray::open(path)?;
-    if z.shape != shape || z.chunks != chunks || z.dtype != dtype {
-        return Err(Error::Invalid(format!(
-            "{}: holds shape {:?}, chunks {:?}, {} but this job writes {shape:?}, {chunks:?}, {dtype}; remove it or choose another --output",
-            path.display(),
-            z.shape,
-            z.chunks,
-            z.dtype
-        )));
-    }
-    z.durable()
-}
-
 /// `revseg predict --block ...`: this process's share of a blockwise prediction.
 pub fn run(a: &PredictArgs, blocks: &BlockArgs) -> Result<()> {
     if let Some(k) = blocks.workers {
@@ -217,7 +162,7 @@ fn run_prepared(a: &PredictArgs, blocks: &BlockArgs, slice: Option<WorkerSlice>)
         Some(s) => super::parse_zyx("--block-chunks", s)?,
         None => block,
     };
-    let target = zarr_target(&a.output)?;
+    let target = super::zarr_target(&a.output)?;
     let ck = crate::checkpoint::load(&a.checkpoint)?;
     let cfg = state::config_of(&ck, &a.checkpoint)?;
     let patch = match &a.patch {
@@ -255,7 +200,7 @@ fn run_prepared(a: &PredictArgs, blocks: &BlockArgs, slice: Option<WorkerSlice>)
         offset_nm: reader.offset_nm(),
         ..CreateOptions::default()
     };
-    let array = open_or_create(&target, &out_shape, &out_chunks, dtype, &co)?;
+    let array = super::open_or_create(&target, &out_shape, &out_chunks, dtype, &co)?;
     let ck_len = std::fs::metadata(&a.checkpoint)
         .map_err(|e| crate::volume::array::io_err(Path::new(&a.checkpoint), e))?
         .len();

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod predict;
 pub mod render;
 pub mod segment;
+pub mod segment_blocks;
 pub mod synth;
 pub mod train;
 

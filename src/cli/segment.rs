@@ -48,6 +48,15 @@ pub struct SegmentArgs {
     pub no_gzip: bool,
     #[arg(long)]
     pub json: bool,
+    /// With --block: the stage to run (fragments, graph, agglomerate, relabel), or all of them
+    /// in turn.
+    #[arg(long, default_value = "all")]
+    pub stage: String,
+    /// With --block: context Z,Y,X read around each block for its watershed.
+    #[arg(long, default_value = "4,32,32")]
+    pub halo: String,
+    #[command(flatten)]
+    pub blocks: crate::blocks::BlockArgs,
 }
 
 /// Parse "0.1,0.3,0.5".
@@ -69,7 +78,7 @@ pub fn parse_thresholds(s: &str) -> Result<Vec<f64>> {
     Ok(v)
 }
 
-fn parse_score(s: &str) -> Result<Score> {
+pub fn parse_score(s: &str) -> Result<Score> {
     if s == "mean" {
         return Ok(Score::OneMinusMean);
     }
@@ -100,7 +109,7 @@ fn parse_merge(s: &str) -> Result<Vec<(u64, f64)>> {
         .collect()
 }
 
-fn watershed_params(a: &SegmentArgs) -> Result<Params> {
+pub fn watershed_params(a: &SegmentArgs) -> Result<Params> {
     Ok(Params {
         low: a.ws_low,
         high: a.ws_high,
@@ -137,6 +146,15 @@ fn read_affinities(spec: &str, order: &str) -> Result<(Vec<f32>, Dims)> {
 }
 
 pub fn run(a: &SegmentArgs) -> Result<()> {
+    if a.blocks.active() {
+        return super::segment_blocks::run(a);
+    }
+    if a.stage != "all" {
+        return Err(Error::Invalid(format!(
+            "--stage {}: stages are those of a blockwise segmentation; give --block Z,Y,X too",
+            a.stage
+        )));
+    }
     let aff_spec = a.affinities.as_str();
     let out = parse_spec(&a.output)?;
     crate::fsutil::refuse_output_over_inputs(

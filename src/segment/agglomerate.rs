@@ -354,6 +354,48 @@ impl RegionGraph {
         self.edges.len()
     }
 
+    /// A mean-score graph from statistics gathered elsewhere (blockwise jobs sum each block's
+    /// voxel edges): `(a, b, sum, count)` with `0 < a < b < n_ids`, one entry per pair. The order
+    /// given numbers the edges, which breaks ties between equal scores.
+    pub fn from_mean_stats(n_ids: usize, edges: &[(u32, u32, f64, u64)]) -> Result<Self> {
+        if n_ids > u32::MAX as usize {
+            return Err(Error::Invalid(format!(
+                "{n_ids} fragments: beyond this agglomeration's 2^32 ids"
+            )));
+        }
+        let mut g = Edges {
+            stat: Vec::with_capacity(edges.len()),
+            b: Vec::with_capacity(edges.len()),
+            hist: Vec::new(),
+        };
+        for (k, &(a, b, sum, count)) in edges.iter().enumerate() {
+            if a == 0 || a >= b || b as usize >= n_ids {
+                return Err(Error::Invalid(format!(
+                    "region-graph edge {k} joins fragments {a} and {b}: expected 0 < a < b < {n_ids}"
+                )));
+            }
+            if count == 0 {
+                return Err(Error::Invalid(format!(
+                    "region-graph edge {k} ({a}, {b}) counts no voxel edges"
+                )));
+            }
+            let count = u32::try_from(count).map_err(|_| too_many_voxel_edges())?;
+            if !(sum.is_finite() && sum >= 0.0 && sum <= count as f64) {
+                return Err(Error::Invalid(format!(
+                    "region-graph edge {k} ({a}, {b}): sum {sum} of {count} affinities is not in [0, count]"
+                )));
+            }
+            g.stat.push(Stat { sum, count, a });
+            g.b.push(b);
+        }
+        Ok(RegionGraph {
+            edges: g,
+            n_ids,
+            score: Score::OneMinusMean,
+            seconds_build: 0.0,
+        })
+    }
+
     /// Merges lowest score first; one snapshot per threshold (see [`agglomerate`]).
     pub fn agglomerate(self, thresholds: &[f64]) -> Result<Agglomeration> {
         if let Some(t) = thresholds.iter().find(|t| !t.is_finite()) {
