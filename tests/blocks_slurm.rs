@@ -1,8 +1,12 @@
-//! Blockwise prediction as Slurm array jobs on a real single-node cluster (scripts/slurm-local):
-//! two array tasks split the blocks, a second stage chained with --after runs only once the
-//! first succeeded, and the result equals the one-process prediction bit for bit. Where Slurm
-//! cannot start here (no apt-get, not root, daemons failing; or REVSEG_SLURM=off), the test says
-//! so on stderr and checks the same job through the local `--workers 2` path instead.
+//! Blockwise jobs as Slurm array jobs on a real single-node cluster (scripts/slurm-local):
+//! - prediction: two array tasks split the blocks, a second stage chained with --after runs only
+//!   once the first succeeded, and the result equals the one-process prediction bit for bit;
+//! - segmentation: its four stages (fragments, region graph, agglomeration, relabel) as four
+//!   array jobs of two tasks chained with --after, equal bit for bit to the local `--workers 2`
+//!   run of the same job.
+//!
+//! Where Slurm cannot start here (no apt-get, not root, daemons failing; or REVSEG_SLURM=off), each
+//! test says so on stderr and checks the same job through the local worker path instead.
 
 mod common;
 use common::{data_and_checkpoint, predict_cpu, read_bits, revseg};
@@ -318,5 +322,138 @@ fn array_tasks_under_slurm_equal_one_process() {
         }
     }
     assert_eq!(read_bits(&got), want, "array tasks against one process");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+const SEG_STAGES: [&str; 4] = ["fragments", "graph", "agglomerate", "relabel"];
+
+/// Every array the blockwise segmentation wrote: fragments, then one volume per threshold.
+fn segmentation_arrays(out: &Path) -> Vec<Vec<u64>> {
+    ["fragments", "threshold_0.5", "threshold_0.7"]
+        .iter()
+        .map(|a| {
+            revseg::volume::zarr::ZarrArray::open(&out.join(a))
+                .unwrap_or_else(|e| panic!("{}/{a}: {e}", out.display()))
+                .read_all::<u64>()
+                .unwrap()
+                .data
+        })
+        .collect()
+}
+
+#[test]
+fn segmentation_stages_under_slurm_equal_local_workers() {
+    let d = std::env::temp_dir().join(format!("revseg-slurm-seg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    // 16 x 128 x 128 in blocks of 8 x 64 x 64: 8 blocks, 4 per task.
+    revseg::bench::segment::write_volumes(revseg::segment::Dims::new(16, 128, 128), 5, &d).unwrap();
+    let aff = d.join("affinities.zarr").display().to_string();
+    let job = |out: &Path| -> Vec<String> {
+        [
+            "segment",
+            "--affinities",
+            &aff,
+            "--output",
+            &out.display().to_string(),
+            "--ws-absolute",
+            "--thresholds",
+            "0.5,0.7",
+            "--block",
+            "8,64,64",
+            "--block-chunks",
+            "8,32,32",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (c, o, e) = revseg(&args);
+        assert_eq!(c, Some(0), "{args:?}\n{o}{e}");
+    };
+    let local = d.join("local.zarr");
+    run(&[job(&local), vec!["--workers".into(), "2".into()]].concat());
+    let want = segmentation_arrays(&local);
+    assert!(want[1].iter().any(|&v| v != want[1][0]), "one segment only");
+
+    let out = d.join("slurm.zarr");
+    let work_s = d.display().to_string();
+    match start_cluster() {
+        Ok(cluster) => {
+            let mut jobs: Vec<String> = Vec::new();
+            for stage in SEG_STAGES {
+                let script = d.join(format!("{stage}.sbatch")).display().to_string();
+                let log = format!("{stage}-%A_%a.log");
+                let mut args: Vec<String> = [
+                    "blocks",
+                    "slurm",
+                    "--tasks",
+                    "2",
+                    "--job-name",
+                    stage,
+                    "--chdir",
+                    &work_s,
+                    "--log",
+                    &log,
+                    "--cpus-per-task",
+                    "1",
+                    "--out",
+                    &script,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                if let Some(prev) = jobs.last() {
+                    args.extend(["--after".to_string(), prev.clone()]);
+                }
+                args.push("--".into());
+                args.extend(job(&out));
+                args.extend(["--stage".to_string(), stage.to_string()]);
+                run(&args);
+                let id = slurm_cmd(&cluster, "sbatch", &["--parsable", &script]);
+                jobs.push(id.trim().split(';').next().unwrap().to_string());
+            }
+            let t0 = Instant::now();
+            let ids: Vec<&str> = jobs.iter().map(String::as_str).collect();
+            let tasks = wait_jobs(&cluster, &ids, &d);
+            say(&format!(
+                "Slurm ran the four segmentation stages as array jobs {} (2 tasks each) in {:.1} s",
+                jobs.join(", "),
+                t0.elapsed().as_secs_f64()
+            ));
+            let want_tasks: Vec<_> = jobs
+                .iter()
+                .flat_map(|j| {
+                    ["0", "1"].map(|t| (j.clone(), t.to_string(), "COMPLETED".into(), "0:0".into()))
+                })
+                .collect();
+            let mut want_tasks = want_tasks;
+            want_tasks.sort();
+            assert_eq!(tasks, want_tasks);
+        }
+        Err(why) => {
+            say(&format!(
+                "Slurm could not start ({why}); running each stage's array-task command lines \
+                 (--worker 0/2, then 1/2) here instead"
+            ));
+            for stage in SEG_STAGES {
+                for w in ["0/2", "1/2"] {
+                    run(&[
+                        job(&out),
+                        ["--stage", stage, "--worker", w].map(String::from).to_vec(),
+                    ]
+                    .concat());
+                }
+            }
+        }
+    }
+    assert_eq!(
+        segmentation_arrays(&out),
+        want,
+        "array tasks against the local workers"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
