@@ -3,6 +3,9 @@
 //! the CUDA kernels (on the emulator) compute the fixed-point step as the scalar reference does,
 //! and overflow is an error naming the block and the value.
 
+mod step_data;
+use step_data::{cast, data, Data};
+
 use revseg::backend::cpu::CpuBackend;
 use revseg::backend::gpu::emu::{EmuConfig, Schedule};
 use revseg::backend::gpu::{EmuLauncher, GpuBackend};
@@ -12,32 +15,7 @@ use revseg::model::{self, NetConfig, Norm, Program};
 use revseg::ops::coupling::{reference, Direction, FixedPoint};
 use revseg::rng::Rng;
 use revseg::scheduler::{self, Batch, Executor, PlanOptions, Strategy};
-use revseg::tensor::{Element, Shape5};
-
-struct Data {
-    image: Vec<f64>,
-    target: Vec<f64>,
-    mask: Vec<f64>,
-}
-
-fn data(prog: &Program, seed: u64) -> Data {
-    let mut rng = Rng::new(seed);
-    let n_in = prog.tensors[prog.input].shape.len();
-    let n_out = prog.tensors[prog.output].shape.len();
-    Data {
-        image: rng.normals(n_in),
-        target: (0..n_out)
-            .map(|_| (rng.uniform() < 0.6) as u8 as f64)
-            .collect(),
-        mask: (0..n_out)
-            .map(|_| (rng.uniform() < 0.9) as u8 as f64)
-            .collect(),
-    }
-}
-
-fn cast<T: Element>(v: &[f64]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f64(x)).collect()
-}
+use revseg::tensor::Shape5;
 
 fn net(widths: &[usize], rev: usize) -> NetConfig {
     NetConfig {

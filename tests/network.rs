@@ -1,5 +1,8 @@
 //! The network program, the scheduler's two strategies, and the executor.
 
+mod step_data;
+use step_data::{cast, data, Data};
+
 use revseg::backend::cpu::CpuBackend;
 use revseg::gradcheck::{normwise_err, rel_err};
 use revseg::model::{self, NetConfig, Norm, Program};
@@ -37,31 +40,6 @@ fn bad_configs_are_errors() {
         outputs: 3,
     };
     assert!(model::build(&odd, (4, 8, 8)).is_err());
-}
-
-struct Data {
-    image: Vec<f64>,
-    target: Vec<f64>,
-    mask: Vec<f64>,
-}
-
-fn data(prog: &Program, seed: u64) -> Data {
-    let mut rng = Rng::new(seed);
-    let n_in = prog.tensors[prog.input].shape.len();
-    let n_out = prog.tensors[prog.output].shape.len();
-    Data {
-        image: rng.normals(n_in),
-        target: (0..n_out)
-            .map(|_| (rng.uniform() < 0.6) as u8 as f64)
-            .collect(),
-        mask: (0..n_out)
-            .map(|_| (rng.uniform() < 0.9) as u8 as f64)
-            .collect(),
-    }
-}
-
-fn cast<T: Element>(v: &[f64]) -> Vec<T> {
-    v.iter().map(|&x| T::from_f64(x)).collect()
 }
 
 /// Loss and every parameter gradient after one step (no update) from the seed-1 initialisation.
