@@ -35,17 +35,16 @@
 //! run it); REVSEG_REQUIRE_CUDA=1 fails a test that finds no CUDA device instead of skipping it.
 
 use revseg::backend::cpu::CpuBackend;
+use revseg::backend::gpu::recorder::Recorder;
 use revseg::backend::gpu::{
     cuda, wgrad_splits, CudaLauncher, DeviceLimits, EmuLauncher, GpuBackend, Launcher,
 };
 use revseg::backend::Backend;
-use revseg::error::Result;
 use revseg::model::{self, NetConfig};
 use revseg::ops::conv3d::Conv3dGeom;
 use revseg::rng::Rng;
 use revseg::scheduler::instr::Instr;
 use revseg::scheduler::{self, Batch, Executor, Plan, Strategy};
-use std::cell::RefCell;
 use std::time::Instant;
 
 /// (loss, gradients, updated weights) of one step from the same seeded inputs.
@@ -132,69 +131,6 @@ fn compare(what: &str, dev: &str, names: &[String], cpu: &[Vec<f64>], got: &[Vec
         cpu.len(),
         bad.join("\n  ")
     );
-}
-
-/// A launcher that notes every launch's kernel and grid on the way to the real one.
-struct Recorder<L: Launcher> {
-    inner: L,
-    grids: RefCell<Vec<(String, [u32; 3])>>,
-}
-
-impl<L: Launcher> Recorder<L> {
-    fn new(inner: L) -> Self {
-        Recorder {
-            inner,
-            grids: RefCell::new(Vec::new()),
-        }
-    }
-}
-
-impl<L: Launcher> Launcher for Recorder<L> {
-    type Buf = L::Buf;
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn alloc(&self, len: usize) -> Result<L::Buf> {
-        self.inner.alloc(len)
-    }
-    fn upload(&self, buf: &mut L::Buf, offset: usize, src: &[f32]) -> Result<()> {
-        self.inner.upload(buf, offset, src)
-    }
-    fn download(&self, buf: &L::Buf, offset: usize, dst: &mut [f32]) -> Result<()> {
-        self.inner.download(buf, offset, dst)
-    }
-    fn device_ptr(&self, buf: &mut L::Buf) -> u64 {
-        self.inner.device_ptr(buf)
-    }
-    fn launch(
-        &self,
-        kernel: &str,
-        grid: [u32; 3],
-        block: [u32; 3],
-        shared_bytes: u32,
-        args: &[u8],
-    ) -> Result<()> {
-        self.grids.borrow_mut().push((kernel.to_string(), grid));
-        self.inner.launch(kernel, grid, block, shared_bytes, args)
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
-    fn clear_regions(&self) {
-        self.inner.clear_regions()
-    }
-    fn note_region(&self, ptr: u64, len: usize) {
-        self.inner.note_region(ptr, len)
-    }
-    fn range_push(&self, name: &str) {
-        self.inner.range_push(name)
-    }
-    fn range_pop(&self) {
-        self.inner.range_pop()
-    }
-    fn limits(&self) -> DeviceLimits {
-        self.inner.limits()
-    }
 }
 
 /// The geometry of every weight gradient of a plan, in the order the step runs them.

@@ -20,6 +20,7 @@ pub mod emu;
 mod loss;
 mod maxpool;
 mod optim;
+pub mod recorder;
 
 pub use conv3d::wgrad_splits;
 pub use cuda::CudaLauncher;
@@ -568,7 +569,6 @@ mod tests {
     use crate::backend::Bump;
     use crate::ops::conv3d::Conv3dGeom;
     use crate::tensor::Shape5;
-    use std::cell::RefCell;
 
     /// The embedded machine code: one cubin per kernel file for sm_80 and for sm_90, each a CUDA
     /// ELF for its architecture that holds every kernel the file declares.
@@ -602,51 +602,6 @@ mod tests {
         }
     }
 
-    /// A launcher that notes every launch's kernel and grid, and reports the given device.
-    struct Recorder {
-        inner: EmuLauncher,
-        grids: RefCell<Vec<(String, [u32; 3])>>,
-    }
-
-    impl Launcher for Recorder {
-        type Buf = <EmuLauncher as Launcher>::Buf;
-        fn name(&self) -> String {
-            self.inner.name()
-        }
-        fn alloc(&self, len: usize) -> Result<Self::Buf> {
-            self.inner.alloc(len)
-        }
-        fn upload(&self, buf: &mut Self::Buf, offset: usize, src: &[f32]) -> Result<()> {
-            self.inner.upload(buf, offset, src)
-        }
-        fn download(&self, buf: &Self::Buf, offset: usize, dst: &mut [f32]) -> Result<()> {
-            self.inner.download(buf, offset, dst)
-        }
-        fn device_ptr(&self, buf: &mut Self::Buf) -> u64 {
-            self.inner.device_ptr(buf)
-        }
-        fn launch(
-            &self,
-            kernel: &str,
-            grid: [u32; 3],
-            block: [u32; 3],
-            shared_bytes: u32,
-            args: &[u8],
-        ) -> Result<()> {
-            self.grids.borrow_mut().push((kernel.to_string(), grid));
-            self.inner.launch(kernel, grid, block, shared_bytes, args)
-        }
-        fn clear_regions(&self) {
-            self.inner.clear_regions()
-        }
-        fn note_region(&self, ptr: u64, len: usize) {
-            self.inner.note_region(ptr, len)
-        }
-        fn limits(&self) -> DeviceLimits {
-            self.inner.limits()
-        }
-    }
-
     /// The weight gradient's split count comes from the device's SM count (two blocks per SM),
     /// not a constant: the emulator as an H200 and as smaller devices launches the grids
     /// `wgrad_splits` predicts, and every split gives the CPU's result.
@@ -677,14 +632,13 @@ mod tests {
                 sm_count,
                 ..DeviceLimits::H200
             };
-            let gpu = GpuBackend::new(Recorder {
-                inner: EmuLauncher::with_config(emu::EmuConfig {
+            let gpu = GpuBackend::new(super::recorder::Recorder::new(
+                EmuLauncher::with_config(emu::EmuConfig {
                     schedule: emu::Schedule::Ascending,
                     check: false,
                 })
                 .with_limits(limits),
-                grids: RefCell::new(Vec::new()),
-            });
+            ));
             let mut ga = gpu.alloc_arena(bump.len()).unwrap();
             gpu.upload(&mut ga, x.region, &xv).unwrap();
             gpu.upload(&mut ga, dy.region, &dyv).unwrap();
