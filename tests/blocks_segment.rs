@@ -12,7 +12,7 @@ use revseg::segment::Dims;
 use revseg::volume::zarr::ZarrArray;
 use std::path::{Path, PathBuf};
 
-const THRESHOLDS: [f64; 2] = [0.5, 0.7];
+const THRESHOLDS: [f64; 3] = [0.3, 0.5, 0.7];
 
 fn fresh_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("revseg-bseg-{tag}-{}", std::process::id()));
@@ -65,7 +65,7 @@ fn segment_args(dir: &Path, out: &Path, block: &str, chunks: &str) -> Vec<String
         &out.display().to_string(),
         "--ws-absolute",
         "--thresholds",
-        "0.5,0.7",
+        "0.3,0.5,0.7",
         "--block",
         block,
         "--block-chunks",
@@ -230,7 +230,7 @@ fn killed_workers_lose_only_unfinished_blocks_and_reruns_skip_done_ones() {
     // The agglomeration is one process; rerun, it has nothing left to do.
     run_ok(&args, &["--stage", "agglomerate"]);
     let again = run_ok(&args, &["--stage", "agglomerate"]);
-    assert_eq!(again[0]["thresholds_skipped"], 2, "{again:?}");
+    assert_eq!(again[0]["thresholds_skipped"], 3, "{again:?}");
     let n = kill_after_first_block(
         &args,
         "relabel",

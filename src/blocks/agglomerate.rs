@@ -1,7 +1,11 @@
 //! Stage 3 of a blockwise segmentation: one process reads every block's region graph, numbers
-//! the fragments densely (block by block, which keeps their order), agglomerates the whole graph
-//! with the one-process algorithm ([`RegionGraph::from_mean_stats`]) and writes, per threshold,
-//! the map from fragment to segment.
+//! the fragments densely (block by block, which keeps their order), first rejoins the pieces of
+//! fragments that block faces cut (pairs joined by a voxel edge at or above the watershed's high
+//! threshold, which one process's watershed never separates), agglomerates the whole graph with
+//! the one-process algorithm ([`RegionGraph::from_mean_stats`]) and writes, per threshold, the map
+//! from fragment to segment. Rejoining first matters at low thresholds: otherwise a cut fragment
+//! is rejoined only once its face's mean affinity scores below the threshold, and its pieces
+//! merge with their neighbours in another order than the whole fragment would.
 //!
 //! File `agglomeration/threshold_T.map`, little-endian, read by the relabel workers one block's
 //! slice at a time:
@@ -28,7 +32,10 @@ pub struct Summary {
     pub fragments: usize,
     pub edges: usize,
     pub segments: Vec<usize>,
+    /// Per threshold, the agglomeration's merges (the rejoined pieces apart).
     pub merges: Vec<usize>,
+    /// Fragment pieces rejoined across block faces before agglomerating.
+    pub rejoined: usize,
 }
 
 /// Agglomerates the whole graph for `thresholds` and writes their maps.
@@ -65,11 +72,23 @@ pub fn agglomerate_job(job: &SegJob, thresholds: &[f64]) -> Result<Summary> {
         }
         Ok((prefix[b] + l) as u32)
     };
+    let mut cut = Vec::new();
     for g in graphs {
         for e in g.edges {
-            stats.push((dense(e.a)?, dense(e.b)?, e.sum, e.count));
+            let (a, b) = (dense(e.a)?, dense(e.b)?);
+            stats.push((a, b, e.sum, e.count));
+            if e.strong > 0 {
+                cut.push((a, b));
+            }
         }
     }
+    let (piece_of, rejoined) = rejoin(total as usize + 1, &cut);
+    drop(cut);
+    for s in stats.iter_mut() {
+        let (a, b) = (piece_of[s.0 as usize], piece_of[s.1 as usize]);
+        (s.0, s.1) = (a.min(b), a.max(b));
+    }
+    stats.retain(|s| s.0 != s.1);
     // Each pair lives in one block's file, but a merged graph must hold one edge per pair
     // whatever wrote the files: duplicates are summed.
     stats.sort_unstable_by_key(|s| (s.0, s.1));
@@ -99,11 +118,11 @@ pub fn agglomerate_job(job: &SegJob, thresholds: &[f64]) -> Result<Summary> {
             let mut put = |v: u64| w.write_all(&v.to_le_bytes()).map_err(|e| io_err(&path, e));
             w_header(&mut put, n_blocks, job.ids_per_block(), &prefix)?;
             for d in 1..=total as usize {
-                put(global[map[d] as usize])?;
+                put(global[map[piece_of[d] as usize] as usize])?;
             }
             Ok(())
         })?;
-        let mut roots: Vec<u32> = map[1..].to_vec();
+        let mut roots: Vec<u32> = piece_of[1..].iter().map(|&p| map[p as usize]).collect();
         roots.sort_unstable();
         roots.dedup();
         segments.push(roots.len());
@@ -113,7 +132,36 @@ pub fn agglomerate_job(job: &SegJob, thresholds: &[f64]) -> Result<Summary> {
         edges,
         segments,
         merges: agg.merges,
+        rejoined,
     })
+}
+
+/// Union of the pairs in `joins` over ids 0..n: each id's set, named by its smallest id, and how
+/// many unions joined two sets.
+fn rejoin(n: usize, joins: &[(u32, u32)]) -> (Vec<u32>, usize) {
+    let mut parent: Vec<u32> = (0..n as u32).collect();
+    fn find(parent: &mut [u32], mut x: u32) -> u32 {
+        while parent[x as usize] != x {
+            let up = parent[parent[x as usize] as usize];
+            parent[x as usize] = up;
+            x = up;
+        }
+        x
+    }
+    let mut unions = 0;
+    for &(a, b) in joins {
+        let (ra, rb) = (find(&mut parent, a), find(&mut parent, b));
+        if ra != rb {
+            // The smaller id stays the root, so a set is named by its smallest id.
+            parent[ra.max(rb) as usize] = ra.min(rb);
+            unions += 1;
+        }
+    }
+    for x in 0..n as u32 {
+        let r = find(&mut parent, x);
+        parent[x as usize] = r;
+    }
+    (parent, unions)
 }
 
 fn w_header(
@@ -190,5 +238,18 @@ impl MapFile {
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rejoin;
+
+    #[test]
+    fn rejoined_sets_are_named_by_their_smallest_id() {
+        // Chains 5-2-7 and 3-6 (given out of order, one pair twice); 1 and 4 stay alone.
+        let (piece, unions) = rejoin(8, &[(5, 7), (2, 7), (6, 3), (2, 5), (3, 6)]);
+        assert_eq!(piece, vec![0, 1, 2, 3, 4, 2, 3, 2]);
+        assert_eq!(unions, 3);
     }
 }

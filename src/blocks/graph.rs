@@ -16,10 +16,13 @@
 //! | 8 | u64 block index B |
 //! | 8 | u64 fragments of block B (ids `B * C + 1 ..= B * C + n`, C the voxels of a whole block) |
 //! | 8 | u64 edge count E |
-//! | 32 E | per edge: u64 fragment a, u64 fragment b (global ids, a < b), f64 sum of affinities, u64 count |
+//! | 40 E | per edge: u64 fragment a, u64 fragment b (global ids, a < b), f64 sum of affinities, u64 count, u64 strong |
 //!
 //! Edges are sorted by (a, b); a pair appears in one block's file only (its voxel edges all lie
-//! in that block or on one of its lower faces).
+//! in that block or on one of its lower faces). `strong` counts the voxel edges at or above the
+//! watershed's high threshold: such an edge joins its two voxels in every watershed, so a pair
+//! with strong edges is one fragment that a block face cut in two (the agglomeration rejoins it
+//! before anything else, as if no face had cut it).
 
 use super::segjob::SegJob;
 use crate::error::{Error, Result};
@@ -29,7 +32,8 @@ use crate::volume::zarr::ZarrArray;
 use std::io::{Read, Write};
 use std::path::Path;
 
-const MAGIC: &[u8; 8] = b"RVSGRG01";
+const MAGIC: &[u8; 8] = b"RVSGRG02";
+const EDGE_BYTES: usize = 40;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockGraph {
@@ -45,6 +49,8 @@ pub struct Edge {
     pub b: u64,
     pub sum: f64,
     pub count: u64,
+    /// Voxel edges at or above the watershed's high threshold (see the module doc).
+    pub strong: u64,
 }
 
 /// The edges block `b` owns, from its affinities and the fragments (already written) of it and
@@ -58,7 +64,8 @@ pub fn graph_block(job: &SegJob, fragments: &ZarrArray, b: usize) -> Result<Bloc
     let n = size.iter().product::<usize>();
     let strides = [ext[1] * ext[2], ext[2], 1];
     let base = b as u64 * job.ids_per_block();
-    let mut open: FxMap<(u64, u64), (f64, u64)> = FxMap::default();
+    let high = job.params.high as f32;
+    let mut open: FxMap<(u64, u64), (f64, u64, u64)> = FxMap::default();
     let mut fragments_here = 0u64;
     let mut k = 0;
     for z in 0..size[0] {
@@ -83,9 +90,11 @@ pub fn graph_block(job: &SegJob, fragments: &ZarrArray, b: usize) -> Result<Bloc
                         if t == 0 || t == s {
                             continue;
                         }
-                        let e = open.entry((s.min(t), s.max(t))).or_insert((0.0, 0));
-                        e.0 += aff[c * n + k] as f64;
+                        let e = open.entry((s.min(t), s.max(t))).or_insert((0.0, 0, 0));
+                        let v = aff[c * n + k];
+                        e.0 += v as f64;
                         e.1 += 1;
+                        e.2 += (v >= high) as u64;
                     }
                 }
                 k += 1;
@@ -94,7 +103,13 @@ pub fn graph_block(job: &SegJob, fragments: &ZarrArray, b: usize) -> Result<Bloc
     }
     let mut edges: Vec<Edge> = open
         .into_iter()
-        .map(|((a, b), (sum, count))| Edge { a, b, sum, count })
+        .map(|((a, b), (sum, count, strong))| Edge {
+            a,
+            b,
+            sum,
+            count,
+            strong,
+        })
         .collect();
     edges.sort_unstable_by_key(|e| (e.a, e.b));
     Ok(BlockGraph {
@@ -116,6 +131,7 @@ pub fn write(path: &Path, g: &BlockGraph) -> Result<()> {
             put(&e.b.to_le_bytes())?;
             put(&e.sum.to_le_bytes())?;
             put(&e.count.to_le_bytes())?;
+            put(&e.strong.to_le_bytes())?;
         }
         Ok(())
     })
@@ -133,21 +149,25 @@ pub fn read(path: &Path) -> Result<BlockGraph> {
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| io_err(path, e))?;
     if bytes.len() < 32 || &bytes[..8] != MAGIC {
-        return Err(bad("no RVSGRG01 header".into()));
+        return Err(bad("no RVSGRG02 header".into()));
     }
     let word = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
     let n = word(24);
-    if n.checked_mul(32).and_then(|v| v.checked_add(32)) != Some(bytes.len() as u64) {
+    if n.checked_mul(EDGE_BYTES as u64)
+        .and_then(|v| v.checked_add(32))
+        != Some(bytes.len() as u64)
+    {
         return Err(bad(format!("{} bytes for {n} edges", bytes.len())));
     }
     let edges: Vec<Edge> = (0..n as usize)
         .map(|k| {
-            let o = 32 + 32 * k;
+            let o = 32 + EDGE_BYTES * k;
             Edge {
                 a: word(o),
                 b: word(o + 8),
                 sum: f64::from_bits(word(o + 16)),
                 count: word(o + 24),
+                strong: word(o + 32),
             }
         })
         .collect();
@@ -176,22 +196,24 @@ mod tests {
                     b: 9,
                     sum: 1.25,
                     count: 2,
+                    strong: 1,
                 },
                 Edge {
                     a: 5,
                     b: 6,
                     sum: 0.1,
                     count: 1,
+                    strong: 0,
                 },
             ],
         };
         write(&p, &g).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 32 + 64);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 32 + 80);
         assert_eq!(read(&p).unwrap(), g);
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 4]).unwrap();
         let e = read(&p).unwrap_err().to_string();
-        assert!(e.contains("92 bytes for 2 edges"), "{e}");
+        assert!(e.contains("108 bytes for 2 edges"), "{e}");
         std::fs::write(&p, b"junk").unwrap();
         assert!(read(&p).is_err());
         let _ = std::fs::remove_dir_all(&d);

@@ -306,6 +306,10 @@ fn run_agglomerate(
                     "region_graph_edges",
                     summary.as_ref().map_or(Json::Null, |s| s.edges.into())
                 ),
+                (
+                    "rejoined_pieces",
+                    summary.as_ref().map_or(Json::Null, |s| s.rejoined.into())
+                ),
                 ("thresholds", Json::Array(per)),
                 (
                     "thresholds_skipped",
@@ -317,8 +321,8 @@ fn run_agglomerate(
         );
     } else if let Some(s) = &summary {
         println!(
-            "agglomerate: {} fragments, {} region-graph edges in {secs:.1} s",
-            s.fragments, s.edges
+            "agglomerate: {} fragments ({} pieces cut by block faces rejoined), {} region-graph edges in {secs:.1} s",
+            s.fragments, s.rejoined, s.edges
         );
         for (i, t) in todo.iter().enumerate() {
             println!(
