@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::predict::{bump, predict_window, starts, transforms, PredictOptions};
 use crate::scheduler::{self, Executor};
 use crate::train::{progress::Progress, state};
-use crate::volume::array::{Array, Dtype, VoxelSize};
+use crate::volume::array::{Array, Dtype};
 use crate::volume::io::VolumeReader;
 use crate::volume::zarr::{CreateOptions, ZarrVersion};
 use std::path::Path;
@@ -173,23 +173,8 @@ fn run_prepared(a: &PredictArgs, blocks: &BlockArgs, slice: Option<WorkerSlice>)
     let (z, y, x) = crate::cli::shape3(&reader, "image")?;
     let shape = [z, y, x];
     let channels = cfg.net.outputs;
-    let dtype = match a.dtype.as_str() {
-        "float32" => Dtype::F32,
-        "uint8" => Dtype::U8,
-        d => {
-            return Err(Error::Invalid(format!(
-                "--dtype {d}: choose float32 or uint8"
-            )))
-        }
-    };
-    let voxel = match &a.voxel_size {
-        Some(s) => {
-            let mut c = crate::train::TrainConfig::default();
-            c.set("voxel_size", s)?;
-            c.voxel_size.map(|(z, y, x)| VoxelSize { z, y, x })
-        }
-        None => reader.voxel_size(),
-    };
+    let dtype = crate::cli::predict::output_dtype(&a.dtype)?;
+    let voxel = crate::cli::predict::voxel_size_arg(a.voxel_size.as_deref(), reader.voxel_size())?;
     let grid = BlockGrid::new(shape, block, chunk)?;
     let out_shape = vec![channels, z, y, x];
     let out_chunks = vec![channels, chunk[0], chunk[1], chunk[2]];

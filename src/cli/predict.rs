@@ -66,24 +66,9 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     let channels = cfg.net.outputs;
     let out_shape = vec![channels, shape.0, shape.1, shape.2];
     // Sections stream in and out: the whole volume never has to fit in memory.
-    let dtype = match a.dtype.as_str() {
-        "float32" => Dtype::F32,
-        "uint8" => Dtype::U8,
-        d => {
-            return Err(Error::Invalid(format!(
-                "--dtype {d}: choose float32 or uint8"
-            )))
-        }
-    };
-    let voxel = match &a.voxel_size {
-        Some(s) => {
-            let mut c = crate::train::TrainConfig::default();
-            c.set("voxel_size", s)?;
-            c.voxel_size
-        }
-        None => reader.voxel_size().map(|v| (v.z, v.y, v.x)),
-    };
-    if let (Some((z, y, x)), Some((tz, ty, tx))) = (voxel, cfg.voxel_size) {
+    let dtype = output_dtype(&a.dtype)?;
+    let voxel = voxel_size_arg(a.voxel_size.as_deref(), reader.voxel_size())?;
+    if let (Some(VoxelSize { z, y, x }), Some((tz, ty, tx))) = (voxel, cfg.voxel_size) {
         let (an, tan) = (z / y.min(x), tz / ty.min(tx));
         if (an / tan - 1.0).abs() > 0.1 {
             eprintln!(
@@ -93,7 +78,7 @@ pub fn run(a: &PredictArgs) -> Result<()> {
         }
     }
     let opt_w = WriteOptions {
-        voxel_size: voxel.map(|(z, y, x)| VoxelSize { z, y, x }),
+        voxel_size: voxel,
         ..WriteOptions::default()
     };
     let mut w = create_volume_with(&a.output, &out_shape, dtype, &opt_w)?;
@@ -169,4 +154,28 @@ pub fn run(a: &PredictArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The output element type `--dtype` names.
+pub fn output_dtype(name: &str) -> Result<Dtype> {
+    match name {
+        "float32" => Ok(Dtype::F32),
+        "uint8" => Ok(Dtype::U8),
+        d => Err(Error::Invalid(format!(
+            "--dtype {d}: choose float32 or uint8"
+        ))),
+    }
+}
+
+/// The voxel size `--voxel-size` gives (parsed as the training config's `voxel_size`), else the
+/// input's own.
+pub fn voxel_size_arg(given: Option<&str>, input: Option<VoxelSize>) -> Result<Option<VoxelSize>> {
+    match given {
+        Some(s) => {
+            let mut c = crate::train::TrainConfig::default();
+            c.set("voxel_size", s)?;
+            Ok(c.voxel_size.map(|(z, y, x)| VoxelSize { z, y, x }))
+        }
+        None => Ok(input),
+    }
 }
