@@ -26,6 +26,10 @@
 #define MMA_BK 16
 #define MMA_STAGES 3
 #define MMA_THREADS 128
+// The data kernels' halo buffers (floats, two) and K-offset table (ints); conv3d_mma.rs sizes the
+// boxes and channel chunks to fit.
+#define MMA_HALO 3584
+#define MMA_KOFF 512
 
 // Row stride for a tile row of `n` floats: 8 mod 32 words (bank-conflict-free fragment reads),
 // a multiple of 4 (16-byte cp.async destinations).
@@ -148,102 +152,210 @@ __device__ __forceinline__ void mma_pipeline(float (*As)[MMA_BK * MMA_AS],
     cp_async_wait<0>();
 }
 
-// Forward / input gradient. Grid: x = n * position tiles, y = channel tiles of BN.
+// The data kernels' A operand for one K tile: rows (kk + t, kk + t + 4, ...) of the tile are the
+// halo addresses koff[...] of their (tap, channel), added to this lane's two position bases b0
+// (row g) and b1 (row g + 8). Everything else as mma_stage.
 template <int PREC, int BN>
-__device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
+__device__ __forceinline__ void mma_stage_halo(const float* H, const int* koff, const float* Bs,
+                                               int b0, int b1, int lane, float acc[BN / 8][4]) {
     constexpr int BS = mma_stride(BN);
-    REVSEG_SHARED_ALIGN16(float, As, [MMA_STAGES][MMA_BK * MMA_AS]);
-    REVSEG_SHARED_ALIGN16(float, Bs, [MMA_STAGES][MMA_BK * BS]);
-    const int hw = a.h * a.wd, sp = a.d * hw;
-    const int taps = a.kd * a.kh * a.kw;
-    const int kdim = taps * a.cin;
-    const int ktiles = (kdim + MMA_BK - 1) / MMA_BK;
-    const int ptiles = (sp + MMA_BM - 1) / MMA_BM;
-    const int n = static_cast<int>(blockIdx.x) / ptiles;
-    const int p0 = (static_cast<int>(blockIdx.x) % ptiles) * MMA_BM;
-    const int n0 = static_cast<int>(blockIdx.y) * BN;
-    const int tid = static_cast<int>(threadIdx.x);
-    const int warp = tid / 32, lane = tid % 32;
-    const float* src_n = a.src + static_cast<long long>(n) * a.cin * sp;
-
-    // A copies: this thread's 4 consecutive positions (fixed), rows kr and kr + 8 of each tile.
-    const int mg = 4 * (tid % 16), kr = tid / 16;
-    int pz[4], py[4], px[4];
-    bool pin[4];
-    for (int j = 0; j < 4; ++j) {
-        const int p = p0 + mg + j;
-        pin[j] = p < sp;
-        pz[j] = p / hw;
-        py[j] = (p / a.wd) % a.h;
-        px[j] = p % a.wd;
-    }
-    const bool one_row = pin[3] && pz[0] == pz[3] && py[0] == py[3];
-    // Per row: (tap, channel) of its current k, advanced by BK per tile without divisions; the
-    // tap's offsets are recomputed only when the tap changes.
-    int rt[2], rc[2];
-    MmaTap ro[2];
-    for (int r = 0; r < 2; ++r) {
-        const int k = kr + 8 * r;
-        rt[r] = k / a.cin;
-        rc[r] = k % a.cin;
-        ro[r] = mma_tap(a, rt[r] < taps ? rt[r] : 0);
-    }
-
-    auto load = [&](int stage, int kt) {
-        float* as = As[stage];
+    const int g = lane >> 2, t = lane & 3;
+    if (PREC == kTf32) {
         REVSEG_UNROLL
-        for (int r = 0; r < 2; ++r) {
-            float* dst = as + (kr + 8 * r) * MMA_AS + mg;
-            if (rt[r] >= taps) {
-                REVSEG_UNROLL
-                for (int j = 0; j < 4; ++j) {
-                    dst[j] = 0.0f;
-                }
-            } else {
-                const MmaTap o = ro[r];
-                const float* plane = src_n + static_cast<long long>(rc[r]) * sp;
-                const int zz = pz[0] + o.dz, yy = py[0] + o.dy, x0 = px[0] + o.dx;
-                const int off = (zz * a.h + yy) * a.wd + x0;
-                if (a.vec && one_row && zz >= 0 && zz < a.d && yy >= 0 && yy < a.h && x0 >= 0 &&
-                    x0 + 3 < a.wd && off % 4 == 0) {
-                    cp_async<16>(dst, plane + off);
-                } else {
-                    REVSEG_UNROLL
-                    for (int j = 0; j < 4; ++j) {
-                        const int z = pz[j] + o.dz, y = py[j] + o.dy, x = px[j] + o.dx;
-                        if (pin[j] && z >= 0 && z < a.d && y >= 0 && y < a.h && x >= 0 &&
-                            x < a.wd) {
-                            cp_async<4>(dst + j, plane + (z * a.h + y) * a.wd + x);
-                        } else {
-                            dst[j] = 0.0f;
-                        }
-                    }
-                }
+        for (int kk = 0; kk < MMA_BK; kk += 8) {
+            const int o0 = koff[kk + t], o4 = koff[kk + t + 4];
+            const unsigned af[4] = {tf32_round(H[b0 + o0]), tf32_round(H[b1 + o0]),
+                                    tf32_round(H[b0 + o4]), tf32_round(H[b1 + o4])};
+            REVSEG_UNROLL
+            for (int f = 0; f < BN / 8; ++f) {
+                const float* bp = Bs + (kk + t) * BS + 8 * f + g;
+                const unsigned bf[2] = {__float_as_uint(bp[0]), __float_as_uint(bp[4 * BS])};
+                mma_tf32_m16n8k8(acc[f], af, bf, acc[f]);
             }
-            // Divisions only where the row crosses into another tap.
-            rc[r] += MMA_BK;
-            if (rc[r] >= a.cin) {
-                rt[r] += rc[r] / a.cin;
-                rc[r] %= a.cin;
-                if (rt[r] < taps) {
-                    ro[r] = mma_tap(a, rt[r]);
+        }
+    } else {
+        const int o0 = koff[t], o4 = koff[t + 4], o8 = koff[t + 8], o12 = koff[t + 12];
+        const unsigned af[4] = {bf16x2_round(H[b0 + o0], H[b0 + o4]),
+                                bf16x2_round(H[b1 + o0], H[b1 + o4]),
+                                bf16x2_round(H[b0 + o8], H[b0 + o12]),
+                                bf16x2_round(H[b1 + o8], H[b1 + o12])};
+        REVSEG_UNROLL
+        for (int f = 0; f < BN / 8; ++f) {
+            const float* bp = Bs + t * BS + 8 * f + g;
+            const unsigned bf[2] = {bf16x2_round(bp[0], bp[4 * BS]),
+                                    bf16x2_round(bp[8 * BS], bp[12 * BS])};
+            mma_bf16_m16n8k16(acc[f], af, bf, acc[f]);
+        }
+    }
+}
+
+// Block geometry of a data kernel: the output box (bz, by, bx) at (z0, y0, x0) of sample n, and the
+// halo it reads, starting at (hz0, hy0, hx0) with hx0 a multiple of 4 (16-byte copies).
+struct MmaBox {
+    int n, z0, y0, x0, hz0, hy0, hx0;
+};
+
+__device__ __forceinline__ MmaBox mma_box(const MmaConvArgs& a) {
+    const int tx = (a.wd + a.fold * a.bx - 1) / (a.fold * a.bx);
+    const int ty = (a.h + a.by - 1) / a.by, tz = (a.d + a.bz - 1) / a.bz;
+    int b = static_cast<int>(blockIdx.x);
+    MmaBox o;
+    o.x0 = (b % tx) * a.fold * a.bx;
+    b /= tx;
+    o.y0 = (b % ty) * a.by;
+    b /= ty;
+    o.z0 = (b % tz) * a.bz;
+    o.n = b / tz;
+    o.hz0 = o.z0 - a.kd / 2;
+    o.hy0 = o.y0 - a.kh / 2;
+    const int xs = o.x0 - a.kw / 2;
+    o.hx0 = xs >= 0 ? xs & ~3 : -((3 - xs) & ~3);
+    return o;
+}
+
+// One channel chunk's halo into H: cc channels of hz x hy x hx floats (channel stride hs), zeros
+// outside the volume and past the last channel; 16-byte copies where a group of 4 lies inside a row.
+__device__ __forceinline__ void mma_stage_chunk(const MmaConvArgs& a, const MmaBox& bx, float* H,
+                                                int chunk, int tid) {
+    const int hw = a.h * a.wd, sp = a.d * hw;
+    const int q4 = a.hx / 4, groups = a.cc * a.hz * a.hy * q4;
+    for (int i = tid; i < groups; i += MMA_THREADS) {
+        int r = i;
+        const int q = r % q4;
+        r /= q4;
+        const int yy = r % a.hy;
+        r /= a.hy;
+        const int zz = r % a.hz, c = r / a.hz;
+        float* dst = H + c * a.hs + (zz * a.hy + yy) * a.hx + 4 * q;
+        const int ci = chunk * a.cc + c;
+        const int z = bx.hz0 + zz, y = bx.hy0 + yy, x = bx.hx0 + 4 * q;
+        if (ci >= a.cin || z < 0 || z >= a.d || y < 0 || y >= a.h) {
+            REVSEG_UNROLL
+            for (int j = 0; j < 4; ++j) {
+                dst[j] = 0.0f;
+            }
+            continue;
+        }
+        const float* row =
+            a.src + (static_cast<long long>(bx.n) * a.cin + ci) * sp + z * hw + y * a.wd;
+        if (a.vec && x >= 0 && x + 3 < a.wd) {
+            cp_async<16>(dst, row + x);
+        } else {
+            REVSEG_UNROLL
+            for (int j = 0; j < 4; ++j) {
+                if (x + j >= 0 && x + j < a.wd) {
+                    cp_async<4>(dst + j, row + x + j);
+                } else {
+                    dst[j] = 0.0f;
                 }
             }
         }
-        load_packed_b<BN>(a, Bs[stage], kt * MMA_BK, n0, tid);
-    };
+    }
+}
+
+// Forward / input gradient. Grid: x = n * output boxes, y = channel tiles of BN. The box's input
+// halo is staged in shared memory once per chunk of cc input channels (double-buffered: the next
+// chunk's copy runs under this chunk's MMAs), so a K row's A values are one shared load at a fixed
+// offset (koff, per chunk-local K row: channel * hs + tap offset in the halo) from the lane's
+// position base. K is ordered (chunk, tap, channel in chunk), ktc tiles per chunk, zero weight rows
+// in the padding. With `fold` = 2 (a forward over few input channels) a GEMM row is a pair of
+// x-adjacent outputs: taps span kw + 1 columns and the columns are (parity, output channel), so
+// the pair shares one input window and K is better filled.
+template <int PREC, int BN>
+__device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
+    constexpr int BS = mma_stride(BN);
+    REVSEG_SHARED_ALIGN16(float, Hs, [2][MMA_HALO]);
+    REVSEG_SHARED_ALIGN16(float, Bs, [MMA_STAGES][MMA_BK * BS]);
+    REVSEG_SHARED(int, koff, [MMA_KOFF]);
+    const int hw = a.h * a.wd, sp = a.d * hw;
+    const int kwf = a.kw + a.fold - 1;
+    const int taps = a.kd * a.kh * kwf;
+    const int ktiles = a.nchunk * a.ktc;
+    const MmaBox bx = mma_box(a);
+    const int n0 = static_cast<int>(blockIdx.y) * BN;
+    const int tid = static_cast<int>(threadIdx.x);
+    const int warp = tid / 32, lane = tid % 32;
+
+    // Chunk-local K rows -> halo offsets, once per block (the input gradient mirrors the taps).
+    for (int k = tid; k < a.ktc * MMA_BK; k += MMA_THREADS) {
+        const int tap = k / a.cc, c = k % a.cc;
+        int o = 0;
+        if (tap < taps) {
+            int tz = tap / (a.kh * kwf), ty = (tap / kwf) % a.kh, tx = tap % kwf;
+            if (a.flip) {
+                tz = a.kd - 1 - tz;
+                ty = a.kh - 1 - ty;
+                tx = a.kw - 1 - tx;
+            }
+            o = c * a.hs + (tz * a.hy + ty) * a.hx + tx;
+        }
+        koff[k] = o;
+    }
+    // This lane's two GEMM rows (g, g + 8): their output position and halo base.
+    const int g = lane >> 2, t = lane & 3;
+    const int box = a.bz * a.by * a.bx;
+    const int shift = bx.x0 - a.kw / 2 - bx.hx0;
+    int base[2], pz[2], py[2], px[2];
+    bool pin[2];
+    for (int r = 0; r < 2; ++r) {
+        const int m = 16 * warp + g + 8 * r;
+        const int mz = m / (a.by * a.bx), my = (m / a.bx) % a.by, mx = m % a.bx;
+        pin[r] = m < box;
+        pz[r] = bx.z0 + mz;
+        py[r] = bx.y0 + my;
+        px[r] = bx.x0 + a.fold * mx;
+        pin[r] = pin[r] && pz[r] < a.d && py[r] < a.h;
+        base[r] = pin[r] ? (mz * a.hy + my) * a.hx + a.fold * mx + shift : 0;
+    }
 
     float acc[BN / 8][4];
-    mma_pipeline<PREC, BN>(As, Bs, ktiles, warp, lane, load, acc);
-
-    const int g = lane >> 2, t = lane & 3;
     for (int f = 0; f < BN / 8; ++f) {
         for (int i = 0; i < 4; ++i) {
-            const int p = p0 + 16 * warp + g + (i >= 2 ? 8 : 0);
-            const int c = n0 + 8 * f + 2 * t + (i & 1);
-            if (p < sp && c < a.cout) {
+            acc[f][i] = 0.0f;
+        }
+    }
+    mma_stage_chunk(a, bx, Hs[0], 0, tid);
+    for (int s = 0; s < MMA_STAGES - 1; ++s) {
+        if (s < ktiles) {
+            load_packed_b<BN>(a, Bs[s], s * MMA_BK, n0, tid);
+        }
+        cp_async_commit();
+    }
+    for (int ch = 0; ch < a.nchunk; ++ch) {
+        // This chunk's halo has landed, and every read of the buffer refilled below (chunk ch - 1)
+        // is done.
+        cp_async_wait<0>();
+        __syncthreads();
+        if (ch + 1 < a.nchunk) {
+            mma_stage_chunk(a, bx, Hs[(ch + 1) & 1], ch + 1, tid);
+        }
+        const float* H = Hs[ch & 1];
+        for (int lt = 0; lt < a.ktc; ++lt) {
+            const int kt = ch * a.ktc + lt;
+            cp_async_wait<MMA_STAGES - 2>();
+            __syncthreads();
+            // The stage refilled here was last read in iteration kt - 1, before the barrier above.
+            const int next = kt + MMA_STAGES - 1;
+            if (next < ktiles) {
+                load_packed_b<BN>(a, Bs[next % MMA_STAGES], next * MMA_BK, n0, tid);
+            }
+            cp_async_commit();
+            mma_stage_halo<PREC, BN>(H, koff + lt * MMA_BK, Bs[kt % MMA_STAGES], base[0],
+                                     base[1], lane, acc);
+        }
+    }
+    cp_async_wait<0>();
+
+    for (int f = 0; f < BN / 8; ++f) {
+        for (int i = 0; i < 4; ++i) {
+            const int r = i >> 1;
+            const int cf = n0 + 8 * f + 2 * t + (i & 1);
+            const int par = cf / a.cout, c = cf % a.cout;
+            const int x = px[r] + par;
+            if (pin[r] && par < a.fold && x < a.wd) {
                 const float b = a.bias != nullptr ? a.bias[c] : 0.0f;
-                float* o = a.out + (static_cast<long long>(n) * a.cout + c) * sp + p;
+                float* o = a.out + (static_cast<long long>(bx.n) * a.cout + c) * sp +
+                           (pz[r] * a.h + py[r]) * a.wd + x;
                 *o = ((a.accumulate ? *o : 0.0f) + b) + acc[f][i];
             }
         }
@@ -349,21 +461,28 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
     }
 }
 
-// Packs W (cout_w x cin_w x taps) into out (kpad x npad): row k = tap * cin + c, column j, with
-// (cin, N) = (ci, co) for the forward, (co, ci) for the input gradient (`flip`); zeros past the
-// ends; entries rounded to the precision `prec`.
+// Packs W (cout_w x cin_w x taps) into out (kpad x npad) in the data kernels' K order: row
+// k = (chunk, tap, channel in chunk) with ktc * BK rows per chunk, column j = (parity, channel) for
+// a fold of 2, else the channel; (cin, N) = (ci, co) for the forward, (co, ci) for the input
+// gradient (`flip`); zeros in every padding; entries rounded to the precision `prec`.
 // a.n = kpad, a.cin = channels summed over, a.cout = channels produced.
 REVSEG_KERNEL(conv3d_mma_pack_weights, MmaConvArgs) {
     const int taps = a.kd * a.kh * a.kw;
+    const int kwf = a.kw + a.fold - 1;
+    const int rows = a.ktc * MMA_BK;
     const long long count = static_cast<long long>(a.n) * a.npad;
     for (long long i = global_index(); i < count; i += grid_stride()) {
         const int k = static_cast<int>(i / a.npad), j = static_cast<int>(i % a.npad);
-        const int tap = k / a.cin, c = k % a.cin;
+        const int chunk = k / rows, r = k % rows;
+        const int tapf = r / a.cc, c = chunk * a.cc + r % a.cc;
+        const int par = j / a.cout, co = j % a.cout;
+        const int tz = tapf / (a.kh * kwf), ty = (tapf / kwf) % a.kh, tx = tapf % kwf - par;
         float v = 0.0f;
-        if (tap < taps && j < a.cout) {
-            // Forward: W[j][c][tap] (j = co); input gradient: W[c][j][tap] (c = co, j = ci).
-            const long long wi = a.flip ? (static_cast<long long>(c) * a.cout + j) * taps + tap
-                                        : (static_cast<long long>(j) * a.cin + c) * taps + tap;
+        if (tapf < a.kd * a.kh * kwf && c < a.cin && par < a.fold && tx >= 0 && tx < a.kw) {
+            const int tap = (tz * a.kh + ty) * a.kw + tx;
+            // Forward: W[co][c][tap]; input gradient: W[c][co][tap] (c = output channel, co = ci).
+            const long long wi = a.flip ? (static_cast<long long>(c) * a.cout + co) * taps + tap
+                                        : (static_cast<long long>(co) * a.cin + c) * taps + tap;
             v = a.src[wi];
         }
         a.out[i] = a.prec == kBf16 ? bf16_round(v) : __uint_as_float(tf32_round(v));
@@ -377,6 +496,7 @@ REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n24, MmaConvArgs) { mma_data<kTf32, 24>(
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n32, MmaConvArgs) { mma_data<kTf32, 32>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n40, MmaConvArgs) { mma_data<kTf32, 40>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n48, MmaConvArgs) { mma_data<kTf32, 48>(a); }
+REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n56, MmaConvArgs) { mma_data<kTf32, 56>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n64, MmaConvArgs) { mma_data<kTf32, 64>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n80, MmaConvArgs) { mma_data<kTf32, 80>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n8, MmaConvArgs) { mma_data<kBf16, 8>(a); }
@@ -385,6 +505,7 @@ REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n24, MmaConvArgs) { mma_data<kBf16, 24>(
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n32, MmaConvArgs) { mma_data<kBf16, 32>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n40, MmaConvArgs) { mma_data<kBf16, 40>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n48, MmaConvArgs) { mma_data<kBf16, 48>(a); }
+REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n56, MmaConvArgs) { mma_data<kBf16, 56>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n64, MmaConvArgs) { mma_data<kBf16, 64>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n80, MmaConvArgs) { mma_data<kBf16, 80>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n8, MmaConvArgs) { mma_weight<kTf32, 8>(a); }

@@ -32,18 +32,122 @@ pub struct MmaConvArgs {
     pub splits: i32,
     pub chunk: i32,
     pub prec: i32,
+    pub fold: i32,
+    pub bz: i32,
+    pub by: i32,
+    pub bx: i32,
+    pub cc: i32,
+    pub nchunk: i32,
+    pub ktc: i32,
+    pub hs: i32,
+    pub hz: i32,
+    pub hy: i32,
+    pub hx: i32,
+    pub pad_: i32,
 }
 
-// SAFETY: #[repr(C)], u64 then i32 fields, 96 bytes without padding (asserted).
+// SAFETY: #[repr(C)], u64 then i32 fields, 144 bytes without padding (asserted).
 unsafe impl KernelArgs for MmaConvArgs {}
-const _: () = assert!(std::mem::size_of::<MmaConvArgs>() == 96);
+const _: () = assert!(std::mem::size_of::<MmaConvArgs>() == 144);
 
 /// MMA_BM, MMA_BK and MMA_THREADS of kernels/conv3d_mma.cu.
 pub const TILE_M: usize = 64;
 pub const TILE_K: usize = 16;
 const MMA_THREADS: u32 = 128;
 /// The channel tiles the kernels are built for (multiples of the mma's n = 8).
-pub const CHANNEL_TILES: [usize; 8] = [8, 16, 24, 32, 40, 48, 64, 80];
+pub const CHANNEL_TILES: [usize; 9] = [8, 16, 24, 32, 40, 48, 56, 64, 80];
+/// MMA_HALO and MMA_KOFF of kernels/conv3d_mma.cu: one halo buffer (floats), the K-offset table.
+const HALO: usize = 3584;
+const KOFF: usize = 512;
+
+/// How a data kernel (forward, input gradient) covers one layer: `fold` x-adjacent outputs per GEMM
+/// row, an output box of bz x by x bx rows (at most TILE_M), input channels in `nchunk` chunks of
+/// `cc` staged with their halo (hz x hy x hx floats, channel stride hs), `ktc` K tiles per chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataPlan {
+    pub fold: usize,
+    pub box_: [usize; 3],
+    pub cc: usize,
+    pub nchunk: usize,
+    pub ktc: usize,
+    pub halo: [usize; 3],
+    pub hs: usize,
+    /// The channel tile and the number of tiles over fold * cout columns.
+    pub bn: usize,
+    pub ntiles: usize,
+    /// Output boxes per sample.
+    pub boxes: usize,
+}
+
+impl DataPlan {
+    /// MACs the tiles issue for `n` samples.
+    pub fn issued_macs(&self, n: usize) -> usize {
+        n * self.boxes * TILE_M * self.ntiles * self.bn * self.nchunk * self.ktc * TILE_K
+    }
+
+    pub fn kpad(&self) -> usize {
+        self.nchunk * self.ktc * TILE_K
+    }
+}
+
+/// The data plan of least issued MACs (then the least halo traffic) for `cin -> cout` channels
+/// over a d x h x w volume with kernel k: every output box of at most TILE_M rows whose halo fits
+/// a buffer, and an x-fold of 2 for the forward (`flip` false). None if no box fits.
+pub fn data_plan(
+    cin: usize,
+    cout: usize,
+    [d, h, w]: [usize; 3],
+    [kd, kh, kw]: [usize; 3],
+    flip: bool,
+) -> Option<DataPlan> {
+    let mut best: Option<(DataPlan, usize, usize)> = None;
+    for fold in [1, 2] {
+        if fold == 2 && flip {
+            continue;
+        }
+        let taps = kd * kh * (kw + fold - 1);
+        let bn = channel_tile(fold * cout);
+        let ntiles = (fold * cout).div_ceil(bn);
+        for bx in 1..=TILE_M {
+            for by in 1..=TILE_M / bx {
+                let bz = TILE_M / (bx * by);
+                let halo = [
+                    bz + kd - 1,
+                    by + kh - 1,
+                    (fold * bx + kw - 1 + 3).div_ceil(4) * 4,
+                ];
+                let plane = halo[0] * halo[1] * halo[2];
+                // Channel stride 8 mod 16 words: the four k-rows of a fragment in four bank groups.
+                let hs = plane + (24 - plane % 16) % 16;
+                let ccmax = (HALO / hs).min(KOFF / taps).min(cin);
+                if ccmax == 0 {
+                    continue;
+                }
+                let nchunk = cin.div_ceil(ccmax);
+                let cc = cin.div_ceil(nchunk);
+                let ktc = (taps * cc).div_ceil(TILE_K);
+                let boxes = d.div_ceil(bz) * h.div_ceil(by) * w.div_ceil(fold * bx);
+                let plan = DataPlan {
+                    fold,
+                    box_: [bz, by, bx],
+                    cc,
+                    nchunk,
+                    ktc,
+                    halo,
+                    hs,
+                    bn,
+                    ntiles,
+                    boxes,
+                };
+                let key = (plan.issued_macs(1), boxes * nchunk * cc * plane);
+                if best.is_none_or(|(_, i, t)| key < (i, t)) {
+                    best = Some((plan, key.0, key.1));
+                }
+            }
+        }
+    }
+    best.map(|(p, _, _)| p)
+}
 const MAX_WEIGHT_SPLITS: usize = 128;
 
 /// The channel tile for `c` channels: the least padding (ceil(c / n) * n), the larger tile on a
@@ -111,16 +215,29 @@ impl<L: Launcher> GpuBackend<L> {
         accumulate: i32,
     ) -> Result<()> {
         let (cin, cout) = if flip { (g.co, g.ci) } else { (g.ci, g.co) };
-        let bn = channel_tile(cout);
-        let ntiles = cout.div_ceil(bn);
-        let npad = ntiles * bn;
-        let kpad = (g.taps() * cin).div_ceil(TILE_K) * TILE_K;
+        let p =
+            data_plan(cin, cout, [g.d, g.h, g.w], [g.kd, g.kh, g.kw], flip).ok_or_else(|| {
+                crate::error::Error::Invalid(format!(
+                    "conv3d: a {}x{}x{} kernel's input halo does not fit the tensor-core kernels' \
+                 shared buffer; use --precision fp32 for this network",
+                    g.kd, g.kh, g.kw
+                ))
+            })?;
+        let npad = p.ntiles * p.bn;
+        let kpad = p.kpad();
         int("conv3d", kpad * npad)?;
         let packed = self.scratch(a, kpad * npad)?;
         let mut args = Self::mma_args(g, cin, cout)?;
         args.npad = npad as i32;
         args.flip = flip as i32;
         args.prec = prec_code(prec);
+        args.fold = p.fold as i32;
+        [args.bz, args.by, args.bx] = p.box_.map(|v| v as i32);
+        args.cc = p.cc as i32;
+        args.nchunk = p.nchunk as i32;
+        args.ktc = p.ktc as i32;
+        args.hs = p.hs as i32;
+        [args.hz, args.hy, args.hx] = p.halo.map(|v| v as i32);
         let pack = MmaConvArgs {
             src: w,
             out: packed,
@@ -138,11 +255,11 @@ impl<L: Launcher> GpuBackend<L> {
         args.bias = bias;
         args.out = out;
         args.accumulate = accumulate;
-        args.vec = (g.spatial() % 4 == 0 && src % 16 == 0 && packed % 16 == 0) as i32;
-        let ptiles = g.spatial().div_ceil(TILE_M);
+        // 16-byte halo copies: every row of the volume starts 16-byte aligned.
+        args.vec = (g.w % 4 == 0 && src % 16 == 0 && packed % 16 == 0) as i32;
         self.launch(
-            &format!("conv3d_mma_data_{}_n{bn}", prec.name()),
-            [(g.n * ptiles) as u32, ntiles as u32, 1],
+            &format!("conv3d_mma_data_{}_n{}", prec.name(), p.bn),
+            [int("conv3d", g.n * p.boxes)? as u32, p.ntiles as u32, 1],
             MMA_THREADS,
             &args,
         )
@@ -209,6 +326,37 @@ mod tests {
         ] {
             assert_eq!(channel_tile(c), n, "{c} channels");
         }
+    }
+
+    #[test]
+    fn data_plans_fit_the_buffers_and_fill_the_tiles() {
+        // (cin, cout, volume, kernel, flip, least useful fraction): the preset's shapes.
+        for (cin, cout, vol, k, flip, least) in [
+            (1, 28, [18, 160, 160], [1, 5, 5], false, 0.70),
+            (28, 28, [18, 160, 160], [3, 3, 3], false, 0.85),
+            (14, 14, [18, 160, 160], [3, 3, 3], true, 0.80),
+            (18, 18, [18, 80, 80], [3, 3, 3], false, 0.70),
+            (80, 80, [18, 10, 10], [3, 3, 3], true, 0.85),
+            (28, 28, [18, 160, 160], [1, 5, 5], true, 0.80),
+        ] {
+            let plan = data_plan(cin, cout, vol, k, flip).unwrap();
+            let taps = k[0] * k[1] * (k[2] + plan.fold - 1);
+            assert!(plan.halo[0] * plan.halo[1] * plan.halo[2] <= plan.hs);
+            assert!(plan.cc * plan.hs <= HALO && plan.ktc * TILE_K <= KOFF);
+            assert!(plan.box_.iter().product::<usize>() <= TILE_M);
+            assert!(plan.nchunk * plan.cc >= cin && plan.ktc * TILE_K >= taps * plan.cc);
+            assert_eq!(plan.hs % 16, 8);
+            let useful = (cin * cout * k.iter().product::<usize>() * vol.iter().product::<usize>())
+                as f64
+                / plan.issued_macs(1) as f64;
+            assert!(
+                useful >= least,
+                "{cin}->{cout} {k:?}: {useful:.3} ({plan:?})"
+            );
+        }
+        // The single input channel's forward takes the pair fold (K 30 of 32, N 56 of 56).
+        let e = data_plan(1, 28, [18, 160, 160], [1, 5, 5], false).unwrap();
+        assert_eq!((e.fold, e.bn, e.ktc), (2, 56, 2));
     }
 
     #[test]
