@@ -95,33 +95,6 @@ __device__ __forceinline__ void mma_stage(const float* As, const float* Bs, int 
     }
 }
 
-// The B-side copy of the data kernels: BK rows of the packed weights, columns n0 .. n0 + BN.
-template <int BN>
-__device__ __forceinline__ void load_packed_b(const MmaConvArgs& a, float* Bs, int k0, int n0,
-                                              int tid) {
-    constexpr int BS = mma_stride(BN);
-    constexpr int GROUPS = BN / 4;
-    constexpr int ITERS = (MMA_BK * GROUPS + MMA_THREADS - 1) / MMA_THREADS;
-    REVSEG_UNROLL
-    for (int it = 0; it < ITERS; ++it) {
-        const int i = tid + it * MMA_THREADS;
-        if (MMA_BK * GROUPS % MMA_THREADS != 0 && i >= MMA_BK * GROUPS) {
-            break;
-        }
-        const int r = i / GROUPS, c = 4 * (i % GROUPS);
-        float* dst = Bs + r * BS + c;
-        const float* src = a.w + static_cast<long long>(k0 + r) * a.npad + n0 + c;
-        if (a.vec) {
-            cp_async<16>(dst, src);
-        } else {
-            REVSEG_UNROLL
-            for (int j = 0; j < 4; ++j) {
-                cp_async<4>(dst + j, src + j);
-            }
-        }
-    }
-}
-
 // The K loop: tiles loaded by `load(stage, k tile)` MMA_STAGES - 1 ahead of the one multiplied.
 template <int PREC, int BN, typename Load>
 __device__ __forceinline__ void mma_pipeline(float (*As)[MMA_BK * MMA_AS],
@@ -152,11 +125,16 @@ __device__ __forceinline__ void mma_pipeline(float (*As)[MMA_BK * MMA_AS],
     cp_async_wait<0>();
 }
 
-// The data kernels' A operand for one K tile: rows (kk + t, kk + t + 4, ...) of the tile are the
-// halo addresses koff[...] of their (tap, channel), added to this lane's two position bases b0
-// (row g) and b1 (row g + 8). Everything else as mma_stage.
+// The data kernels' A operand for one K tile: rows (kk + t, kk + t + 4, ...) of the tile are at
+// byte offsets koff[...] (their (tap, channel) in the halo) from this lane's two position bases b0
+// (row g) and b1 (row g + 8), both byte addresses in H. TF32 halos are rounded when staged, so
+// the loop is shared loads and MMAs; BF16 packs pairs as it reads. B as mma_stage.
+__device__ __forceinline__ float mma_halo_at(const char* H, int off) {
+    return *reinterpret_cast<const float*>(H + off);
+}
+
 template <int PREC, int BN>
-__device__ __forceinline__ void mma_stage_halo(const float* H, const int* koff, const float* Bs,
+__device__ __forceinline__ void mma_stage_halo(const char* H, const int* koff, const float* Bs,
                                                int b0, int b1, int lane, float acc[BN / 8][4]) {
     constexpr int BS = mma_stride(BN);
     const int g = lane >> 2, t = lane & 3;
@@ -164,8 +142,10 @@ __device__ __forceinline__ void mma_stage_halo(const float* H, const int* koff, 
         REVSEG_UNROLL
         for (int kk = 0; kk < MMA_BK; kk += 8) {
             const int o0 = koff[kk + t], o4 = koff[kk + t + 4];
-            const unsigned af[4] = {tf32_round(H[b0 + o0]), tf32_round(H[b1 + o0]),
-                                    tf32_round(H[b0 + o4]), tf32_round(H[b1 + o4])};
+            const unsigned af[4] = {__float_as_uint(mma_halo_at(H, b0 + o0)),
+                                    __float_as_uint(mma_halo_at(H, b1 + o0)),
+                                    __float_as_uint(mma_halo_at(H, b0 + o4)),
+                                    __float_as_uint(mma_halo_at(H, b1 + o4))};
             REVSEG_UNROLL
             for (int f = 0; f < BN / 8; ++f) {
                 const float* bp = Bs + (kk + t) * BS + 8 * f + g;
@@ -175,16 +155,30 @@ __device__ __forceinline__ void mma_stage_halo(const float* H, const int* koff, 
         }
     } else {
         const int o0 = koff[t], o4 = koff[t + 4], o8 = koff[t + 8], o12 = koff[t + 12];
-        const unsigned af[4] = {bf16x2_round(H[b0 + o0], H[b0 + o4]),
-                                bf16x2_round(H[b1 + o0], H[b1 + o4]),
-                                bf16x2_round(H[b0 + o8], H[b0 + o12]),
-                                bf16x2_round(H[b1 + o8], H[b1 + o12])};
+        const unsigned af[4] = {
+            bf16x2_round(mma_halo_at(H, b0 + o0), mma_halo_at(H, b0 + o4)),
+            bf16x2_round(mma_halo_at(H, b1 + o0), mma_halo_at(H, b1 + o4)),
+            bf16x2_round(mma_halo_at(H, b0 + o8), mma_halo_at(H, b0 + o12)),
+            bf16x2_round(mma_halo_at(H, b1 + o8), mma_halo_at(H, b1 + o12))};
         REVSEG_UNROLL
         for (int f = 0; f < BN / 8; ++f) {
             const float* bp = Bs + t * BS + 8 * f + g;
             const unsigned bf[2] = {bf16x2_round(bp[0], bp[4 * BS]),
                                     bf16x2_round(bp[8 * BS], bp[12 * BS])};
             mma_bf16_m16n8k16(acc[f], af, bf, acc[f]);
+        }
+    }
+}
+
+// TF32: a landed chunk's halo rounded in place (every thread's copies visible after the barrier
+// before this), so the main loop reads operands ready for the MMA.
+__device__ __forceinline__ void mma_round_chunk(const MmaConvArgs& a, float* H, int tid) {
+    const int p4 = a.hz * a.hy * a.hx / 4;
+    for (int i = tid; i < a.cc * p4; i += MMA_THREADS) {
+        float* v = H + (i / p4) * a.hs + 4 * (i % p4);
+        REVSEG_UNROLL
+        for (int j = 0; j < 4; ++j) {
+            v[j] = __uint_as_float(tf32_round(v[j]));
         }
     }
 }
@@ -289,7 +283,7 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
             }
             o = c * a.hs + (tz * a.hy + ty) * a.hx + tx;
         }
-        koff[k] = o;
+        koff[k] = 4 * o;
     }
     // This lane's two GEMM rows (g, g + 8): their output position and halo base.
     const int g = lane >> 2, t = lane & 3;
@@ -305,7 +299,7 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
         py[r] = bx.y0 + my;
         px[r] = bx.x0 + a.fold * mx;
         pin[r] = pin[r] && pz[r] < a.d && py[r] < a.h;
-        base[r] = pin[r] ? (mz * a.hy + my) * a.hx + a.fold * mx + shift : 0;
+        base[r] = 4 * (pin[r] ? (mz * a.hy + my) * a.hx + a.fold * mx + shift : 0);
     }
 
     float acc[BN / 8][4];
@@ -314,34 +308,69 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
             acc[f][i] = 0.0f;
         }
     }
+    // This thread's B copies: fixed columns, the source advanced one K tile per load.
+    constexpr int GROUPS = BN / 4;
+    constexpr int BITERS = (MMA_BK * GROUPS + MMA_THREADS - 1) / MMA_THREADS;
+    const float* bsrc[BITERS];
+    int bdst[BITERS];
+    for (int it = 0; it < BITERS; ++it) {
+        const int i = tid + it * MMA_THREADS;
+        const int r = i / GROUPS, c = 4 * (i % GROUPS);
+        bsrc[it] = a.w + static_cast<long long>(r) * a.npad + n0 + c;
+        bdst[it] = i < MMA_BK * GROUPS ? r * BS + c : -1;
+    }
+    const long long bstep = static_cast<long long>(MMA_BK) * a.npad;
+    auto load_b = [&](float* dst) {
+        REVSEG_UNROLL
+        for (int it = 0; it < BITERS; ++it) {
+            if (bdst[it] >= 0) {
+                if (a.vec) {
+                    cp_async<16>(dst + bdst[it], bsrc[it]);
+                } else {
+                    REVSEG_UNROLL
+                    for (int j = 0; j < 4; ++j) {
+                        cp_async<4>(dst + bdst[it] + j, bsrc[it] + j);
+                    }
+                }
+            }
+            bsrc[it] += bstep;
+        }
+    };
+
     mma_stage_chunk(a, bx, Hs[0], 0, tid);
     for (int s = 0; s < MMA_STAGES - 1; ++s) {
         if (s < ktiles) {
-            load_packed_b<BN>(a, Bs[s], s * MMA_BK, n0, tid);
+            load_b(Bs[s]);
         }
         cp_async_commit();
     }
+    int use = 0, fill = MMA_STAGES - 1;  // stages read and refilled this iteration
     for (int ch = 0; ch < a.nchunk; ++ch) {
         // This chunk's halo has landed, and every read of the buffer refilled below (chunk ch - 1)
         // is done.
         cp_async_wait<0>();
         __syncthreads();
+        if (PREC == kTf32) {
+            mma_round_chunk(a, Hs[ch & 1], tid);
+            __syncthreads();
+        }
         if (ch + 1 < a.nchunk) {
             mma_stage_chunk(a, bx, Hs[(ch + 1) & 1], ch + 1, tid);
         }
-        const float* H = Hs[ch & 1];
+        const char* H = reinterpret_cast<const char*>(Hs[ch & 1]);
         for (int lt = 0; lt < a.ktc; ++lt) {
             const int kt = ch * a.ktc + lt;
             cp_async_wait<MMA_STAGES - 2>();
             __syncthreads();
             // The stage refilled here was last read in iteration kt - 1, before the barrier above.
-            const int next = kt + MMA_STAGES - 1;
-            if (next < ktiles) {
-                load_packed_b<BN>(a, Bs[next % MMA_STAGES], next * MMA_BK, n0, tid);
+            if (kt + MMA_STAGES - 1 < ktiles) {
+                load_b(Bs[fill]);
             }
             cp_async_commit();
-            mma_stage_halo<PREC, BN>(H, koff + lt * MMA_BK, Bs[kt % MMA_STAGES], base[0],
-                                     base[1], lane, acc);
+            mma_stage_halo<PREC, BN>(H, koff + lt * MMA_BK, Bs[use], base[0], base[1], lane,
+                                     acc);
+            use = use + 1 == MMA_STAGES ? 0 : use + 1;
+            fill = fill + 1 == MMA_STAGES ? 0 : fill + 1;
         }
     }
     cp_async_wait<0>();
