@@ -1,23 +1,26 @@
 // conv3d (stride 1, "same" zero padding, odd kernel) as implicit GEMMs on tensor cores: mma.sync
 // m16n8k8 TF32 or m16n8k16 BF16, f32 accumulation. The f32 reference path is conv3d.cu.
 //
-// Data kernels (forward and input gradient): Y[p, co] = sum over k = (tap, ci) of
-// X[ci, p + off(tap)] * Wp[k, co]. Output positions p are the GEMM's M (64 per block, 16 per
-// warp), channels its N (a tile of BN from 8 to 80, chosen per layer so that few are padding), K
-// ordered (tap, channel) so that a row's tap offset changes once every cin rows. Wp is the weight
-// tensor packed by conv3d_mma_pack_weights into K x N rows, zero padded; the input gradient is the
-// same GEMM over dy with the taps' offsets negated and Wp[(tap, co), ci] = W[co, ci, tap].
+// Data kernels (forward and input gradient): Y[p, co] = sum over k of X[ci, p + off(tap)] * Wp[k, co].
+// The rows of a block (M, 64, 16 per warp) are an output box; channels are N (a tile of BN from 8
+// to 80, chosen per layer so that few are padding); K is ordered (channel chunk, tap, channel in
+// chunk). The box's input halo for one chunk of channels sits in shared memory (mma_data), so a
+// K row is one shared load at a table offset. Wp is the weight tensor packed by
+// conv3d_mma_pack_weights in that K order, zero padded; the input gradient is the same GEMM over
+// dy with the taps mirrored and Wp[(tap, co), ci] = W[co, ci, tap].
 // Weight kernels: dW[co, (tap, ci)] = sum over positions q of X[ci, q + off(tap)] * dY[co, q]:
 // (tap, ci) on M (64 per block), co on N, positions on K, split over position ranges into partial
 // sums that conv3d_backward_weight_reduce adds in split order (deterministic, no atomics).
 //
-// Shared tiles are f32, k-major (As[k][m], Bs[k][n]), filled by cp.async (16 bytes where the
-// source run is aligned and inside one row of the volume, else 4, zeros stored for padding) in a
-// 3-stage pipeline. cp.async copies bytes unchanged, so operands are rounded to TF32 / BF16 as the
-// fragments are read from shared memory; the packed weights are stored rounded already.
+// Shared tiles are f32, k-major (As[k][m], Bs[k][n], the halo), filled by cp.async (16 bytes where
+// the source run is aligned and inside one row of the volume, else 4, zeros stored for padding),
+// B in a 3-stage pipeline. cp.async copies bytes unchanged, so operands are rounded to TF32 / BF16
+// in shared memory (TF32 halos once per chunk) or as the fragments are read; the packed weights
+// are stored rounded already.
 //
 // Fragments: lanes g = lane / 4, t = lane % 4 read As[kk + t][row + g] (TF32 a0, a1 at rows g and
-// g + 8, a2, a3 at kk + t + 4). Row strides are 8 mod 32 words, so those 32 reads hit 32 banks.
+// g + 8, a2, a3 at kk + t + 4). Row strides are 8 mod 32 words (the halo's channel stride 8 mod
+// 16), so those 32 reads hit 32 banks where the four k-rows are channels of one tap.
 // BF16 takes the same reads: its k-pair (2t, 2t + 1) is taken from shared rows (t, t + 4) and
 // (2t + 8, 2t + 9) from (t + 8, t + 12), for A and B alike, which is all a GEMM's K needs.
 #include "intrinsics.cuh"
@@ -543,6 +546,7 @@ REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n24, MmaConvArgs) { mma_weight<kTf32, 
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n32, MmaConvArgs) { mma_weight<kTf32, 32>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n40, MmaConvArgs) { mma_weight<kTf32, 40>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n48, MmaConvArgs) { mma_weight<kTf32, 48>(a); }
+REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n56, MmaConvArgs) { mma_weight<kTf32, 56>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n64, MmaConvArgs) { mma_weight<kTf32, 64>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n80, MmaConvArgs) { mma_weight<kTf32, 80>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n8, MmaConvArgs) { mma_weight<kBf16, 8>(a); }
@@ -551,5 +555,6 @@ REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n24, MmaConvArgs) { mma_weight<kBf16, 
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n32, MmaConvArgs) { mma_weight<kBf16, 32>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n40, MmaConvArgs) { mma_weight<kBf16, 40>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n48, MmaConvArgs) { mma_weight<kBf16, 48>(a); }
+REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n56, MmaConvArgs) { mma_weight<kBf16, 56>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n64, MmaConvArgs) { mma_weight<kBf16, 64>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n80, MmaConvArgs) { mma_weight<kBf16, 80>(a); }
