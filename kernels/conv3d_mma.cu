@@ -8,9 +8,10 @@
 // K row is one shared load at a table offset. Wp is the weight tensor packed by
 // conv3d_mma_pack_weights in that K order, zero padded; the input gradient is the same GEMM over
 // dy with the taps mirrored and Wp[(tap, co), ci] = W[co, ci, tap].
-// Weight kernels: dW[co, (tap, ci)] = sum over positions q of X[ci, q + off(tap)] * dY[co, q]:
-// (tap, ci) on M (64 per block), co on N, positions on K, split over position ranges into partial
-// sums that conv3d_backward_weight_reduce adds in split order (deterministic, no atomics).
+// Weight kernels: dW[co, (ci, tap)] = sum over positions q of X[ci, q + off(tap)] * dY[co, q]:
+// (ci, tap) on M (64 per block), co on N, positions on K box by box (the box's input halo and dY
+// staged in shared memory), split over box ranges into partial sums that
+// conv3d_backward_weight_reduce adds in split order (deterministic, no atomics).
 //
 // Shared tiles are f32, k-major (As[k][m], Bs[k][n], the halo), filled by cp.async (16 bytes where
 // the source run is aligned and inside one row of the volume, else 4, zeros stored for padding),
@@ -33,6 +34,10 @@
 // boxes and channel chunks to fit.
 #define MMA_HALO 3584
 #define MMA_KOFF 512
+// The weight kernels' halo buffer (floats) and the row stride of their dY tile Bt[co][q] (4 mod 32
+// words: a B fragment's 32 reads in 32 banks).
+#define MMA_WHALO 2048
+#define MMA_QS 68
 
 // Row stride for a tile row of `n` floats: 8 mod 32 words (bank-conflict-free fragment reads),
 // a multiple of 4 (16-byte cp.async destinations).
@@ -40,93 +45,7 @@ __host__ __device__ constexpr int mma_stride(int n) {
     return n % 16 == 8 ? n : n + 8;
 }
 
-#define MMA_AS mma_stride(MMA_BM)
-
 enum MmaPrec { kTf32 = 0, kBf16 = 1 };
-
-struct MmaTap {
-    int dz, dy, dx;
-};
-
-__device__ __forceinline__ MmaTap mma_tap(const MmaConvArgs& a, int t) {
-    MmaTap o;
-    o.dz = t / (a.kh * a.kw) - a.kd / 2;
-    o.dy = (t / a.kw) % a.kh - a.kh / 2;
-    o.dx = t % a.kw - a.kw / 2;
-    if (a.flip) {
-        o.dz = -o.dz;
-        o.dy = -o.dy;
-        o.dx = -o.dx;
-    }
-    return o;
-}
-
-// acc[f] += As(16 rows from `row`) x Bs(all BN columns), BK deep, in PREC.
-template <int PREC, int BN>
-__device__ __forceinline__ void mma_stage(const float* As, const float* Bs, int row, int lane,
-                                          float acc[BN / 8][4]) {
-    constexpr int BS = mma_stride(BN);
-    const int g = lane >> 2, t = lane & 3;
-    if (PREC == kTf32) {
-        REVSEG_UNROLL
-        for (int kk = 0; kk < MMA_BK; kk += 8) {
-            const float* a0 = As + (kk + t) * MMA_AS + row + g;
-            const float* a1 = a0 + 4 * MMA_AS;
-            const unsigned af[4] = {tf32_round(a0[0]), tf32_round(a0[8]), tf32_round(a1[0]),
-                                    tf32_round(a1[8])};
-            REVSEG_UNROLL
-            for (int f = 0; f < BN / 8; ++f) {
-                const float* b0 = Bs + (kk + t) * BS + 8 * f + g;
-                const unsigned bf[2] = {__float_as_uint(b0[0]), __float_as_uint(b0[4 * BS])};
-                mma_tf32_m16n8k8(acc[f], af, bf, acc[f]);
-            }
-        }
-    } else {
-        const float* a0 = As + t * MMA_AS + row + g;
-        const float* a4 = a0 + 4 * MMA_AS;
-        const float* a8 = a0 + 8 * MMA_AS;
-        const float* a12 = a0 + 12 * MMA_AS;
-        const unsigned af[4] = {bf16x2_round(a0[0], a4[0]), bf16x2_round(a0[8], a4[8]),
-                                bf16x2_round(a8[0], a12[0]), bf16x2_round(a8[8], a12[8])};
-        REVSEG_UNROLL
-        for (int f = 0; f < BN / 8; ++f) {
-            const float* b0 = Bs + t * BS + 8 * f + g;
-            const unsigned bf[2] = {bf16x2_round(b0[0], b0[4 * BS]),
-                                    bf16x2_round(b0[8 * BS], b0[12 * BS])};
-            mma_bf16_m16n8k16(acc[f], af, bf, acc[f]);
-        }
-    }
-}
-
-// The K loop: tiles loaded by `load(stage, k tile)` MMA_STAGES - 1 ahead of the one multiplied.
-template <int PREC, int BN, typename Load>
-__device__ __forceinline__ void mma_pipeline(float (*As)[MMA_BK * MMA_AS],
-                                             float (*Bs)[MMA_BK * mma_stride(BN)], int ktiles,
-                                             int warp, int lane, Load& load, float acc[BN / 8][4]) {
-    for (int f = 0; f < BN / 8; ++f) {
-        for (int i = 0; i < 4; ++i) {
-            acc[f][i] = 0.0f;
-        }
-    }
-    for (int s = 0; s < MMA_STAGES - 1; ++s) {
-        if (s < ktiles) {
-            load(s, s);
-        }
-        cp_async_commit();
-    }
-    for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait<MMA_STAGES - 2>();
-        __syncthreads();
-        // The stage refilled here was last read in iteration kt - 1, before the barrier above.
-        const int next = kt + MMA_STAGES - 1;
-        if (next < ktiles) {
-            load(next % MMA_STAGES, next);
-        }
-        cp_async_commit();
-        mma_stage<PREC, BN>(As[kt % MMA_STAGES], Bs[kt % MMA_STAGES], 16 * warp, lane, acc);
-    }
-    cp_async_wait<0>();
-}
 
 // The data kernels' A operand for one K tile: rows (kk + t, kk + t + 4, ...) of the tile are at
 // byte offsets koff[...] (their (tap, channel) in the halo) from this lane's two position bases b0
@@ -175,10 +94,10 @@ __device__ __forceinline__ void mma_stage_halo(const char* H, const int* koff, c
 
 // TF32: a landed chunk's halo rounded in place (every thread's copies visible after the barrier
 // before this), so the main loop reads operands ready for the MMA.
-__device__ __forceinline__ void mma_round_chunk(const MmaConvArgs& a, float* H, int tid) {
-    const int p4 = a.hz * a.hy * a.hx / 4;
-    for (int i = tid; i < a.cc * p4; i += MMA_THREADS) {
-        float* v = H + (i / p4) * a.hs + 4 * (i % p4);
+__device__ __forceinline__ void mma_round_rows(float* H, int rows, int len, int stride, int tid) {
+    const int p4 = len / 4;
+    for (int i = tid; i < rows * p4; i += MMA_THREADS) {
+        float* v = H + (i / p4) * stride + 4 * (i % p4);
         REVSEG_UNROLL
         for (int j = 0; j < 4; ++j) {
             v[j] = __uint_as_float(tf32_round(v[j]));
@@ -192,10 +111,9 @@ struct MmaBox {
     int n, z0, y0, x0, hz0, hy0, hx0;
 };
 
-__device__ __forceinline__ MmaBox mma_box(const MmaConvArgs& a) {
+__device__ __forceinline__ MmaBox mma_box(const MmaConvArgs& a, int b) {
     const int tx = (a.wd + a.fold * a.bx - 1) / (a.fold * a.bx);
     const int ty = (a.h + a.by - 1) / a.by, tz = (a.d + a.bz - 1) / a.bz;
-    int b = static_cast<int>(blockIdx.x);
     MmaBox o;
     o.x0 = (b % tx) * a.fold * a.bx;
     b /= tx;
@@ -213,7 +131,7 @@ __device__ __forceinline__ MmaBox mma_box(const MmaConvArgs& a) {
 // One channel chunk's halo into H: cc channels of hz x hy x hx floats (channel stride hs), zeros
 // outside the volume and past the last channel; 16-byte copies where a group of 4 lies inside a row.
 __device__ __forceinline__ void mma_stage_chunk(const MmaConvArgs& a, const MmaBox& bx, float* H,
-                                                int chunk, int tid) {
+                                                int c0, int tid) {
     const int hw = a.h * a.wd, sp = a.d * hw;
     const int q4 = a.hx / 4, groups = a.cc * a.hz * a.hy * q4;
     for (int i = tid; i < groups; i += MMA_THREADS) {
@@ -224,7 +142,7 @@ __device__ __forceinline__ void mma_stage_chunk(const MmaConvArgs& a, const MmaB
         r /= a.hy;
         const int zz = r % a.hz, c = r / a.hz;
         float* dst = H + c * a.hs + (zz * a.hy + yy) * a.hx + 4 * q;
-        const int ci = chunk * a.cc + c;
+        const int ci = c0 + c;
         const int z = bx.hz0 + zz, y = bx.hy0 + yy, x = bx.hx0 + 4 * q;
         if (ci >= a.cin || z < 0 || z >= a.d || y < 0 || y >= a.h) {
             REVSEG_UNROLL
@@ -268,7 +186,7 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
     const int kwf = a.kw + a.fold - 1;
     const int taps = a.kd * a.kh * kwf;
     const int ktiles = a.nchunk * a.ktc;
-    const MmaBox bx = mma_box(a);
+    const MmaBox bx = mma_box(a, static_cast<int>(blockIdx.x));
     const int n0 = static_cast<int>(blockIdx.y) * BN;
     const int tid = static_cast<int>(threadIdx.x);
     const int warp = tid / 32, lane = tid % 32;
@@ -354,11 +272,11 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
         cp_async_wait<0>();
         __syncthreads();
         if (PREC == kTf32) {
-            mma_round_chunk(a, Hs[ch & 1], tid);
+            mma_round_rows(Hs[ch & 1], a.cc, a.hz * a.hy * a.hx, a.hs, tid);
             __syncthreads();
         }
         if (ch + 1 < a.nchunk) {
-            mma_stage_chunk(a, bx, Hs[(ch + 1) & 1], ch + 1, tid);
+            mma_stage_chunk(a, bx, Hs[(ch + 1) & 1], (ch + 1) * a.cc, tid);
         }
         const char* H = reinterpret_cast<const char*>(Hs[ch & 1]);
         for (int lt = 0; lt < a.ktc; ++lt) {
@@ -394,100 +312,141 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
     }
 }
 
-// Weight-gradient partials: out[split][co][ci][tap]. Grid: x = (tap, ci) tiles of 64, y = co tiles
-// of BN, z = splits of `chunk` positions (q = n * sp + p).
+// Weight-gradient partials: out[split][co][ci][tap]. Grid: x = (ci, tap) tiles of 64 (M), y = co
+// tiles of BN (N), z = splits of `chunk` output boxes (K = the boxes' positions, ktc tiles of 16
+// per box). Per box, the halo of the cc channels this M tile touches and the box's dY (n-major,
+// Bt[co][q]) are staged in shared memory, so an A value is one shared load at (row's channel and
+// tap offset) + (position's offset from a per-block table), and the MMA loop does no indexing.
 template <int PREC, int BN>
 __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
-    constexpr int BS = mma_stride(BN);
-    REVSEG_SHARED_ALIGN16(float, As, [MMA_STAGES][MMA_BK * MMA_AS]);
-    REVSEG_SHARED_ALIGN16(float, Bs, [MMA_STAGES][MMA_BK * BS]);
+    REVSEG_SHARED_ALIGN16(float, Hs, [MMA_WHALO]);
+    REVSEG_SHARED_ALIGN16(float, Bt, [BN * MMA_QS]);
+    REVSEG_SHARED(int, qoff, [MMA_BM]);
     const int hw = a.h * a.wd, sp = a.d * hw;
     const int taps = a.kd * a.kh * a.kw;
     const int mdim = taps * a.cin;
     const int m0 = static_cast<int>(blockIdx.x) * MMA_BM;
     const int n0 = static_cast<int>(blockIdx.y) * BN;
     const int split = static_cast<int>(blockIdx.z);
-    const long long qtotal = static_cast<long long>(a.n) * sp;
-    const long long qbeg = static_cast<long long>(split) * a.chunk;
-    const long long qend = qbeg + a.chunk < qtotal ? qbeg + a.chunk : qtotal;
-    const int ktiles = static_cast<int>((qend - qbeg + MMA_BK - 1) / MMA_BK);
+    const int tx = (a.wd + a.bx - 1) / a.bx, ty = (a.h + a.by - 1) / a.by;
+    const int total = a.n * ((a.d + a.bz - 1) / a.bz) * ty * tx;
+    const int bbeg = split * a.chunk;
+    const int bend = bbeg + a.chunk < total ? bbeg + a.chunk : total;
     const int tid = static_cast<int>(threadIdx.x);
     const int warp = tid / 32, lane = tid % 32;
+    const int g = lane >> 2, t = lane & 3;
+    const int c_lo = m0 / taps;
+    const int box = a.bz * a.by * a.bx, kq = a.ktc * MMA_BK;
 
-    // Both copies: this thread's position row ql of each tile, columns mc + 8j.
-    const int ql = tid % 16, mc = tid / 16;
-    int cch[8];
-    MmaTap co_[8];
-    bool cin_[8];
-    for (int j = 0; j < 8; ++j) {
-        const int m = m0 + mc + 8 * j;
-        cin_[j] = m < mdim;
-        const int tap = cin_[j] ? m / a.cin : 0;
-        cch[j] = cin_[j] ? m % a.cin : 0;
-        co_[j] = mma_tap(a, tap);
+    // Box-local positions -> halo offsets (bytes, before the box's alignment shift).
+    for (int q = tid; q < MMA_BM; q += MMA_THREADS) {
+        const int qz = q / (a.by * a.bx), qy = (q / a.bx) % a.by, qx = q % a.bx;
+        qoff[q] = q < box ? 4 * ((qz * a.hy + qy) * a.hx + qx) : 0;
     }
-    // The row's position, advanced by BK per tile without divisions.
-    long long q = qbeg + ql;
-    int qn = static_cast<int>(q / sp);
-    int rem = static_cast<int>(q % sp);
-    int qz = rem / hw, qy = (rem / a.wd) % a.h, qx = rem % a.wd;
+    // This lane's two M rows (g, g + 8): their channel in the staged halo and tap offset (bytes).
+    int moff[2];
+    for (int r = 0; r < 2; ++r) {
+        const int m = m0 + 16 * warp + g + 8 * r;
+        int o = 0;
+        if (m < mdim) {
+            const int tap = m % taps;
+            const int tz = tap / (a.kh * a.kw), tyy = (tap / a.kw) % a.kh, txx = tap % a.kw;
+            o = (m / taps - c_lo) * a.hs + (tz * a.hy + tyy) * a.hx + txx;
+        }
+        moff[r] = 4 * o;
+    }
 
-    auto load = [&](int stage, int) {
-        float* as = As[stage] + ql * MMA_AS;
-        float* bs = Bs[stage] + ql * BS;
-        const bool q_in = q < qend;
-        const float* x_n = a.src + static_cast<long long>(qn) * a.cin * sp;
-        const float* dy_n = a.w + static_cast<long long>(qn) * a.cout * sp;
-        REVSEG_UNROLL
-        for (int j = 0; j < 8; ++j) {
-            const MmaTap o = co_[j];
-            const int z = qz + o.dz, y = qy + o.dy, x = qx + o.dx;
-            if (q_in && cin_[j] && z >= 0 && z < a.d && y >= 0 && y < a.h && x >= 0 && x < a.wd) {
-                cp_async<4>(as + mc + 8 * j,
-                            x_n + static_cast<long long>(cch[j]) * sp + (z * a.h + y) * a.wd + x);
-            } else {
-                as[mc + 8 * j] = 0.0f;
-            }
+    constexpr int F = BN / 8;
+    float acc[F][4];
+    for (int f = 0; f < F; ++f) {
+        for (int i = 0; i < 4; ++i) {
+            acc[f][i] = 0.0f;
         }
-        const int p = (qz * a.h + qy) * a.wd + qx;
-        REVSEG_UNROLL
-        for (int j = 0; j < BN / 8; ++j) {
-            const int c = n0 + mc + 8 * j;
-            if (q_in && c < a.cout) {
-                cp_async<4>(bs + mc + 8 * j, dy_n + static_cast<long long>(c) * sp + p);
+    }
+    const char* H = reinterpret_cast<const char*>(Hs);
+    for (int b = bbeg; b < bend; ++b) {
+        const MmaBox bx = mma_box(a, b);
+        // Every read of the previous box is done before the buffers are refilled.
+        __syncthreads();
+        mma_stage_chunk(a, bx, Hs, c_lo, tid);
+        const float* dy_n = a.w + static_cast<long long>(bx.n) * a.cout * sp;
+        const int g4 = (a.bx + 3) / 4, rows = a.bz * a.by;
+        for (int i = tid; i < BN * rows * g4; i += MMA_THREADS) {
+            const int j = i % g4, rr = (i / g4) % rows, c = i / (g4 * rows);
+            const int z = bx.z0 + rr / a.by, y = bx.y0 + rr % a.by, x = bx.x0 + 4 * j;
+            float* dst = Bt + c * MMA_QS + rr * a.bx + 4 * j;
+            const bool in = n0 + c < a.cout && z < a.d && y < a.h;
+            const float* src = dy_n + static_cast<long long>(n0 + c) * sp + z * hw + y * a.wd;
+            if (in && a.vec && a.bx % 4 == 0 && x + 3 < a.wd) {
+                cp_async<16>(dst, src + x);
             } else {
-                bs[mc + 8 * j] = 0.0f;
-            }
-        }
-        // Divisions only where the row wraps into another row of the volume.
-        q += MMA_BK;
-        qx += MMA_BK;
-        if (qx >= a.wd) {
-            qy += qx / a.wd;
-            qx %= a.wd;
-            if (qy >= a.h) {
-                qz += qy / a.h;
-                qy %= a.h;
-                if (qz >= a.d) {
-                    qn += qz / a.d;
-                    qz %= a.d;
+                for (int e = 0; e < 4 && 4 * j + e < a.bx; ++e) {
+                    if (in && x + e < a.wd) {
+                        cp_async<4>(dst + e, src + x + e);
+                    } else {
+                        dst[e] = 0.0f;
+                    }
                 }
             }
         }
-    };
+        // K rows past the box: zeros.
+        for (int i = tid; i < BN * (kq - box); i += MMA_THREADS) {
+            Bt[(i / (kq - box)) * MMA_QS + box + i % (kq - box)] = 0.0f;
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        if (PREC == kTf32) {
+            mma_round_rows(Hs, a.cc, a.hz * a.hy * a.hx, a.hs, tid);
+            mma_round_rows(Bt, BN, kq, MMA_QS, tid);
+            __syncthreads();
+        }
+        const int shift = 4 * (bx.x0 - a.kw / 2 - bx.hx0);
+        const int b0 = moff[0] + shift, b1 = moff[1] + shift;
+        for (int kt = 0; kt < a.ktc; ++kt) {
+            const int* qo = qoff + kt * MMA_BK;
+            const float* bq = Bt + kt * MMA_BK;
+            if (PREC == kTf32) {
+                REVSEG_UNROLL
+                for (int kk = 0; kk < MMA_BK; kk += 8) {
+                    const int o0 = qo[kk + t], o4 = qo[kk + t + 4];
+                    const unsigned af[4] = {__float_as_uint(mma_halo_at(H, b0 + o0)),
+                                            __float_as_uint(mma_halo_at(H, b1 + o0)),
+                                            __float_as_uint(mma_halo_at(H, b0 + o4)),
+                                            __float_as_uint(mma_halo_at(H, b1 + o4))};
+                    REVSEG_UNROLL
+                    for (int f = 0; f < F; ++f) {
+                        const float* bp = bq + (8 * f + g) * MMA_QS + kk + t;
+                        const unsigned bf[2] = {__float_as_uint(bp[0]), __float_as_uint(bp[4])};
+                        mma_tf32_m16n8k8(acc[f], af, bf, acc[f]);
+                    }
+                }
+            } else {
+                const int o0 = qo[t], o4 = qo[t + 4], o8 = qo[t + 8], o12 = qo[t + 12];
+                const unsigned af[4] = {
+                    bf16x2_round(mma_halo_at(H, b0 + o0), mma_halo_at(H, b0 + o4)),
+                    bf16x2_round(mma_halo_at(H, b1 + o0), mma_halo_at(H, b1 + o4)),
+                    bf16x2_round(mma_halo_at(H, b0 + o8), mma_halo_at(H, b0 + o12)),
+                    bf16x2_round(mma_halo_at(H, b1 + o8), mma_halo_at(H, b1 + o12))};
+                REVSEG_UNROLL
+                for (int f = 0; f < F; ++f) {
+                    const float* bp = bq + (8 * f + g) * MMA_QS + t;
+                    const unsigned bf[2] = {bf16x2_round(bp[0], bp[4]),
+                                            bf16x2_round(bp[8], bp[12])};
+                    mma_bf16_m16n8k16(acc[f], af, bf, acc[f]);
+                }
+            }
+        }
+    }
 
-    float acc[BN / 8][4];
-    mma_pipeline<PREC, BN>(As, Bs, ktiles, warp, lane, load, acc);
-
-    const int g = lane >> 2, t = lane & 3;
     float* part = a.out + static_cast<long long>(split) * a.cout * mdim;
-    for (int f = 0; f < BN / 8; ++f) {
+    for (int f = 0; f < F; ++f) {
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + 16 * warp + g + (i >= 2 ? 8 : 0);
             const int c = n0 + 8 * f + 2 * t + (i & 1);
             if (m < mdim && c < a.cout) {
-                const int tap = m / a.cin, ch = m % a.cin;
-                part[(static_cast<long long>(c) * a.cin + ch) * taps + tap] = acc[f][i];
+                // Rows are (ci, tap), the partials' own order.
+                part[static_cast<long long>(c) * mdim + m] = acc[f][i];
             }
         }
     }
