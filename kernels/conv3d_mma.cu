@@ -55,6 +55,24 @@ __device__ __forceinline__ float mma_halo_at(const char* H, int off) {
     return *reinterpret_cast<const float*>(H + off);
 }
 
+// The A fragment of GEMM rows at halo byte bases (b0, b1) (rows g, g + 8) and k-rows at byte
+// offsets o[] (TF32: k-rows t, t + 4; BF16: t, t + 4, t + 8, t + 12, paired as in mma_stage_halo).
+__device__ __forceinline__ void halo_a_tf32(const char* H, int b0, int b1, int o0, int o4,
+                                            unsigned af[4]) {
+    af[0] = __float_as_uint(mma_halo_at(H, b0 + o0));
+    af[1] = __float_as_uint(mma_halo_at(H, b1 + o0));
+    af[2] = __float_as_uint(mma_halo_at(H, b0 + o4));
+    af[3] = __float_as_uint(mma_halo_at(H, b1 + o4));
+}
+
+__device__ __forceinline__ void halo_a_bf16(const char* H, int b0, int b1, const int o[4],
+                                            unsigned af[4]) {
+    af[0] = bf16x2_round(mma_halo_at(H, b0 + o[0]), mma_halo_at(H, b0 + o[1]));
+    af[1] = bf16x2_round(mma_halo_at(H, b1 + o[0]), mma_halo_at(H, b1 + o[1]));
+    af[2] = bf16x2_round(mma_halo_at(H, b0 + o[2]), mma_halo_at(H, b0 + o[3]));
+    af[3] = bf16x2_round(mma_halo_at(H, b1 + o[2]), mma_halo_at(H, b1 + o[3]));
+}
+
 template <int PREC, int BN>
 __device__ __forceinline__ void mma_stage_halo(const char* H, const int* koff, const float* Bs,
                                                int b0, int b1, int lane, float acc[BN / 8][4]) {
@@ -63,11 +81,8 @@ __device__ __forceinline__ void mma_stage_halo(const char* H, const int* koff, c
     if (PREC == kTf32) {
         REVSEG_UNROLL
         for (int kk = 0; kk < MMA_BK; kk += 8) {
-            const int o0 = koff[kk + t], o4 = koff[kk + t + 4];
-            const unsigned af[4] = {__float_as_uint(mma_halo_at(H, b0 + o0)),
-                                    __float_as_uint(mma_halo_at(H, b1 + o0)),
-                                    __float_as_uint(mma_halo_at(H, b0 + o4)),
-                                    __float_as_uint(mma_halo_at(H, b1 + o4))};
+            unsigned af[4];
+            halo_a_tf32(H, b0, b1, koff[kk + t], koff[kk + t + 4], af);
             REVSEG_UNROLL
             for (int f = 0; f < BN / 8; ++f) {
                 const float* bp = Bs + (kk + t) * BS + 8 * f + g;
@@ -76,12 +91,9 @@ __device__ __forceinline__ void mma_stage_halo(const char* H, const int* koff, c
             }
         }
     } else {
-        const int o0 = koff[t], o4 = koff[t + 4], o8 = koff[t + 8], o12 = koff[t + 12];
-        const unsigned af[4] = {
-            bf16x2_round(mma_halo_at(H, b0 + o0), mma_halo_at(H, b0 + o4)),
-            bf16x2_round(mma_halo_at(H, b1 + o0), mma_halo_at(H, b1 + o4)),
-            bf16x2_round(mma_halo_at(H, b0 + o8), mma_halo_at(H, b0 + o12)),
-            bf16x2_round(mma_halo_at(H, b1 + o8), mma_halo_at(H, b1 + o12))};
+        const int o[4] = {koff[t], koff[t + 4], koff[t + 8], koff[t + 12]};
+        unsigned af[4];
+        halo_a_bf16(H, b0, b1, o, af);
         REVSEG_UNROLL
         for (int f = 0; f < BN / 8; ++f) {
             const float* bp = Bs + t * BS + 8 * f + g;
@@ -409,11 +421,8 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
             if (PREC == kTf32) {
                 REVSEG_UNROLL
                 for (int kk = 0; kk < MMA_BK; kk += 8) {
-                    const int o0 = qo[kk + t], o4 = qo[kk + t + 4];
-                    const unsigned af[4] = {__float_as_uint(mma_halo_at(H, b0 + o0)),
-                                            __float_as_uint(mma_halo_at(H, b1 + o0)),
-                                            __float_as_uint(mma_halo_at(H, b0 + o4)),
-                                            __float_as_uint(mma_halo_at(H, b1 + o4))};
+                    unsigned af[4];
+                    halo_a_tf32(H, b0, b1, qo[kk + t], qo[kk + t + 4], af);
                     REVSEG_UNROLL
                     for (int f = 0; f < F; ++f) {
                         const float* bp = bq + (8 * f + g) * MMA_QS + kk + t;
@@ -422,12 +431,9 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
                     }
                 }
             } else {
-                const int o0 = qo[t], o4 = qo[t + 4], o8 = qo[t + 8], o12 = qo[t + 12];
-                const unsigned af[4] = {
-                    bf16x2_round(mma_halo_at(H, b0 + o0), mma_halo_at(H, b0 + o4)),
-                    bf16x2_round(mma_halo_at(H, b1 + o0), mma_halo_at(H, b1 + o4)),
-                    bf16x2_round(mma_halo_at(H, b0 + o8), mma_halo_at(H, b0 + o12)),
-                    bf16x2_round(mma_halo_at(H, b1 + o8), mma_halo_at(H, b1 + o12))};
+                const int o[4] = {qo[t], qo[t + 4], qo[t + 8], qo[t + 12]};
+                unsigned af[4];
+                halo_a_bf16(H, b0, b1, o, af);
                 REVSEG_UNROLL
                 for (int f = 0; f < F; ++f) {
                     const float* bp = bq + (8 * f + g) * MMA_QS + t;

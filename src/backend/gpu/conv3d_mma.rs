@@ -333,7 +333,8 @@ impl<L: Launcher> GpuBackend<L> {
         args.out = out;
         args.accumulate = accumulate;
         // 16-byte halo copies: every row of the volume starts 16-byte aligned.
-        args.vec = (g.w % 4 == 0 && src % 16 == 0 && packed % 16 == 0) as i32;
+        args.vec =
+            (g.w.is_multiple_of(4) && src.is_multiple_of(16) && packed.is_multiple_of(16)) as i32;
         self.launch(
             &format!("conv3d_mma_data_{}_n{}", prec.name(), p.bn),
             [int("conv3d", g.n * p.boxes)? as u32, p.ntiles as u32, 1],
@@ -383,7 +384,7 @@ impl<L: Launcher> GpuBackend<L> {
         args.hs = p.hs as i32;
         [args.hz, args.hy, args.hx] = p.halo.map(|v| v as i32);
         // 16-byte copies: every row of the volume starts 16-byte aligned.
-        args.vec = (g.w % 4 == 0 && x % 16 == 0 && dy % 16 == 0) as i32;
+        args.vec = (g.w.is_multiple_of(4) && x.is_multiple_of(16) && dy.is_multiple_of(16)) as i32;
         int(OP, p.boxes)?;
         self.launch(
             &format!("conv3d_mma_weight_{}_n{}", prec.name(), p.bn),
@@ -449,6 +450,10 @@ mod tests {
         // The single input channel's forward takes the pair fold (K 30 of 32, N 56 of 56).
         let e = data_plan(1, 28, [18, 160, 160], [1, 5, 5], false).unwrap();
         assert_eq!((e.fold, e.bn, e.ktc), (2, 56, 2));
+        // A kernel whose taps overflow the offset table has no plan (the launcher's error says to
+        // use fp32), and no weight plan fits its halo either.
+        assert_eq!(data_plan(4, 4, [11; 3], [11; 3], false), None);
+        assert_eq!(weight_plan(132, 1, 4, 4, [11; 3], [11; 3]), None);
     }
 
     #[test]
