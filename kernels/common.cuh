@@ -85,6 +85,11 @@ struct MmaConvArgs {
     int vec;
     int splits, chunk;
     int prec;
+    // Data kernels: x-fold, output box, channel chunks and halo layout (conv3d_mma.rs DataPlan).
+    int fold, bz, by, bx;
+    int cc, nchunk, ktc;
+    int hs, hz, hy, hx;
+    int pad_;
 };
 
 // conv_transpose 1x2x2 stride 1x2x2; x (n, ci, d, h, wd), w (ci, co, 1, 2, 2), y (n, co, d, 2h, 2wd).

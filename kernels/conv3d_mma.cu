@@ -1,23 +1,27 @@
 // conv3d (stride 1, "same" zero padding, odd kernel) as implicit GEMMs on tensor cores: mma.sync
 // m16n8k8 TF32 or m16n8k16 BF16, f32 accumulation. The f32 reference path is conv3d.cu.
 //
-// Data kernels (forward and input gradient): Y[p, co] = sum over k = (tap, ci) of
-// X[ci, p + off(tap)] * Wp[k, co]. Output positions p are the GEMM's M (64 per block, 16 per
-// warp), channels its N (a tile of BN from 8 to 80, chosen per layer so that few are padding), K
-// ordered (tap, channel) so that a row's tap offset changes once every cin rows. Wp is the weight
-// tensor packed by conv3d_mma_pack_weights into K x N rows, zero padded; the input gradient is the
-// same GEMM over dy with the taps' offsets negated and Wp[(tap, co), ci] = W[co, ci, tap].
-// Weight kernels: dW[co, (tap, ci)] = sum over positions q of X[ci, q + off(tap)] * dY[co, q]:
-// (tap, ci) on M (64 per block), co on N, positions on K, split over position ranges into partial
-// sums that conv3d_backward_weight_reduce adds in split order (deterministic, no atomics).
+// Data kernels (forward and input gradient): Y[p, co] = sum over k of X[ci, p + off(tap)] * Wp[k, co].
+// The rows of a block (M, 64, 16 per warp) are an output box; channels are N (a tile of BN from 8
+// to 80, chosen per layer so that few are padding); K is ordered (channel chunk, tap, channel in
+// chunk). The box's input halo for one chunk of channels sits in shared memory (mma_data), so a
+// K row is one shared load at a table offset. Wp is the weight tensor packed by
+// conv3d_mma_pack_weights in that K order, zero padded; the input gradient is the same GEMM over
+// dy with the taps mirrored and Wp[(tap, co), ci] = W[co, ci, tap].
+// Weight kernels: dW[co, (ci, tap)] = sum over positions q of X[ci, q + off(tap)] * dY[co, q]:
+// (ci, tap) on M (64 per block), co on N, positions on K box by box (the box's input halo and dY
+// staged in shared memory), split over box ranges into partial sums that
+// conv3d_backward_weight_reduce adds in split order (deterministic, no atomics).
 //
-// Shared tiles are f32, k-major (As[k][m], Bs[k][n]), filled by cp.async (16 bytes where the
-// source run is aligned and inside one row of the volume, else 4, zeros stored for padding) in a
-// 3-stage pipeline. cp.async copies bytes unchanged, so operands are rounded to TF32 / BF16 as the
-// fragments are read from shared memory; the packed weights are stored rounded already.
+// Shared tiles are f32, k-major (As[k][m], Bs[k][n], the halo), filled by cp.async (16 bytes where
+// the source run is aligned and inside one row of the volume, else 4, zeros stored for padding),
+// B in a 3-stage pipeline. cp.async copies bytes unchanged, so operands are rounded to TF32 / BF16
+// in shared memory (TF32 halos once per chunk) or as the fragments are read; the packed weights
+// are stored rounded already.
 //
 // Fragments: lanes g = lane / 4, t = lane % 4 read As[kk + t][row + g] (TF32 a0, a1 at rows g and
-// g + 8, a2, a3 at kk + t + 4). Row strides are 8 mod 32 words, so those 32 reads hit 32 banks.
+// g + 8, a2, a3 at kk + t + 4). Row strides are 8 mod 32 words (the halo's channel stride 8 mod
+// 16), so those 32 reads hit 32 banks where the four k-rows are channels of one tap.
 // BF16 takes the same reads: its k-pair (2t, 2t + 1) is taken from shared rows (t, t + 4) and
 // (2t + 8, 2t + 9) from (t + 8, t + 12), for A and B alike, which is all a GEMM's K needs.
 #include "intrinsics.cuh"
@@ -26,6 +30,14 @@
 #define MMA_BK 16
 #define MMA_STAGES 3
 #define MMA_THREADS 128
+// The data kernels' halo buffers (floats, two) and K-offset table (ints); conv3d_mma.rs sizes the
+// boxes and channel chunks to fit.
+#define MMA_HALO 3584
+#define MMA_KOFF 512
+// The weight kernels' halo buffer (floats) and the row stride of their dY tile Bt[co][q] (4 mod 32
+// words: a B fragment's 32 reads in 32 banks).
+#define MMA_WHALO 2048
+#define MMA_QS 68
 
 // Row stride for a tile row of `n` floats: 8 mod 32 words (bank-conflict-free fragment reads),
 // a multiple of 4 (16-byte cp.async destinations).
@@ -33,337 +45,441 @@ __host__ __device__ constexpr int mma_stride(int n) {
     return n % 16 == 8 ? n : n + 8;
 }
 
-#define MMA_AS mma_stride(MMA_BM)
-
 enum MmaPrec { kTf32 = 0, kBf16 = 1 };
 
-struct MmaTap {
-    int dz, dy, dx;
-};
-
-__device__ __forceinline__ MmaTap mma_tap(const MmaConvArgs& a, int t) {
-    MmaTap o;
-    o.dz = t / (a.kh * a.kw) - a.kd / 2;
-    o.dy = (t / a.kw) % a.kh - a.kh / 2;
-    o.dx = t % a.kw - a.kw / 2;
-    if (a.flip) {
-        o.dz = -o.dz;
-        o.dy = -o.dy;
-        o.dx = -o.dx;
-    }
-    return o;
+// The data kernels' A operand for one K tile: rows (kk + t, kk + t + 4, ...) of the tile are at
+// byte offsets koff[...] (their (tap, channel) in the halo) from this lane's two position bases b0
+// (row g) and b1 (row g + 8), both byte addresses in H. TF32 halos are rounded when staged, so
+// the loop is shared loads and MMAs; BF16 packs pairs as it reads. B as mma_stage.
+__device__ __forceinline__ float mma_halo_at(const char* H, int off) {
+    return *reinterpret_cast<const float*>(H + off);
 }
 
-// acc[f] += As(16 rows from `row`) x Bs(all BN columns), BK deep, in PREC.
+// The A fragment of GEMM rows at halo byte bases (b0, b1) (rows g, g + 8) and k-rows at byte
+// offsets o[] (TF32: k-rows t, t + 4; BF16: t, t + 4, t + 8, t + 12, paired as in mma_stage_halo).
+__device__ __forceinline__ void halo_a_tf32(const char* H, int b0, int b1, int o0, int o4,
+                                            unsigned af[4]) {
+    af[0] = __float_as_uint(mma_halo_at(H, b0 + o0));
+    af[1] = __float_as_uint(mma_halo_at(H, b1 + o0));
+    af[2] = __float_as_uint(mma_halo_at(H, b0 + o4));
+    af[3] = __float_as_uint(mma_halo_at(H, b1 + o4));
+}
+
+__device__ __forceinline__ void halo_a_bf16(const char* H, int b0, int b1, const int o[4],
+                                            unsigned af[4]) {
+    af[0] = bf16x2_round(mma_halo_at(H, b0 + o[0]), mma_halo_at(H, b0 + o[1]));
+    af[1] = bf16x2_round(mma_halo_at(H, b1 + o[0]), mma_halo_at(H, b1 + o[1]));
+    af[2] = bf16x2_round(mma_halo_at(H, b0 + o[2]), mma_halo_at(H, b0 + o[3]));
+    af[3] = bf16x2_round(mma_halo_at(H, b1 + o[2]), mma_halo_at(H, b1 + o[3]));
+}
+
 template <int PREC, int BN>
-__device__ __forceinline__ void mma_stage(const float* As, const float* Bs, int row, int lane,
-                                          float acc[BN / 8][4]) {
+__device__ __forceinline__ void mma_stage_halo(const char* H, const int* koff, const float* Bs,
+                                               int b0, int b1, int lane, float acc[BN / 8][4]) {
     constexpr int BS = mma_stride(BN);
     const int g = lane >> 2, t = lane & 3;
     if (PREC == kTf32) {
         REVSEG_UNROLL
         for (int kk = 0; kk < MMA_BK; kk += 8) {
-            const float* a0 = As + (kk + t) * MMA_AS + row + g;
-            const float* a1 = a0 + 4 * MMA_AS;
-            const unsigned af[4] = {tf32_round(a0[0]), tf32_round(a0[8]), tf32_round(a1[0]),
-                                    tf32_round(a1[8])};
+            unsigned af[4];
+            halo_a_tf32(H, b0, b1, koff[kk + t], koff[kk + t + 4], af);
             REVSEG_UNROLL
             for (int f = 0; f < BN / 8; ++f) {
-                const float* b0 = Bs + (kk + t) * BS + 8 * f + g;
-                const unsigned bf[2] = {__float_as_uint(b0[0]), __float_as_uint(b0[4 * BS])};
+                const float* bp = Bs + (kk + t) * BS + 8 * f + g;
+                const unsigned bf[2] = {__float_as_uint(bp[0]), __float_as_uint(bp[4 * BS])};
                 mma_tf32_m16n8k8(acc[f], af, bf, acc[f]);
             }
         }
     } else {
-        const float* a0 = As + t * MMA_AS + row + g;
-        const float* a4 = a0 + 4 * MMA_AS;
-        const float* a8 = a0 + 8 * MMA_AS;
-        const float* a12 = a0 + 12 * MMA_AS;
-        const unsigned af[4] = {bf16x2_round(a0[0], a4[0]), bf16x2_round(a0[8], a4[8]),
-                                bf16x2_round(a8[0], a12[0]), bf16x2_round(a8[8], a12[8])};
+        const int o[4] = {koff[t], koff[t + 4], koff[t + 8], koff[t + 12]};
+        unsigned af[4];
+        halo_a_bf16(H, b0, b1, o, af);
         REVSEG_UNROLL
         for (int f = 0; f < BN / 8; ++f) {
-            const float* b0 = Bs + t * BS + 8 * f + g;
-            const unsigned bf[2] = {bf16x2_round(b0[0], b0[4 * BS]),
-                                    bf16x2_round(b0[8 * BS], b0[12 * BS])};
+            const float* bp = Bs + t * BS + 8 * f + g;
+            const unsigned bf[2] = {bf16x2_round(bp[0], bp[4 * BS]),
+                                    bf16x2_round(bp[8 * BS], bp[12 * BS])};
             mma_bf16_m16n8k16(acc[f], af, bf, acc[f]);
         }
     }
 }
 
-// The B-side copy of the data kernels: BK rows of the packed weights, columns n0 .. n0 + BN.
-template <int BN>
-__device__ __forceinline__ void load_packed_b(const MmaConvArgs& a, float* Bs, int k0, int n0,
-                                              int tid) {
-    constexpr int BS = mma_stride(BN);
-    constexpr int GROUPS = BN / 4;
-    constexpr int ITERS = (MMA_BK * GROUPS + MMA_THREADS - 1) / MMA_THREADS;
-    REVSEG_UNROLL
-    for (int it = 0; it < ITERS; ++it) {
-        const int i = tid + it * MMA_THREADS;
-        if (MMA_BK * GROUPS % MMA_THREADS != 0 && i >= MMA_BK * GROUPS) {
-            break;
+// TF32: a landed chunk's halo rounded in place (every thread's copies visible after the barrier
+// before this), so the main loop reads operands ready for the MMA.
+__device__ __forceinline__ void mma_round_rows(float* H, int rows, int len, int stride, int tid) {
+    const int p4 = len / 4;
+    for (int i = tid; i < rows * p4; i += MMA_THREADS) {
+        float* v = H + (i / p4) * stride + 4 * (i % p4);
+        REVSEG_UNROLL
+        for (int j = 0; j < 4; ++j) {
+            v[j] = __uint_as_float(tf32_round(v[j]));
         }
-        const int r = i / GROUPS, c = 4 * (i % GROUPS);
-        float* dst = Bs + r * BS + c;
-        const float* src = a.w + static_cast<long long>(k0 + r) * a.npad + n0 + c;
-        if (a.vec) {
-            cp_async<16>(dst, src);
+    }
+}
+
+// Block geometry of a data kernel: the output box (bz, by, bx) at (z0, y0, x0) of sample n, and the
+// halo it reads, starting at (hz0, hy0, hx0) with hx0 a multiple of 4 (16-byte copies).
+struct MmaBox {
+    int n, z0, y0, x0, hz0, hy0, hx0;
+};
+
+__device__ __forceinline__ MmaBox mma_box(const MmaConvArgs& a, int b) {
+    const int tx = (a.wd + a.fold * a.bx - 1) / (a.fold * a.bx);
+    const int ty = (a.h + a.by - 1) / a.by, tz = (a.d + a.bz - 1) / a.bz;
+    MmaBox o;
+    o.x0 = (b % tx) * a.fold * a.bx;
+    b /= tx;
+    o.y0 = (b % ty) * a.by;
+    b /= ty;
+    o.z0 = (b % tz) * a.bz;
+    o.n = b / tz;
+    o.hz0 = o.z0 - a.kd / 2;
+    o.hy0 = o.y0 - a.kh / 2;
+    const int xs = o.x0 - a.kw / 2;
+    o.hx0 = xs >= 0 ? xs & ~3 : -((3 - xs) & ~3);
+    return o;
+}
+
+// One channel chunk's halo into H: cc channels of hz x hy x hx floats (channel stride hs), zeros
+// outside the volume and past the last channel; 16-byte copies where a group of 4 lies inside a row.
+__device__ __forceinline__ void mma_stage_chunk(const MmaConvArgs& a, const MmaBox& bx, float* H,
+                                                int c0, int tid) {
+    const int hw = a.h * a.wd, sp = a.d * hw;
+    const int q4 = a.hx / 4, groups = a.cc * a.hz * a.hy * q4;
+    for (int i = tid; i < groups; i += MMA_THREADS) {
+        int r = i;
+        const int q = r % q4;
+        r /= q4;
+        const int yy = r % a.hy;
+        r /= a.hy;
+        const int zz = r % a.hz, c = r / a.hz;
+        float* dst = H + c * a.hs + (zz * a.hy + yy) * a.hx + 4 * q;
+        const int ci = c0 + c;
+        const int z = bx.hz0 + zz, y = bx.hy0 + yy, x = bx.hx0 + 4 * q;
+        if (ci >= a.cin || z < 0 || z >= a.d || y < 0 || y >= a.h) {
+            REVSEG_UNROLL
+            for (int j = 0; j < 4; ++j) {
+                dst[j] = 0.0f;
+            }
+            continue;
+        }
+        const float* row =
+            a.src + (static_cast<long long>(bx.n) * a.cin + ci) * sp + z * hw + y * a.wd;
+        if (a.vec && x >= 0 && x + 3 < a.wd) {
+            cp_async<16>(dst, row + x);
         } else {
             REVSEG_UNROLL
             for (int j = 0; j < 4; ++j) {
-                cp_async<4>(dst + j, src + j);
+                if (x + j >= 0 && x + j < a.wd) {
+                    cp_async<4>(dst + j, row + x + j);
+                } else {
+                    dst[j] = 0.0f;
+                }
             }
         }
     }
 }
 
-// The K loop: tiles loaded by `load(stage, k tile)` MMA_STAGES - 1 ahead of the one multiplied.
-template <int PREC, int BN, typename Load>
-__device__ __forceinline__ void mma_pipeline(float (*As)[MMA_BK * MMA_AS],
-                                             float (*Bs)[MMA_BK * mma_stride(BN)], int ktiles,
-                                             int warp, int lane, Load& load, float acc[BN / 8][4]) {
+// Forward / input gradient. Grid: x = n * output boxes, y = channel tiles of BN. The box's input
+// halo is staged in shared memory once per chunk of cc input channels (double-buffered: the next
+// chunk's copy runs under this chunk's MMAs), so a K row's A values are one shared load at a fixed
+// offset (koff, per chunk-local K row: channel * hs + tap offset in the halo) from the lane's
+// position base. K is ordered (chunk, tap, channel in chunk), ktc tiles per chunk, zero weight rows
+// in the padding. With `fold` = 2 (a forward over few input channels) a GEMM row is a pair of
+// x-adjacent outputs: taps span kw + 1 columns and the columns are (parity, output channel), so
+// the pair shares one input window and K is better filled.
+template <int PREC, int BN>
+__device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
+    constexpr int BS = mma_stride(BN);
+    REVSEG_SHARED_ALIGN16(float, Hs, [2][MMA_HALO]);
+    REVSEG_SHARED_ALIGN16(float, Bs, [MMA_STAGES][MMA_BK * BS]);
+    REVSEG_SHARED(int, koff, [MMA_KOFF]);
+    const int hw = a.h * a.wd, sp = a.d * hw;
+    const int kwf = a.kw + a.fold - 1;
+    const int taps = a.kd * a.kh * kwf;
+    const int ktiles = a.nchunk * a.ktc;
+    const MmaBox bx = mma_box(a, static_cast<int>(blockIdx.x));
+    const int n0 = static_cast<int>(blockIdx.y) * BN;
+    const int tid = static_cast<int>(threadIdx.x);
+    const int warp = tid / 32, lane = tid % 32;
+
+    // Chunk-local K rows -> halo offsets, once per block (the input gradient mirrors the taps).
+    for (int k = tid; k < a.ktc * MMA_BK; k += MMA_THREADS) {
+        const int tap = k / a.cc, c = k % a.cc;
+        int o = 0;
+        if (tap < taps) {
+            int tz = tap / (a.kh * kwf), ty = (tap / kwf) % a.kh, tx = tap % kwf;
+            if (a.flip) {
+                tz = a.kd - 1 - tz;
+                ty = a.kh - 1 - ty;
+                tx = a.kw - 1 - tx;
+            }
+            o = c * a.hs + (tz * a.hy + ty) * a.hx + tx;
+        }
+        koff[k] = 4 * o;
+    }
+    // This lane's two GEMM rows (g, g + 8): their output position and halo base.
+    const int g = lane >> 2, t = lane & 3;
+    const int box = a.bz * a.by * a.bx;
+    const int shift = bx.x0 - a.kw / 2 - bx.hx0;
+    int base[2], pz[2], py[2], px[2];
+    bool pin[2];
+    for (int r = 0; r < 2; ++r) {
+        const int m = 16 * warp + g + 8 * r;
+        const int mz = m / (a.by * a.bx), my = (m / a.bx) % a.by, mx = m % a.bx;
+        pin[r] = m < box;
+        pz[r] = bx.z0 + mz;
+        py[r] = bx.y0 + my;
+        px[r] = bx.x0 + a.fold * mx;
+        pin[r] = pin[r] && pz[r] < a.d && py[r] < a.h;
+        base[r] = 4 * (pin[r] ? (mz * a.hy + my) * a.hx + a.fold * mx + shift : 0);
+    }
+
+    float acc[BN / 8][4];
     for (int f = 0; f < BN / 8; ++f) {
         for (int i = 0; i < 4; ++i) {
             acc[f][i] = 0.0f;
         }
     }
-    for (int s = 0; s < MMA_STAGES - 1; ++s) {
-        if (s < ktiles) {
-            load(s, s);
-        }
-        cp_async_commit();
+    // This thread's B copies: fixed columns, the source advanced one K tile per load.
+    constexpr int GROUPS = BN / 4;
+    constexpr int BITERS = (MMA_BK * GROUPS + MMA_THREADS - 1) / MMA_THREADS;
+    const float* bsrc[BITERS];
+    int bdst[BITERS];
+    for (int it = 0; it < BITERS; ++it) {
+        const int i = tid + it * MMA_THREADS;
+        const int r = i / GROUPS, c = 4 * (i % GROUPS);
+        bsrc[it] = a.w + static_cast<long long>(r) * a.npad + n0 + c;
+        bdst[it] = i < MMA_BK * GROUPS ? r * BS + c : -1;
     }
-    for (int kt = 0; kt < ktiles; ++kt) {
-        cp_async_wait<MMA_STAGES - 2>();
-        __syncthreads();
-        // The stage refilled here was last read in iteration kt - 1, before the barrier above.
-        const int next = kt + MMA_STAGES - 1;
-        if (next < ktiles) {
-            load(next % MMA_STAGES, next);
-        }
-        cp_async_commit();
-        mma_stage<PREC, BN>(As[kt % MMA_STAGES], Bs[kt % MMA_STAGES], 16 * warp, lane, acc);
-    }
-    cp_async_wait<0>();
-}
-
-// Forward / input gradient. Grid: x = n * position tiles, y = channel tiles of BN.
-template <int PREC, int BN>
-__device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
-    constexpr int BS = mma_stride(BN);
-    REVSEG_SHARED_ALIGN16(float, As, [MMA_STAGES][MMA_BK * MMA_AS]);
-    REVSEG_SHARED_ALIGN16(float, Bs, [MMA_STAGES][MMA_BK * BS]);
-    const int hw = a.h * a.wd, sp = a.d * hw;
-    const int taps = a.kd * a.kh * a.kw;
-    const int kdim = taps * a.cin;
-    const int ktiles = (kdim + MMA_BK - 1) / MMA_BK;
-    const int ptiles = (sp + MMA_BM - 1) / MMA_BM;
-    const int n = static_cast<int>(blockIdx.x) / ptiles;
-    const int p0 = (static_cast<int>(blockIdx.x) % ptiles) * MMA_BM;
-    const int n0 = static_cast<int>(blockIdx.y) * BN;
-    const int tid = static_cast<int>(threadIdx.x);
-    const int warp = tid / 32, lane = tid % 32;
-    const float* src_n = a.src + static_cast<long long>(n) * a.cin * sp;
-
-    // A copies: this thread's 4 consecutive positions (fixed), rows kr and kr + 8 of each tile.
-    const int mg = 4 * (tid % 16), kr = tid / 16;
-    int pz[4], py[4], px[4];
-    bool pin[4];
-    for (int j = 0; j < 4; ++j) {
-        const int p = p0 + mg + j;
-        pin[j] = p < sp;
-        pz[j] = p / hw;
-        py[j] = (p / a.wd) % a.h;
-        px[j] = p % a.wd;
-    }
-    const bool one_row = pin[3] && pz[0] == pz[3] && py[0] == py[3];
-    // Per row: (tap, channel) of its current k, advanced by BK per tile without divisions; the
-    // tap's offsets are recomputed only when the tap changes.
-    int rt[2], rc[2];
-    MmaTap ro[2];
-    for (int r = 0; r < 2; ++r) {
-        const int k = kr + 8 * r;
-        rt[r] = k / a.cin;
-        rc[r] = k % a.cin;
-        ro[r] = mma_tap(a, rt[r] < taps ? rt[r] : 0);
-    }
-
-    auto load = [&](int stage, int kt) {
-        float* as = As[stage];
+    const long long bstep = static_cast<long long>(MMA_BK) * a.npad;
+    auto load_b = [&](float* dst) {
         REVSEG_UNROLL
-        for (int r = 0; r < 2; ++r) {
-            float* dst = as + (kr + 8 * r) * MMA_AS + mg;
-            if (rt[r] >= taps) {
-                REVSEG_UNROLL
-                for (int j = 0; j < 4; ++j) {
-                    dst[j] = 0.0f;
-                }
-            } else {
-                const MmaTap o = ro[r];
-                const float* plane = src_n + static_cast<long long>(rc[r]) * sp;
-                const int zz = pz[0] + o.dz, yy = py[0] + o.dy, x0 = px[0] + o.dx;
-                const int off = (zz * a.h + yy) * a.wd + x0;
-                if (a.vec && one_row && zz >= 0 && zz < a.d && yy >= 0 && yy < a.h && x0 >= 0 &&
-                    x0 + 3 < a.wd && off % 4 == 0) {
-                    cp_async<16>(dst, plane + off);
+        for (int it = 0; it < BITERS; ++it) {
+            if (bdst[it] >= 0) {
+                if (a.vec) {
+                    cp_async<16>(dst + bdst[it], bsrc[it]);
                 } else {
                     REVSEG_UNROLL
                     for (int j = 0; j < 4; ++j) {
-                        const int z = pz[j] + o.dz, y = py[j] + o.dy, x = px[j] + o.dx;
-                        if (pin[j] && z >= 0 && z < a.d && y >= 0 && y < a.h && x >= 0 &&
-                            x < a.wd) {
-                            cp_async<4>(dst + j, plane + (z * a.h + y) * a.wd + x);
-                        } else {
-                            dst[j] = 0.0f;
-                        }
+                        cp_async<4>(dst + bdst[it] + j, bsrc[it] + j);
                     }
                 }
             }
-            // Divisions only where the row crosses into another tap.
-            rc[r] += MMA_BK;
-            if (rc[r] >= a.cin) {
-                rt[r] += rc[r] / a.cin;
-                rc[r] %= a.cin;
-                if (rt[r] < taps) {
-                    ro[r] = mma_tap(a, rt[r]);
-                }
-            }
+            bsrc[it] += bstep;
         }
-        load_packed_b<BN>(a, Bs[stage], kt * MMA_BK, n0, tid);
     };
 
-    float acc[BN / 8][4];
-    mma_pipeline<PREC, BN>(As, Bs, ktiles, warp, lane, load, acc);
+    mma_stage_chunk(a, bx, Hs[0], 0, tid);
+    for (int s = 0; s < MMA_STAGES - 1; ++s) {
+        if (s < ktiles) {
+            load_b(Bs[s]);
+        }
+        cp_async_commit();
+    }
+    int use = 0, fill = MMA_STAGES - 1;  // stages read and refilled this iteration
+    for (int ch = 0; ch < a.nchunk; ++ch) {
+        // This chunk's halo has landed, and every read of the buffer refilled below (chunk ch - 1)
+        // is done.
+        cp_async_wait<0>();
+        __syncthreads();
+        if (PREC == kTf32) {
+            mma_round_rows(Hs[ch & 1], a.cc, a.hz * a.hy * a.hx, a.hs, tid);
+            __syncthreads();
+        }
+        if (ch + 1 < a.nchunk) {
+            mma_stage_chunk(a, bx, Hs[(ch + 1) & 1], (ch + 1) * a.cc, tid);
+        }
+        const char* H = reinterpret_cast<const char*>(Hs[ch & 1]);
+        for (int lt = 0; lt < a.ktc; ++lt) {
+            const int kt = ch * a.ktc + lt;
+            cp_async_wait<MMA_STAGES - 2>();
+            __syncthreads();
+            // The stage refilled here was last read in iteration kt - 1, before the barrier above.
+            if (kt + MMA_STAGES - 1 < ktiles) {
+                load_b(Bs[fill]);
+            }
+            cp_async_commit();
+            mma_stage_halo<PREC, BN>(H, koff + lt * MMA_BK, Bs[use], base[0], base[1], lane,
+                                     acc);
+            use = use + 1 == MMA_STAGES ? 0 : use + 1;
+            fill = fill + 1 == MMA_STAGES ? 0 : fill + 1;
+        }
+    }
+    cp_async_wait<0>();
 
-    const int g = lane >> 2, t = lane & 3;
     for (int f = 0; f < BN / 8; ++f) {
         for (int i = 0; i < 4; ++i) {
-            const int p = p0 + 16 * warp + g + (i >= 2 ? 8 : 0);
-            const int c = n0 + 8 * f + 2 * t + (i & 1);
-            if (p < sp && c < a.cout) {
+            const int r = i >> 1;
+            const int cf = n0 + 8 * f + 2 * t + (i & 1);
+            const int par = cf / a.cout, c = cf % a.cout;
+            const int x = px[r] + par;
+            if (pin[r] && par < a.fold && x < a.wd) {
                 const float b = a.bias != nullptr ? a.bias[c] : 0.0f;
-                float* o = a.out + (static_cast<long long>(n) * a.cout + c) * sp + p;
+                float* o = a.out + (static_cast<long long>(bx.n) * a.cout + c) * sp +
+                           (pz[r] * a.h + py[r]) * a.wd + x;
                 *o = ((a.accumulate ? *o : 0.0f) + b) + acc[f][i];
             }
         }
     }
 }
 
-// Weight-gradient partials: out[split][co][ci][tap]. Grid: x = (tap, ci) tiles of 64, y = co tiles
-// of BN, z = splits of `chunk` positions (q = n * sp + p).
+// Weight-gradient partials: out[split][co][ci][tap]. Grid: x = (ci, tap) tiles of 64 (M), y = co
+// tiles of BN (N), z = splits of `chunk` output boxes (K = the boxes' positions, ktc tiles of 16
+// per box). Per box, the halo of the cc channels this M tile touches and the box's dY (n-major,
+// Bt[co][q]) are staged in shared memory, so an A value is one shared load at (row's channel and
+// tap offset) + (position's offset from a per-block table), and the MMA loop does no indexing.
 template <int PREC, int BN>
 __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
-    constexpr int BS = mma_stride(BN);
-    REVSEG_SHARED_ALIGN16(float, As, [MMA_STAGES][MMA_BK * MMA_AS]);
-    REVSEG_SHARED_ALIGN16(float, Bs, [MMA_STAGES][MMA_BK * BS]);
+    REVSEG_SHARED_ALIGN16(float, Hs, [MMA_WHALO]);
+    REVSEG_SHARED_ALIGN16(float, Bt, [BN * MMA_QS]);
+    REVSEG_SHARED(int, qoff, [MMA_BM]);
     const int hw = a.h * a.wd, sp = a.d * hw;
     const int taps = a.kd * a.kh * a.kw;
     const int mdim = taps * a.cin;
     const int m0 = static_cast<int>(blockIdx.x) * MMA_BM;
     const int n0 = static_cast<int>(blockIdx.y) * BN;
     const int split = static_cast<int>(blockIdx.z);
-    const long long qtotal = static_cast<long long>(a.n) * sp;
-    const long long qbeg = static_cast<long long>(split) * a.chunk;
-    const long long qend = qbeg + a.chunk < qtotal ? qbeg + a.chunk : qtotal;
-    const int ktiles = static_cast<int>((qend - qbeg + MMA_BK - 1) / MMA_BK);
+    const int tx = (a.wd + a.bx - 1) / a.bx, ty = (a.h + a.by - 1) / a.by;
+    const int total = a.n * ((a.d + a.bz - 1) / a.bz) * ty * tx;
+    const int bbeg = split * a.chunk;
+    const int bend = bbeg + a.chunk < total ? bbeg + a.chunk : total;
     const int tid = static_cast<int>(threadIdx.x);
     const int warp = tid / 32, lane = tid % 32;
+    const int g = lane >> 2, t = lane & 3;
+    const int c_lo = m0 / taps;
+    const int box = a.bz * a.by * a.bx, kq = a.ktc * MMA_BK;
 
-    // Both copies: this thread's position row ql of each tile, columns mc + 8j.
-    const int ql = tid % 16, mc = tid / 16;
-    int cch[8];
-    MmaTap co_[8];
-    bool cin_[8];
-    for (int j = 0; j < 8; ++j) {
-        const int m = m0 + mc + 8 * j;
-        cin_[j] = m < mdim;
-        const int tap = cin_[j] ? m / a.cin : 0;
-        cch[j] = cin_[j] ? m % a.cin : 0;
-        co_[j] = mma_tap(a, tap);
+    // Box-local positions -> halo offsets (bytes, before the box's alignment shift).
+    for (int q = tid; q < MMA_BM; q += MMA_THREADS) {
+        const int qz = q / (a.by * a.bx), qy = (q / a.bx) % a.by, qx = q % a.bx;
+        qoff[q] = q < box ? 4 * ((qz * a.hy + qy) * a.hx + qx) : 0;
     }
-    // The row's position, advanced by BK per tile without divisions.
-    long long q = qbeg + ql;
-    int qn = static_cast<int>(q / sp);
-    int rem = static_cast<int>(q % sp);
-    int qz = rem / hw, qy = (rem / a.wd) % a.h, qx = rem % a.wd;
+    // This lane's two M rows (g, g + 8): their channel in the staged halo and tap offset (bytes).
+    int moff[2];
+    for (int r = 0; r < 2; ++r) {
+        const int m = m0 + 16 * warp + g + 8 * r;
+        int o = 0;
+        if (m < mdim) {
+            const int tap = m % taps;
+            const int tz = tap / (a.kh * a.kw), tyy = (tap / a.kw) % a.kh, txx = tap % a.kw;
+            o = (m / taps - c_lo) * a.hs + (tz * a.hy + tyy) * a.hx + txx;
+        }
+        moff[r] = 4 * o;
+    }
 
-    auto load = [&](int stage, int) {
-        float* as = As[stage] + ql * MMA_AS;
-        float* bs = Bs[stage] + ql * BS;
-        const bool q_in = q < qend;
-        const float* x_n = a.src + static_cast<long long>(qn) * a.cin * sp;
-        const float* dy_n = a.w + static_cast<long long>(qn) * a.cout * sp;
-        REVSEG_UNROLL
-        for (int j = 0; j < 8; ++j) {
-            const MmaTap o = co_[j];
-            const int z = qz + o.dz, y = qy + o.dy, x = qx + o.dx;
-            if (q_in && cin_[j] && z >= 0 && z < a.d && y >= 0 && y < a.h && x >= 0 && x < a.wd) {
-                cp_async<4>(as + mc + 8 * j,
-                            x_n + static_cast<long long>(cch[j]) * sp + (z * a.h + y) * a.wd + x);
-            } else {
-                as[mc + 8 * j] = 0.0f;
-            }
+    constexpr int F = BN / 8;
+    float acc[F][4];
+    for (int f = 0; f < F; ++f) {
+        for (int i = 0; i < 4; ++i) {
+            acc[f][i] = 0.0f;
         }
-        const int p = (qz * a.h + qy) * a.wd + qx;
-        REVSEG_UNROLL
-        for (int j = 0; j < BN / 8; ++j) {
-            const int c = n0 + mc + 8 * j;
-            if (q_in && c < a.cout) {
-                cp_async<4>(bs + mc + 8 * j, dy_n + static_cast<long long>(c) * sp + p);
+    }
+    const char* H = reinterpret_cast<const char*>(Hs);
+    for (int b = bbeg; b < bend; ++b) {
+        const MmaBox bx = mma_box(a, b);
+        // Every read of the previous box is done before the buffers are refilled.
+        __syncthreads();
+        mma_stage_chunk(a, bx, Hs, c_lo, tid);
+        const float* dy_n = a.w + static_cast<long long>(bx.n) * a.cout * sp;
+        const int g4 = (a.bx + 3) / 4, rows = a.bz * a.by;
+        for (int i = tid; i < BN * rows * g4; i += MMA_THREADS) {
+            const int j = i % g4, rr = (i / g4) % rows, c = i / (g4 * rows);
+            const int z = bx.z0 + rr / a.by, y = bx.y0 + rr % a.by, x = bx.x0 + 4 * j;
+            float* dst = Bt + c * MMA_QS + rr * a.bx + 4 * j;
+            const bool in = n0 + c < a.cout && z < a.d && y < a.h;
+            const float* src = dy_n + static_cast<long long>(n0 + c) * sp + z * hw + y * a.wd;
+            if (in && a.vec && a.bx % 4 == 0 && x + 3 < a.wd) {
+                cp_async<16>(dst, src + x);
             } else {
-                bs[mc + 8 * j] = 0.0f;
-            }
-        }
-        // Divisions only where the row wraps into another row of the volume.
-        q += MMA_BK;
-        qx += MMA_BK;
-        if (qx >= a.wd) {
-            qy += qx / a.wd;
-            qx %= a.wd;
-            if (qy >= a.h) {
-                qz += qy / a.h;
-                qy %= a.h;
-                if (qz >= a.d) {
-                    qn += qz / a.d;
-                    qz %= a.d;
+                for (int e = 0; e < 4 && 4 * j + e < a.bx; ++e) {
+                    if (in && x + e < a.wd) {
+                        cp_async<4>(dst + e, src + x + e);
+                    } else {
+                        dst[e] = 0.0f;
+                    }
                 }
             }
         }
-    };
+        // K rows past the box: zeros.
+        for (int i = tid; i < BN * (kq - box); i += MMA_THREADS) {
+            Bt[(i / (kq - box)) * MMA_QS + box + i % (kq - box)] = 0.0f;
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        if (PREC == kTf32) {
+            mma_round_rows(Hs, a.cc, a.hz * a.hy * a.hx, a.hs, tid);
+            mma_round_rows(Bt, BN, kq, MMA_QS, tid);
+            __syncthreads();
+        }
+        const int shift = 4 * (bx.x0 - a.kw / 2 - bx.hx0);
+        const int b0 = moff[0] + shift, b1 = moff[1] + shift;
+        for (int kt = 0; kt < a.ktc; ++kt) {
+            const int* qo = qoff + kt * MMA_BK;
+            const float* bq = Bt + kt * MMA_BK;
+            if (PREC == kTf32) {
+                REVSEG_UNROLL
+                for (int kk = 0; kk < MMA_BK; kk += 8) {
+                    unsigned af[4];
+                    halo_a_tf32(H, b0, b1, qo[kk + t], qo[kk + t + 4], af);
+                    REVSEG_UNROLL
+                    for (int f = 0; f < F; ++f) {
+                        const float* bp = bq + (8 * f + g) * MMA_QS + kk + t;
+                        const unsigned bf[2] = {__float_as_uint(bp[0]), __float_as_uint(bp[4])};
+                        mma_tf32_m16n8k8(acc[f], af, bf, acc[f]);
+                    }
+                }
+            } else {
+                const int o[4] = {qo[t], qo[t + 4], qo[t + 8], qo[t + 12]};
+                unsigned af[4];
+                halo_a_bf16(H, b0, b1, o, af);
+                REVSEG_UNROLL
+                for (int f = 0; f < F; ++f) {
+                    const float* bp = bq + (8 * f + g) * MMA_QS + t;
+                    const unsigned bf[2] = {bf16x2_round(bp[0], bp[4]),
+                                            bf16x2_round(bp[8], bp[12])};
+                    mma_bf16_m16n8k16(acc[f], af, bf, acc[f]);
+                }
+            }
+        }
+    }
 
-    float acc[BN / 8][4];
-    mma_pipeline<PREC, BN>(As, Bs, ktiles, warp, lane, load, acc);
-
-    const int g = lane >> 2, t = lane & 3;
     float* part = a.out + static_cast<long long>(split) * a.cout * mdim;
-    for (int f = 0; f < BN / 8; ++f) {
+    for (int f = 0; f < F; ++f) {
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + 16 * warp + g + (i >= 2 ? 8 : 0);
             const int c = n0 + 8 * f + 2 * t + (i & 1);
             if (m < mdim && c < a.cout) {
-                const int tap = m / a.cin, ch = m % a.cin;
-                part[(static_cast<long long>(c) * a.cin + ch) * taps + tap] = acc[f][i];
+                // Rows are (ci, tap), the partials' own order.
+                part[static_cast<long long>(c) * mdim + m] = acc[f][i];
             }
         }
     }
 }
 
-// Packs W (cout_w x cin_w x taps) into out (kpad x npad): row k = tap * cin + c, column j, with
-// (cin, N) = (ci, co) for the forward, (co, ci) for the input gradient (`flip`); zeros past the
-// ends; entries rounded to the precision `prec`.
+// Packs W (cout_w x cin_w x taps) into out (kpad x npad) in the data kernels' K order: row
+// k = (chunk, tap, channel in chunk) with ktc * BK rows per chunk, column j = (parity, channel) for
+// a fold of 2, else the channel; (cin, N) = (ci, co) for the forward, (co, ci) for the input
+// gradient (`flip`); zeros in every padding; entries rounded to the precision `prec`.
 // a.n = kpad, a.cin = channels summed over, a.cout = channels produced.
 REVSEG_KERNEL(conv3d_mma_pack_weights, MmaConvArgs) {
     const int taps = a.kd * a.kh * a.kw;
+    const int kwf = a.kw + a.fold - 1;
+    const int rows = a.ktc * MMA_BK;
     const long long count = static_cast<long long>(a.n) * a.npad;
     for (long long i = global_index(); i < count; i += grid_stride()) {
         const int k = static_cast<int>(i / a.npad), j = static_cast<int>(i % a.npad);
-        const int tap = k / a.cin, c = k % a.cin;
+        const int chunk = k / rows, r = k % rows;
+        const int tapf = r / a.cc, c = chunk * a.cc + r % a.cc;
+        const int par = j / a.cout, co = j % a.cout;
+        const int tz = tapf / (a.kh * kwf), ty = (tapf / kwf) % a.kh, tx = tapf % kwf - par;
         float v = 0.0f;
-        if (tap < taps && j < a.cout) {
-            // Forward: W[j][c][tap] (j = co); input gradient: W[c][j][tap] (c = co, j = ci).
-            const long long wi = a.flip ? (static_cast<long long>(c) * a.cout + j) * taps + tap
-                                        : (static_cast<long long>(j) * a.cin + c) * taps + tap;
+        if (tapf < a.kd * a.kh * kwf && c < a.cin && par < a.fold && tx >= 0 && tx < a.kw) {
+            const int tap = (tz * a.kh + ty) * a.kw + tx;
+            // Forward: W[co][c][tap]; input gradient: W[c][co][tap] (c = output channel, co = ci).
+            const long long wi = a.flip ? (static_cast<long long>(c) * a.cout + co) * taps + tap
+                                        : (static_cast<long long>(co) * a.cin + c) * taps + tap;
             v = a.src[wi];
         }
         a.out[i] = a.prec == kBf16 ? bf16_round(v) : __uint_as_float(tf32_round(v));
@@ -377,6 +493,7 @@ REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n24, MmaConvArgs) { mma_data<kTf32, 24>(
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n32, MmaConvArgs) { mma_data<kTf32, 32>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n40, MmaConvArgs) { mma_data<kTf32, 40>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n48, MmaConvArgs) { mma_data<kTf32, 48>(a); }
+REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n56, MmaConvArgs) { mma_data<kTf32, 56>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n64, MmaConvArgs) { mma_data<kTf32, 64>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_tf32_n80, MmaConvArgs) { mma_data<kTf32, 80>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n8, MmaConvArgs) { mma_data<kBf16, 8>(a); }
@@ -385,6 +502,7 @@ REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n24, MmaConvArgs) { mma_data<kBf16, 24>(
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n32, MmaConvArgs) { mma_data<kBf16, 32>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n40, MmaConvArgs) { mma_data<kBf16, 40>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n48, MmaConvArgs) { mma_data<kBf16, 48>(a); }
+REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n56, MmaConvArgs) { mma_data<kBf16, 56>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n64, MmaConvArgs) { mma_data<kBf16, 64>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_data_bf16_n80, MmaConvArgs) { mma_data<kBf16, 80>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n8, MmaConvArgs) { mma_weight<kTf32, 8>(a); }
@@ -393,6 +511,7 @@ REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n24, MmaConvArgs) { mma_weight<kTf32, 
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n32, MmaConvArgs) { mma_weight<kTf32, 32>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n40, MmaConvArgs) { mma_weight<kTf32, 40>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n48, MmaConvArgs) { mma_weight<kTf32, 48>(a); }
+REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n56, MmaConvArgs) { mma_weight<kTf32, 56>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n64, MmaConvArgs) { mma_weight<kTf32, 64>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_tf32_n80, MmaConvArgs) { mma_weight<kTf32, 80>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n8, MmaConvArgs) { mma_weight<kBf16, 8>(a); }
@@ -401,5 +520,6 @@ REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n24, MmaConvArgs) { mma_weight<kBf16, 
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n32, MmaConvArgs) { mma_weight<kBf16, 32>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n40, MmaConvArgs) { mma_weight<kBf16, 40>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n48, MmaConvArgs) { mma_weight<kBf16, 48>(a); }
+REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n56, MmaConvArgs) { mma_weight<kBf16, 56>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n64, MmaConvArgs) { mma_weight<kBf16, 64>(a); }
 REVSEG_KERNEL_SYNC(conv3d_mma_weight_bf16_n80, MmaConvArgs) { mma_weight<kBf16, 80>(a); }

@@ -161,7 +161,7 @@ fn worst(got: &[f64], exact: &[f64], scale: &[f64], u: f64, k: usize) -> f64 {
 }
 
 /// (n, ci, co, d, h, w, kd, kh, kw, skew)
-const SHAPES: [([usize; 9], usize); 5] = [
+const SHAPES: [([usize; 9], usize); 7] = [
     // 2 x 105 positions (two ragged position tiles each), co 5 in a tile of 8, K = 81.
     ([2, 3, 5, 3, 5, 7, 3, 3, 3], 1),
     // co 18 -> tile 24, ci 20 -> tile 24 for the input gradient, K = 180 and 162.
@@ -170,8 +170,13 @@ const SHAPES: [([usize; 9], usize); 5] = [
     ([1, 1, 12, 1, 9, 12, 1, 5, 5], 0),
     // The output layer's kind: 1x1x1, three output channels, K = 33.
     ([2, 33, 3, 1, 4, 5, 1, 1, 1], 1),
-    // co 75 -> tile 80 (ten n-fragments per warp), aligned.
+    // co 75 -> tile 80 (ten n-fragments per warp), aligned; the input gradient stages its 75
+    // channels in 4 chunks of 19 (the last one part zeros).
     ([1, 6, 75, 1, 7, 8, 1, 3, 3], 0),
+    // The forward's pair fold (one input channel) on an odd width, two samples, misaligned.
+    ([2, 1, 7, 2, 5, 11, 1, 5, 5], 1),
+    // 3x3x3 over 20 channels: two halo chunks with 16-byte copies (rows of 8), boxes over z.
+    ([1, 20, 9, 3, 4, 8, 3, 3, 3], 0),
 ];
 
 /// The devices a precision is checked on: the emulator always (unless a GPU run asks for CUDA

@@ -1,7 +1,10 @@
 //! scripts/kernel-report reads every kernel off its sm_90 build: each kernel of kernels/*.cu is
 //! there with the resources ptxas gave it and an inner loop that does arithmetic; the tensor-core
 //! convolutions have HMMA in their main loops and no spills; the per-layer useful-MAC fractions
-//! agree with the tile table, and the FLOP-weighted fraction is at least 85%.
+//! agree with the library's tile choices (conv3d_mma::data_plan, channel_tile), and the
+//! FLOP-weighted fraction is at least 85%.
+
+use revseg::backend::gpu::conv3d_mma::{channel_tile, data_plan};
 
 use std::process::Command;
 
@@ -53,7 +56,7 @@ fn kernel_report_covers_every_kernel() {
             k.starts_with("conv3d_mma_data_") || k.starts_with("conv3d_mma_weight_")
         })
         .collect();
-    assert_eq!(mma.len(), 32);
+    assert_eq!(mma.len(), 36);
     for r in &mma {
         assert!(r["inner_loop_mix"]["mma"].as_u64().unwrap() > 0, "{r}");
         assert_eq!(
@@ -64,29 +67,46 @@ fn kernel_report_covers_every_kernel() {
     }
     // Per layer shape: the useful fraction recomputed here from the shape and the tile table.
     let layers = j["layers"].as_array().unwrap();
-    let tile = |c: u64| {
-        [8u64, 16, 24, 32, 40, 48, 64, 80]
-            .into_iter()
-            .rev()
-            .min_by_key(|&n| c.div_ceil(n) * n)
-            .unwrap()
+    let kernel = |taps: u64| match taps {
+        27 => [3, 3, 3],
+        9 => [1, 3, 3],
+        25 => [1, 5, 5],
+        1 => [1, 1, 1],
+        _ => panic!("no preset kernel with {taps} taps"),
     };
-    for l in layers
-        .iter()
-        .filter(|l| l["precision"] == "tf32" && l["pass_"] == "forward")
-    {
-        let (ci, co, taps, q) = (
-            l["ci"].as_u64().unwrap(),
-            l["co"].as_u64().unwrap(),
-            l["taps"].as_u64().unwrap(),
-            l["positions"].as_u64().unwrap(),
-        );
-        let n = tile(co);
-        let issued = q.div_ceil(64) * 64 * co.div_ceil(n) * n * (ci * taps).div_ceil(16) * 16;
+    for l in layers.iter().filter(|l| l["precision"] == "tf32") {
+        let u = |k: &str| l[k].as_u64().unwrap() as usize;
+        let (ci, co, taps, q) = (u("ci"), u("co"), u("taps"), u("positions"));
+        // The scale's volume: 18 x s x s positions (1x2x2 pooling between scales).
+        let s = ((q / 18) as f64).sqrt() as usize;
+        let issued = match l["pass_"].as_str().unwrap() {
+            "forward" | "input" => {
+                let flip = l["pass_"] == "input";
+                let (cin, cout) = if flip { (co, ci) } else { (ci, co) };
+                data_plan(cin, cout, [18, s, s], kernel(taps as u64), flip)
+                    .unwrap()
+                    .issued_macs(1)
+            }
+            _ => continue,
+        };
         let want = (ci * co * taps * q) as f64 / issued as f64;
         let got = l["useful_mac_fraction"].as_f64().unwrap();
         assert!((got - want).abs() < 1e-3, "{l}: {want}");
         assert!(l["hmma_in_inner_loop"].as_bool().unwrap(), "{l}");
+    }
+    // The weight gradient: (tap, ci) on M in 64s, co on N in the channel tile.
+    for l in layers
+        .iter()
+        .filter(|l| l["precision"] == "tf32" && l["pass_"] == "weight")
+    {
+        let co = l["co"].as_u64().unwrap() as usize;
+        assert!(
+            l["kernel"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("_n{}", channel_tile(co))),
+            "{l}"
+        );
     }
     for key in ["tf32/base", "tf32/revnet_n2", "bf16/base", "bf16/revnet_n2"] {
         let u = j["estimate"][key]["flop_weighted_useful"].as_f64().unwrap();
