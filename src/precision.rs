@@ -94,8 +94,9 @@ impl Precision {
 }
 
 /// The element type one buffer of a plan is stored in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Storage {
+    #[default]
     F32,
     Bf16,
 }
