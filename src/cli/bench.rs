@@ -149,8 +149,8 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Ops(a) => {
             let dev = super::select_device(&a.device)?;
-            // The CPU's bf16 convolution kernels exist before bf16 training does: the ops bench
-            // times them (beside f32) even where a bf16 training run is still refused.
+            // On the CPU the ops bench times the bf16 convolution kernels beside f32, even where
+            // the CPU lacks the bf16 instructions a training run needs (the scalar path).
             let asked = a.precision.precision.as_deref();
             if dev == crate::backend::device::Device::Cpu
                 && asked.map(crate::precision::Precision::parse).transpose()?
