@@ -46,21 +46,21 @@ fn unknown_op_and_missing_device_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device"));
 }
 
+/// `bench ratio` on a network small enough for a test.
+const RATIO_NET: [&str; 8] = [
+    "bench",
+    "ratio",
+    "--widths",
+    "4,6",
+    "--patch",
+    "2,8,32",
+    "--rev-blocks",
+    "2",
+];
+
 #[test]
 fn bench_ratio_reports_alternated_pairs_and_their_summary() {
-    let out = revseg(&[
-        "bench",
-        "ratio",
-        "--widths",
-        "4,6",
-        "--patch",
-        "2,8,32",
-        "--rev-blocks",
-        "2",
-        "--pairs",
-        "3",
-        "--json",
-    ]);
+    let out = revseg(&[RATIO_NET.as_slice(), &["--pairs", "3", "--json"]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -91,22 +91,8 @@ fn bench_ratio_reports_alternated_pairs_and_their_summary() {
 #[test]
 fn bench_ratio_against_f32_times_bf16_beside_f32() {
     let args = |p: &str| {
-        revseg(&[
-            "bench",
-            "ratio",
-            "--against-f32",
-            "--precision",
-            p,
-            "--widths",
-            "4,6",
-            "--patch",
-            "2,8,32",
-            "--rev-blocks",
-            "2",
-            "--pairs",
-            "2",
-            "--json",
-        ])
+        let extra = ["--against-f32", "--precision", p, "--pairs", "2", "--json"];
+        revseg(&[RATIO_NET.as_slice(), &extra].concat())
     };
     let out = args("f32");
     assert!(!out.status.success());
