@@ -68,9 +68,8 @@ impl Precision {
                 "TF32 is a GPU tensor-core format; the CPU reference has no TF32 path"
             }
             (Precision::Bf16, Device::Cpu) => {
-                "the plan lays bf16 buffers out (revseg plan --precision bf16 gives their peak), \
-                 but the CPU executor's arena holds f32 elements only, so a bf16 step does not \
-                 run there yet"
+                "this CPU has neither AMX-BF16 nor AVX512-BF16, the instructions the bf16 \
+                 convolutions multiply with (the scalar fallback is slower than f32)"
             }
             _ => "this build has no kernels for it on this device",
         };
@@ -94,8 +93,9 @@ impl Precision {
 }
 
 /// The element type one buffer of a plan is stored in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Storage {
+    #[default]
     F32,
     Bf16,
 }
@@ -127,6 +127,11 @@ fn supported(p: Precision, device: Device) -> bool {
         (Precision::F32, _) => true,
         // kernels/conv3d_mma.cu
         (Precision::Tf32 | Precision::Bf16, Device::Emu | Device::Cuda(_)) => true,
+        // backend/cpu/mixed.rs, on conv3d_amx.rs or conv3d_bf16.rs's vdpbf16ps kernels.
+        (Precision::Bf16, Device::Cpu) => {
+            crate::backend::cpu::conv3d_bf16::Path::best()
+                != crate::backend::cpu::conv3d_bf16::Path::Scalar
+        }
         _ => false,
     }
 }
@@ -158,14 +163,19 @@ mod tests {
     }
 
     #[test]
-    fn bf16_on_the_cpu_is_refused_with_the_reason() {
-        let e = Precision::for_device(Some(Precision::Bf16), Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("revseg plan --precision bf16") && e.contains("f32"),
-            "{e}"
-        );
+    fn bf16_on_the_cpu_runs_where_it_has_bf16_instructions_and_says_why_not_elsewhere() {
+        use crate::backend::cpu::conv3d_bf16::Path;
+        match Precision::for_device(Some(Precision::Bf16), Device::Cpu) {
+            Ok(p) => {
+                assert_eq!(p, Precision::Bf16);
+                assert_ne!(Path::best(), Path::Scalar);
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert_eq!(Path::best(), Path::Scalar);
+                assert!(e.contains("AVX512-BF16") && e.contains("f32"), "{e}");
+            }
+        }
         assert_eq!(Precision::Bf16.activation_storage().bytes(), 2);
         assert_eq!(Precision::Tf32.activation_storage(), Storage::F32);
     }

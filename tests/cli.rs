@@ -46,21 +46,21 @@ fn unknown_op_and_missing_device_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown device"));
 }
 
+/// `bench ratio` on a network small enough for a test.
+const RATIO_NET: [&str; 8] = [
+    "bench",
+    "ratio",
+    "--widths",
+    "4,6",
+    "--patch",
+    "2,8,32",
+    "--rev-blocks",
+    "2",
+];
+
 #[test]
 fn bench_ratio_reports_alternated_pairs_and_their_summary() {
-    let out = revseg(&[
-        "bench",
-        "ratio",
-        "--widths",
-        "4,6",
-        "--patch",
-        "2,8,32",
-        "--rev-blocks",
-        "2",
-        "--pairs",
-        "3",
-        "--json",
-    ]);
+    let out = revseg(&[RATIO_NET.as_slice(), &["--pairs", "3", "--json"]].concat());
     assert!(
         out.status.success(),
         "{}",
@@ -84,4 +84,40 @@ fn bench_ratio_reports_alternated_pairs_and_their_summary() {
     // Reversible blocks: the Recompute plan runs F and G again and keeps far less.
     assert!(num("gflop_recompute") > num("gflop_store_all"));
     assert!(num("arena_bytes_recompute") < num("arena_bytes_store_all"));
+}
+
+/// `bench ratio --against-f32`: the bf16 step beside the f32 step of the same plan, each
+/// executor's measured high-water mark equal to its plan; other precisions are refused by name.
+#[test]
+fn bench_ratio_against_f32_times_bf16_beside_f32() {
+    let args = |p: &str| {
+        let extra = ["--against-f32", "--precision", p, "--pairs", "2", "--json"];
+        revseg(&[RATIO_NET.as_slice(), &extra].concat())
+    };
+    let out = args("f32");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--precision bf16"));
+    let bf16_here = revseg::precision::Precision::for_device(
+        Some(revseg::precision::Precision::Bf16),
+        revseg::backend::device::Device::Cpu,
+    )
+    .is_ok();
+    if !bf16_here {
+        return;
+    }
+    let out = args("bf16");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["compared"], serde_json::json!(["bf16", "f32"]));
+    // Pairs hold (bf16, f32); the byte figures follow the same order.
+    let (bf, f) = (
+        j["arena_bytes_recompute"].as_u64().unwrap(),
+        j["arena_bytes_store_all"].as_u64().unwrap(),
+    );
+    assert!(bf < f, "{bf} vs {f}");
+    assert_eq!(j["measured_bytes"], serde_json::json!([bf, f]));
 }

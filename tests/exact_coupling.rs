@@ -6,6 +6,7 @@
 mod step_data;
 use step_data::{cast, data, Data};
 
+use revseg::backend::cpu::mixed::CpuMixedBackend;
 use revseg::backend::cpu::CpuBackend;
 use revseg::backend::gpu::emu::{EmuConfig, Schedule};
 use revseg::backend::gpu::{EmuLauncher, GpuBackend};
@@ -26,13 +27,18 @@ fn net(widths: &[usize], rev: usize) -> NetConfig {
     }
 }
 
-fn options(strategy: Strategy, check: bool, exact: bool) -> PlanOptions {
+/// The plan options for backend `b`: bf16 storage where its arena holds per-buffer storage.
+fn options<B: Backend>(b: &B, strategy: Strategy, check: bool, exact: bool) -> PlanOptions {
     PlanOptions {
         strategy,
         inference: false,
         check_reconstruction: check,
         exact_coupling: exact.then(FixedPoint::default),
-        precision: revseg::precision::Precision::F32,
+        precision: if b.byte_regions() {
+            revseg::precision::Precision::Bf16
+        } else {
+            revseg::precision::Precision::F32
+        },
     }
 }
 
@@ -73,7 +79,7 @@ fn recon<B: Backend>(b: &B, rev: usize, patch: (usize, usize, usize)) -> (Vec<f6
         let (ex, r) = step(
             b,
             &prog,
-            &options(Strategy::Recompute, true, exact),
+            &options(b, Strategy::Recompute, true, exact),
             &d,
             |_, _| {},
         );
@@ -104,6 +110,11 @@ fn chains_of_16_and_64_blocks_rebuild_their_inputs_bit_for_bit_on_the_cpu() {
     assert_exact_rebuild(&e, &p, "16 blocks");
     let (e, p) = recon(&b, 64, (2, 8, 8));
     assert_exact_rebuild(&e, &p, "64 blocks");
+    let b = CpuMixedBackend;
+    let (e, p) = recon(&b, 16, (4, 16, 16));
+    assert_exact_rebuild(&e, &p, "16 blocks, bf16");
+    let (e, p) = recon(&b, 64, (2, 8, 8));
+    assert_exact_rebuild(&e, &p, "64 blocks, bf16");
 }
 
 #[test]
@@ -117,7 +128,7 @@ fn chains_of_16_blocks_rebuild_their_inputs_bit_for_bit_on_the_emulated_gpu() {
 }
 
 fn grads<B: Backend>(b: &B, prog: &Program, strategy: Strategy, d: &Data) -> (u64, Vec<Vec<u64>>) {
-    let (ex, r) = step(b, prog, &options(strategy, false, true), d, |_, _| {});
+    let (ex, r) = step(b, prog, &options(b, strategy, false, true), d, |_, _| {});
     let loss = r.unwrap();
     let g = (0..prog.params.len())
         .map(|p| ex.grad(b, p).unwrap().iter().map(|v| v.to_bits()).collect())
@@ -152,6 +163,9 @@ fn recompute_gradients_equal_store_all_bit_for_bit() {
     assert_same_gradients(&CpuBackend::<f64>::new(), &prog, "f64, n = 2");
     let prog = model::build(&net(&[8, 12], 16), (2, 8, 8)).unwrap();
     assert_same_gradients(&CpuBackend::<f32>::new(), &prog, "f32, n = 16");
+    let prog2 = model::build(&net(&[4, 6, 8], 2), (3, 8, 12)).unwrap();
+    assert_same_gradients(&CpuMixedBackend, &prog2, "bf16, n = 2");
+    assert_same_gradients(&CpuMixedBackend, &prog, "bf16, n = 16");
 }
 
 #[test]
@@ -267,7 +281,7 @@ fn overflow_in_a_chain_names_the_block_and_the_value() {
     let (_, r) = step(
         &b,
         &prog,
-        &options(Strategy::Recompute, false, true),
+        &options(&b, Strategy::Recompute, false, true),
         &d,
         |ex, b| {
             let w = ex.param(b, p).unwrap();

@@ -12,18 +12,38 @@ pub mod gpu;
 use crate::error::{Error, Result};
 use crate::ops::coupling::{Direction, FixedPoint};
 use crate::ops::{batchnorm::BatchNormArgs, optim::AdamParams, optim::SgdParams};
+use crate::precision::Storage;
 use crate::tensor::{Element, Shape5};
 
-/// A span of an arena, in elements.
+/// A span of an arena: `len` elements stored as `storage`. `offset` counts elements in arenas of
+/// one element type (every buffer f32, or f64 for reference checks) and bytes in byte-addressed
+/// arenas (`Backend::byte_regions`), where each buffer has its own storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Region {
     pub offset: usize,
     pub len: usize,
+    pub storage: Storage,
 }
 
 impl Region {
     pub const fn new(offset: usize, len: usize) -> Self {
-        Region { offset, len }
+        Region {
+            offset,
+            len,
+            storage: Storage::F32,
+        }
+    }
+    /// A region of a byte-addressed arena.
+    pub const fn bytes_at(offset: usize, len: usize, storage: Storage) -> Self {
+        Region {
+            offset,
+            len,
+            storage,
+        }
+    }
+    /// One past the last byte, in a byte-addressed arena.
+    pub fn byte_end(&self) -> usize {
+        self.offset + self.len * self.storage.bytes()
     }
     pub fn end(&self) -> usize {
         self.offset + self.len
@@ -96,6 +116,11 @@ pub trait Backend {
     type Arena;
 
     fn name(&self) -> String;
+    /// Whether regions of this backend's arena are in bytes, each with its own storage (the plan's
+    /// per-buffer f32 or bf16); otherwise in elements of `Elem`, every buffer f32 in the plan.
+    fn byte_regions(&self) -> bool {
+        false
+    }
     /// Open and close a named profiler range (NVTX on CUDA); no-ops elsewhere.
     fn range_push(&self, _name: &str) {}
     fn range_pop(&self) {}

@@ -48,7 +48,16 @@ pub struct StepRunner<'a, B: Backend> {
 
 impl<'a, B: Backend> StepRunner<'a, B> {
     pub fn new(b: &'a B, prog: &Program, strategy: Strategy) -> Result<Self> {
-        let plan = scheduler::training_plan(prog, strategy, false)?;
+        let plan = scheduler::plan_with(
+            prog,
+            &scheduler::PlanOptions {
+                strategy,
+                inference: false,
+                check_reconstruction: false,
+                exact_coupling: None,
+                precision: scheduler::storage_precision(b),
+            },
+        )?;
         let summary = PlanSummary::new(&plan, prog.param_count());
         let mut ex = Executor::new(b, prog, plan, 1)?;
         ex.poison = false;
@@ -135,6 +144,8 @@ pub struct RatioBench {
     pub pairs: Vec<(f64, f64)>,
     pub gflop: (f64, f64),
     pub arena_bytes: (usize, usize),
+    /// The executors' measured high-water marks.
+    pub measured_bytes: (usize, usize),
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -163,34 +174,60 @@ impl RatioBench {
     }
 }
 
-/// One warm-up step of each plan, then `pairs` pairs of steps, the order inside a pair
-/// alternating from pair to pair.
+/// The Recompute plan against the store-all plan (see `alternate`).
 pub fn bench_ratio<B: Backend>(
     b: &B,
     prog: &Program,
     pairs: usize,
+    progress: impl FnMut(usize, f64, f64),
+) -> Result<RatioBench> {
+    let rec = StepRunner::new(b, prog, Strategy::Recompute)?;
+    let all = StepRunner::new(b, prog, Strategy::StoreAll)?;
+    alternate(rec, all, pairs, progress)
+}
+
+/// The same plan of one network on two backends (bf16 storage against f32), alternated as
+/// `bench_ratio` does: pairs hold (first backend, second backend) seconds.
+pub fn bench_backend_ratio<A: Backend, C: Backend>(
+    a: &A,
+    c: &C,
+    prog: &Program,
+    strategy: Strategy,
+    pairs: usize,
+    progress: impl FnMut(usize, f64, f64),
+) -> Result<RatioBench> {
+    let first = StepRunner::new(a, prog, strategy)?;
+    let second = StepRunner::new(c, prog, strategy)?;
+    alternate(first, second, pairs, progress)
+}
+
+/// One warm-up step of each runner, then `pairs` pairs of steps, the order inside a pair
+/// alternating from pair to pair.
+fn alternate<A: Backend, C: Backend>(
+    mut x: StepRunner<A>,
+    mut y: StepRunner<C>,
+    pairs: usize,
     mut progress: impl FnMut(usize, f64, f64),
 ) -> Result<RatioBench> {
-    let mut rec = StepRunner::new(b, prog, Strategy::Recompute)?;
-    let mut all = StepRunner::new(b, prog, Strategy::StoreAll)?;
-    rec.step()?;
-    all.step()?;
+    x.step()?;
+    y.step()?;
     let mut out = Vec::with_capacity(pairs);
     for i in 0..pairs.max(1) {
         let (r, s) = if i % 2 == 0 {
-            let r = rec.step()?;
-            (r, all.step()?)
+            let r = x.step()?;
+            (r, y.step()?)
         } else {
-            let s = all.step()?;
-            (rec.step()?, s)
+            let s = y.step()?;
+            (x.step()?, s)
         };
         progress(i, r, s);
         out.push((r, s));
     }
     Ok(RatioBench {
         pairs: out,
-        gflop: (rec.summary.flops / 1e9, all.summary.flops / 1e9),
-        arena_bytes: (rec.summary.arena_bytes, all.summary.arena_bytes),
+        gflop: (x.summary.flops / 1e9, y.summary.flops / 1e9),
+        arena_bytes: (x.summary.arena_bytes, y.summary.arena_bytes),
+        measured_bytes: (x.ex.high_water.get(), y.ex.high_water.get()),
     })
 }
 

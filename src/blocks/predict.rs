@@ -226,10 +226,10 @@ fn run_prepared(a: &PredictArgs, blocks: &BlockArgs, slice: Option<WorkerSlice>)
     if !todo.is_empty() {
         let prog = crate::model::build(&cfg.net, patch)?;
         let dev = crate::cli::select_device(&a.device)?;
-        a.precision.resolve(dev)?;
+        let precision = a.precision.resolve(dev)?;
         let opt = PredictOptions { patch, tta: a.tta };
-        crate::on_device!(dev, |b| {
-            let plan = scheduler::inference_plan(&prog)?;
+        crate::on_device!(dev, precision, |b| {
+            let plan = scheduler::inference_plan_in(&prog, scheduler::storage_precision(b))?;
             let mut ex = Executor::new(b, &prog, plan, 0)?;
             ex.poison = false;
             state::load_model(b, &prog, &mut ex, &ck, &a.checkpoint)?;

@@ -3,7 +3,7 @@
 use crate::backend::Backend;
 use crate::bench::{ops, step};
 use crate::cli::net::{NetArgs, PrecisionArg};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::json::{self, Json};
 use crate::model::{self, NetConfig};
 use crate::scheduler::Strategy;
@@ -101,6 +101,13 @@ pub struct RatioArgs {
     /// Timed pairs (one Recompute and one store-all step each) after one warm-up step of each.
     #[arg(long, default_value_t = 5)]
     pub pairs: usize,
+    /// Time the step in `--precision bf16` against the same plan's f32 step (CPU) instead of
+    /// Recompute against store-all.
+    #[arg(long)]
+    pub against_f32: bool,
+    /// With --against-f32: the store-all plan (default: Recompute).
+    #[arg(long)]
+    pub store_all: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -142,8 +149,8 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Ops(a) => {
             let dev = super::select_device(&a.device)?;
-            // The CPU's bf16 convolution kernels exist before bf16 training does: the ops bench
-            // times them (beside f32) even where a bf16 training run is still refused.
+            // On the CPU the ops bench times the bf16 convolution kernels beside f32, even where
+            // the CPU lacks the bf16 instructions a training run needs (the scalar path).
             let asked = a.precision.precision.as_deref();
             if dev == crate::backend::device::Device::Cpu
                 && asked.map(crate::precision::Precision::parse).transpose()?
@@ -162,6 +169,9 @@ pub fn run(cmd: &BenchCmd) -> Result<()> {
         BenchCmd::Ratio(a) => {
             let dev = super::select_device(&a.device)?;
             let p = a.precision.resolve(dev)?;
+            if a.against_f32 {
+                return ratio_against_f32(dev, p, a);
+            }
             crate::on_device!(dev, p, |b| ratio_on(b, a))
         }
         BenchCmd::Segment(a) => crate::bench::segment::run_cli(a),
@@ -246,19 +256,65 @@ fn ops_on<B: Backend>(b: &B, a: &OpsArgs) -> Result<()> {
     Ok(())
 }
 
+/// `bench ratio --against-f32`: one plan's step on the CPU's bf16 backend against the f32 one.
+fn ratio_against_f32(
+    dev: crate::backend::device::Device,
+    p: crate::precision::Precision,
+    a: &RatioArgs,
+) -> Result<()> {
+    use crate::precision::Precision;
+    if dev != crate::backend::device::Device::Cpu || p != Precision::Bf16 {
+        return Err(Error::Invalid(format!(
+            "bench ratio --against-f32 times the CPU's bf16 step against its f32 step; got \
+             --device {dev:?} --precision {p}: use --device cpu --precision bf16"
+        )));
+    }
+    let prog = a.net.program()?;
+    let strategy = if a.store_all {
+        Strategy::StoreAll
+    } else {
+        Strategy::Recompute
+    };
+    let (bf, f32b) = (
+        crate::backend::cpu::mixed::CpuMixedBackend,
+        crate::backend::cpu::CpuBackend::<f32>::new(),
+    );
+    let labels = ("bf16", "f32");
+    let r = step::bench_backend_ratio(&bf, &f32b, &prog, strategy, a.pairs, |i, x, y| {
+        progress_line(a, labels, i, x, y)
+    })?;
+    print_ratio(&bf.name(), &prog, a, &r, labels)
+}
+
+fn progress_line(a: &RatioArgs, labels: (&str, &str), i: usize, x: f64, y: f64) {
+    if !a.json {
+        eprintln!(
+            "  pair {}/{}: {} {x:.3} s, {} {y:.3} s, ratio {:.3}",
+            i + 1,
+            a.pairs.max(1),
+            labels.0,
+            labels.1,
+            x / y
+        );
+    }
+}
+
 fn ratio_on<B: Backend>(b: &B, a: &RatioArgs) -> Result<()> {
     let prog = a.net.program()?;
-    let quiet = a.json;
-    let r = step::bench_ratio(b, &prog, a.pairs, |i, rec, all| {
-        if !quiet {
-            eprintln!(
-                "  pair {}/{}: recompute {rec:.3} s, store-all {all:.3} s, ratio {:.3}",
-                i + 1,
-                a.pairs.max(1),
-                rec / all
-            );
-        }
+    let labels = ("recompute", "store-all");
+    let r = step::bench_ratio(b, &prog, a.pairs, |i, x, y| {
+        progress_line(a, labels, i, x, y)
     })?;
+    print_ratio(&b.name(), &prog, a, &r, labels)
+}
+
+fn print_ratio(
+    device: &str,
+    prog: &crate::model::Program,
+    a: &RatioArgs,
+    r: &step::RatioBench,
+    labels: (&str, &str),
+) -> Result<()> {
     if a.json {
         let pairs = r
             .pairs
@@ -268,7 +324,11 @@ fn ratio_on<B: Backend>(b: &B, a: &RatioArgs) -> Result<()> {
         println!(
             "{}",
             json::obj([
-                ("device", Json::from(b.name())),
+                ("device", Json::from(device)),
+                (
+                    "compared",
+                    Json::Array(vec![Json::from(labels.0), Json::from(labels.1)])
+                ),
                 ("rev_blocks", Json::from(prog.config.rev_blocks)),
                 ("patch", Json::from(a.net.patch.clone())),
                 ("pairs_seconds", Json::Array(pairs)),
@@ -278,30 +338,40 @@ fn ratio_on<B: Backend>(b: &B, a: &RatioArgs) -> Result<()> {
                 ("gflop_store_all", Json::from(r.gflop.1)),
                 ("arena_bytes_recompute", Json::from(r.arena_bytes.0)),
                 ("arena_bytes_store_all", Json::from(r.arena_bytes.1)),
+                (
+                    "measured_bytes",
+                    Json::Array(vec![
+                        Json::from(r.measured_bytes.0),
+                        Json::from(r.measured_bytes.1)
+                    ])
+                ),
             ])
         );
         return Ok(());
     }
     println!(
-        "device: {}, {} rev blocks, patch {}\n",
-        b.name(),
-        prog.config.rev_blocks,
-        a.net.patch
+        "device: {device}, {} rev blocks, patch {}\n",
+        prog.config.rev_blocks, a.net.patch
     );
-    println!("| pair | Recompute (s/step) | store-all (s/step) | ratio |\n|---|---|---|---|");
+    println!(
+        "| pair | {} (s/step) | {} (s/step) | ratio |\n|---|---|---|---|",
+        labels.0, labels.1
+    );
     for (i, (x, y)) in r.pairs.iter().enumerate() {
         println!("| {} | {x:.2} | {y:.2} | {:.3} |", i + 1, x / y);
     }
     let mib = |v: usize| v as f64 / (1 << 20) as f64;
     println!(
-        "\nratio of medians {:.3}, fastest over fastest {:.3}; FLOP ratio {:.3} ({:.0} / {:.0} GFLOP); peak {:.1} / {:.1} MiB",
+        "\nratio of medians {:.3}, fastest over fastest {:.3}; FLOP ratio {:.3} ({:.0} / {:.0} GFLOP); peak {:.1} / {:.1} MiB, measured {:.1} / {:.1} MiB",
         r.ratio_of_medians(),
         r.ratio_of_minima(),
         r.gflop.0 / r.gflop.1,
         r.gflop.0,
         r.gflop.1,
         mib(r.arena_bytes.0),
-        mib(r.arena_bytes.1)
+        mib(r.arena_bytes.1),
+        mib(r.measured_bytes.0),
+        mib(r.measured_bytes.1)
     );
     Ok(())
 }

@@ -47,6 +47,11 @@ pub fn select_device(name: &str) -> Result<Device> {
 macro_rules! on_device {
     ($dev:expr, $prec:expr, |$b:ident| $body:expr) => {
         match $dev {
+            // bf16 storage runs on the byte-arena backend; f32 on the element arena.
+            $crate::backend::device::Device::Cpu if $prec == $crate::precision::Precision::Bf16 => {
+                let $b = &$crate::backend::cpu::mixed::CpuMixedBackend;
+                $body
+            }
             $crate::backend::device::Device::Cpu => {
                 let $b = &$crate::backend::cpu::CpuBackend::<f32>::new();
                 $body

@@ -86,7 +86,7 @@ pub fn run(a: &PredictArgs) -> Result<()> {
     let precision = a.precision.resolve(dev)?;
     let t0 = std::time::Instant::now();
     let arena = crate::on_device!(dev, precision, |b| {
-        let plan = scheduler::inference_plan(&prog)?;
+        let plan = scheduler::inference_plan_in(&prog, scheduler::storage_precision(b))?;
         let arena = plan.arena_bytes;
         let mut ex = Executor::new(b, &prog, plan, 0)?;
         ex.poison = false;

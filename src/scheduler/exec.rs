@@ -38,6 +38,8 @@ pub struct Executor<B: Backend> {
     pub recon_errors: Vec<f64>,
     /// When set, wall time and count per op name (synchronous backends only).
     pub profile: Option<BTreeMap<&'static str, (f64, usize)>>,
+    /// The backend addresses its arena in bytes, each buffer in the plan's storage.
+    byte_regions: bool,
 }
 
 /// One training example: image (1 channel) and targets/mask shaped like the logits.
@@ -56,16 +58,23 @@ impl<B: Backend> Executor<B> {
                 "plan has no memory assignment (call memory::assign)".into(),
             ));
         }
+        let byte_regions = b.byte_regions();
         if let Some(buf) = plan.bufs.iter().find(|x| x.storage != Storage::F32) {
-            return Err(Error::Invalid(format!(
-                "the plan stores {} in {}; backend {} holds one element type per arena, so it runs \
-                 plans in f32 storage only",
-                buf.name,
-                buf.storage.name(),
-                b.name()
-            )));
+            if !byte_regions {
+                return Err(Error::Invalid(format!(
+                    "the plan stores {} in {}; backend {} holds one element type per arena, so it \
+                     runs plans in f32 storage only",
+                    buf.name,
+                    buf.storage.name(),
+                    b.name()
+                )));
+            }
         }
-        let arena = b.alloc_arena(plan.arena_bytes / SLOT)?;
+        let arena = b.alloc_arena(if byte_regions {
+            plan.arena_bytes
+        } else {
+            plan.arena_bytes / SLOT
+        })?;
         let mut ex = Executor {
             plan,
             arena,
@@ -76,6 +85,7 @@ impl<B: Backend> Executor<B> {
             high_water: Cell::new(0),
             recon_errors: vec![],
             profile: None,
+            byte_regions,
         };
         let mut rng = Rng::new(seed);
         for (i, p) in prog.params.iter().enumerate() {
@@ -107,13 +117,27 @@ impl<B: Backend> Executor<B> {
     }
 
     fn region(&self, o: Opd) -> Region {
-        Region::new(self.plan.bufs[o.buf].offset / SLOT + o.at, o.shape.len())
+        self.span(o.buf, o.at, o.shape.len())
+    }
+
+    /// `len` elements of buffer `buf` from element `at` on, in the arena's units.
+    fn span(&self, buf: usize, at: usize, len: usize) -> Region {
+        let b = &self.plan.bufs[buf];
+        if self.byte_regions {
+            Region::bytes_at(b.offset + at * b.storage.bytes(), len, b.storage)
+        } else {
+            Region::new(b.offset / SLOT + at, len)
+        }
     }
 
     fn view(&self, o: Opd) -> View {
         let r = self.region(o);
-        self.high_water
-            .set(self.high_water.get().max(r.end() * SLOT));
+        let end = if self.byte_regions {
+            r.byte_end()
+        } else {
+            r.end() * SLOT
+        };
+        self.high_water.set(self.high_water.get().max(end));
         View {
             region: r,
             shape: o.shape,
@@ -333,7 +357,7 @@ impl<B: Backend> Executor<B> {
             if self.poison {
                 for k in 0..self.plan.free_after[i].len() {
                     let buf = self.plan.free_after[i][k];
-                    let r = Region::new(self.plan.bufs[buf].offset / SLOT, self.plan.bufs[buf].len);
+                    let r = self.span(buf, 0, self.plan.bufs[buf].len);
                     b.fill(&mut self.arena, r, B::Elem::NAN)?;
                 }
             }

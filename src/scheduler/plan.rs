@@ -451,6 +451,12 @@ impl<'a> Builder<'a> {
                     self.fwd[*y] = Some(xo);
                     xo
                 } else {
+                    // An exact chain's input is its f32 state, which a Recompute plan computes in
+                    // place on the BN output: the BN output is f32 here too, so that both plans
+                    // round the same values (their gradients are equal bit for bit).
+                    if self.opt.exact_coupling.is_some() && self.chain_input(*y) {
+                        self.bufs[xo.buf].storage = Storage::F32;
+                    }
                     self.act(*y)
                 };
                 self.emit(Instr::Elu { x: xo, y: yo });
@@ -466,6 +472,13 @@ impl<'a> Builder<'a> {
             }
             Node::Rev { x, blocks, y } => self.rev_forward(*x, blocks, *y),
         }
+    }
+
+    fn chain_input(&self, t: TensorId) -> bool {
+        self.prog
+            .nodes
+            .iter()
+            .any(|n| matches!(n, Node::Rev { x, .. } if *x == t))
     }
 
     fn bn_output(&self, t: TensorId) -> bool {

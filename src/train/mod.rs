@@ -101,7 +101,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 exact_coupling: cfg
                     .exact_coupling
                     .then(crate::ops::coupling::FixedPoint::default),
-                precision: crate::precision::Precision::F32,
+                precision: scheduler::storage_precision(b),
             },
         )?;
         let mut ex = Executor::new(b, &prog, plan, cfg.seed)?;
@@ -230,7 +230,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         let mut inf = Executor::new(
             self.b,
             &self.prog,
-            scheduler::inference_plan(&self.prog)?,
+            scheduler::inference_plan_in(&self.prog, scheduler::storage_precision(self.b))?,
             self.cfg.seed,
         )?;
         inf.poison = false;

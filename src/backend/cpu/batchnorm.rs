@@ -1,6 +1,7 @@
 //! BatchNorm3d on the CPU: one task per channel, statistics accumulated in f64 in a fixed order.
 
 use super::simd::wide;
+use super::storage::Stored;
 use crate::ops::batchnorm::BatchNormArgs;
 use crate::ops::elementwise::elu;
 use crate::tensor::{Element, Shape5};
@@ -13,21 +14,31 @@ fn planes<'a, T>(s: Shape5, v: &'a [T], c: usize) -> impl Iterator<Item = &'a [T
 }
 
 /// Mean and biased variance (two passes) of channel c.
-fn moments<T: Element>(s: Shape5, x: &[T], c: usize) -> (f64, f64) {
+fn moments<T: Element, X: Stored<T>>(s: Shape5, x: &[X], c: usize) -> (f64, f64) {
     let m = (s.n * s.spatial()) as f64;
     let mean = planes(s, x, c)
-        .map(|p| p.iter().map(|v| v.to_f64()).sum::<f64>())
+        .map(|p| p.iter().map(|v| v.load().to_f64()).sum::<f64>())
         .sum::<f64>()
         / m;
     let var = planes(s, x, c)
-        .map(|p| p.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>())
+        .map(|p| {
+            p.iter()
+                .map(|v| (v.load().to_f64() - mean).powi(2))
+                .sum::<f64>()
+        })
         .sum::<f64>()
         / m;
     (mean, var)
 }
 
 /// Per-channel (scale, shift) applied as y = x * scale + shift.
-fn apply<T: Element>(s: Shape5, x: &[T], y: &mut [T], coef: &[(f64, f64)], then_elu: bool) {
+fn apply<T: Element, X: Stored<T>, Y: Stored<T>>(
+    s: Shape5,
+    x: &[X],
+    y: &mut [Y],
+    coef: &[(f64, f64)],
+    then_elu: bool,
+) {
     let sp = s.spatial();
     y.par_chunks_mut(sp)
         .zip(x.par_chunks(sp))
@@ -37,13 +48,14 @@ fn apply<T: Element>(s: Shape5, x: &[T], y: &mut [T], coef: &[(f64, f64)], then_
             let (a, b) = (T::from_f64(a), T::from_f64(b));
             wide(|| {
                 if then_elu {
-                    // The same two roundings as the separate ops: bit-identical to apply + ELU.
+                    // The same two roundings as the separate ops (the affine result stored and
+                    // read back as y's storage, then ELU): bit-identical to apply + ELU.
                     for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = elu(v * a + b);
+                        *o = Y::store(elu(Y::store(v.load() * a + b).load()));
                     }
                 } else {
                     for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = v * a + b;
+                        *o = Y::store(v.load() * a + b);
                     }
                 }
             })
@@ -52,12 +64,12 @@ fn apply<T: Element>(s: Shape5, x: &[T], y: &mut [T], coef: &[(f64, f64)], then_
 
 /// Returns per-channel (mean, invstd, unbiased var) and writes y.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_train<T: Element>(
+pub fn forward_train<T: Element, X: Stored<T>, Y: Stored<T>>(
     s: Shape5,
-    x: &[T],
+    x: &[X],
     gamma: &[T],
     beta: &[T],
-    y: &mut [T],
+    y: &mut [Y],
     mean_out: &mut [T],
     invstd_out: &mut [T],
     running: Option<(&mut [T], &mut [T])>,
@@ -98,28 +110,28 @@ fn saved_coef<T: Element>(gamma: &[T], beta: &[T], mean: &[T], invstd: &[T]) -> 
 
 /// y from saved batch statistics (a recomputation of `forward_train`'s output).
 #[allow(clippy::too_many_arguments)]
-pub fn apply_saved<T: Element>(
+pub fn apply_saved<T: Element, X: Stored<T>, Y: Stored<T>>(
     s: Shape5,
-    x: &[T],
+    x: &[X],
     gamma: &[T],
     beta: &[T],
     mean: &[T],
     invstd: &[T],
-    y: &mut [T],
+    y: &mut [Y],
     then_elu: bool,
 ) {
     apply(s, x, y, &saved_coef(gamma, beta, mean, invstd), then_elu);
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn forward_infer<T: Element>(
+pub fn forward_infer<T: Element, X: Stored<T>, Y: Stored<T>>(
     s: Shape5,
-    x: &[T],
+    x: &[X],
     gamma: &[T],
     beta: &[T],
     rm: &[T],
     rv: &[T],
-    y: &mut [T],
+    y: &mut [Y],
     eps: f64,
 ) {
     let coef: Vec<(f64, f64)> = (0..s.c)
@@ -134,14 +146,14 @@ pub fn forward_infer<T: Element>(
 /// xhat = (x - mean) * invstd; dbeta = sum dy; dgamma = sum dy * xhat;
 /// dx = gamma * invstd / M * (M dy - dbeta - xhat dgamma).
 #[allow(clippy::too_many_arguments)]
-pub fn backward<T: Element>(
+pub fn backward<T: Element, X: Stored<T>, G: Stored<T>, D: Stored<T>>(
     s: Shape5,
-    x: &[T],
-    dy: &[T],
+    x: &[X],
+    dy: &[G],
     gamma: &[T],
     mean: &[T],
     invstd: &[T],
-    dx: &mut [T],
+    dx: &mut [D],
     dgamma: &mut [T],
     dbeta: &mut [T],
     accumulate: bool,
@@ -155,9 +167,9 @@ pub fn backward<T: Element>(
             let mut sdyx = 0.0;
             for (xp, gp) in planes(s, x, c).zip(planes(s, dy, c)) {
                 for (&xv, &g) in xp.iter().zip(gp) {
-                    let g = g.to_f64();
+                    let g = g.load().to_f64();
                     sdy += g;
-                    sdyx += g * (xv.to_f64() - mu) * is;
+                    sdyx += g * (xv.load().to_f64() - mu) * is;
                 }
             }
             (sdy, sdyx)
@@ -176,12 +188,8 @@ pub fn backward<T: Element>(
         let b = T::from_f64(-k * sdyx * is);
         let c0 = T::from_f64(-k * sdy + k * sdyx * is * mu);
         for ((o, &g), &xv) in dxp.iter_mut().zip(gp).zip(xp) {
-            let v = a * g + b * xv + c0;
-            if accumulate {
-                *o += v;
-            } else {
-                *o = v;
-            }
+            let v = a * g.load() + b * xv.load() + c0;
+            *o = D::store(if accumulate { o.load() + v } else { v });
         }
     });
     for c in 0..s.c {

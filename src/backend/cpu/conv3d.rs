@@ -322,11 +322,11 @@ unsafe fn weight_tile<T: Element>(
 }
 
 /// db[c] (+)= sum of dy over N, D, H, W; summed in f64 in a fixed order.
-pub fn backward_bias<T: Element>(
+pub fn backward_bias<T: Element, G: super::storage::Stored<T>>(
     n: usize,
     c: usize,
     spatial: usize,
-    dy: &[T],
+    dy: &[G],
     db: &mut [T],
     accumulate: bool,
 ) {
@@ -335,7 +335,7 @@ pub fn backward_bias<T: Element>(
         for ni in 0..n {
             s += dy[(ni * c + ch) * spatial..][..spatial]
                 .iter()
-                .map(|v| v.to_f64())
+                .map(|v| v.load().to_f64())
                 .sum::<f64>();
         }
         let s = T::from_f64(s);

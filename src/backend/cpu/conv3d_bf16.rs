@@ -21,6 +21,7 @@
 //! The input gradient is the forward convolution of dy with the flipped, transposed kernel.
 
 use super::mem::SendPtr;
+use super::storage::Stored;
 use crate::ops::conv3d::Conv3dGeom;
 use half::bf16;
 use rayon::prelude::*;
@@ -61,32 +62,9 @@ impl Path {
 }
 
 /// Where a convolution's f32 results go: bf16 activations, or f32 (the loss's logits, checks).
-pub trait Store: Copy + Send + Sync + 'static {
-    fn load(self) -> f32;
-    fn store(v: f32) -> Self;
-}
+pub trait Store: Stored<f32> {}
 
-impl Store for f32 {
-    #[inline(always)]
-    fn load(self) -> f32 {
-        self
-    }
-    #[inline(always)]
-    fn store(v: f32) -> Self {
-        v
-    }
-}
-
-impl Store for bf16 {
-    #[inline(always)]
-    fn load(self) -> f32 {
-        self.to_f32()
-    }
-    #[inline(always)]
-    fn store(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-}
+impl<S: Stored<f32>> Store for S {}
 
 #[derive(Clone, Copy)]
 struct Tiling {

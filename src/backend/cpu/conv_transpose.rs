@@ -4,6 +4,7 @@
 
 use super::gemm::matmul;
 use super::mem::SendPtr;
+use super::storage::{as_compute, Stored};
 use crate::ops::conv_transpose::ConvTransposeGeom;
 use crate::tensor::Element;
 use rayon::prelude::*;
@@ -41,11 +42,11 @@ fn out_index(g: &ConvTransposeGeom, row: usize, i: usize) -> usize {
 }
 
 /// z (4 Co x P), row (co, i, j) <-> y[n, co, d, 2h + i, 2w + j]; `to_y` scatters, else gathers.
-fn exchange<T: Element>(
+fn exchange<T: Element, Y: Stored<T>>(
     g: &ConvTransposeGeom,
     t: &Tile,
     z: &mut [T],
-    y: *mut T,
+    y: *mut Y,
     to_y: bool,
     bias: Option<&[T]>,
 ) {
@@ -63,9 +64,9 @@ fn exchange<T: Element>(
                     unsafe {
                         let q = y.add(base + 2 * w);
                         if to_y {
-                            *q += zr[r * g.w + w] + b;
+                            *q = Y::store((*q).load() + (zr[r * g.w + w] + b));
                         } else {
-                            zr[r * g.w + w] = *q;
+                            zr[r * g.w + w] = (*q).load();
                         }
                     }
                 }
@@ -74,25 +75,25 @@ fn exchange<T: Element>(
     }
 }
 
-pub fn forward<T: Element>(
+pub fn forward<T: Element, X: Stored<T>, Y: Stored<T>>(
     g: &ConvTransposeGeom,
-    x: &[T],
+    x: &[X],
     w: &[T],
     bias: Option<&[T]>,
-    y: &mut [T],
+    y: &mut [Y],
     accumulate: bool,
 ) {
     if !accumulate {
-        y.fill(T::ZERO);
+        y.fill(Y::store(T::ZERO));
     }
-    let sx = g.d * g.h * g.w;
     let m = 4 * g.co;
     let yp = SendPtr(y.as_mut_ptr());
+    let direct = as_compute::<T, X>(x);
     tiles(g).par_iter().for_each_init(
-        || vec![T::ZERO; m * tile_rows(g) * g.w],
-        |z, t| {
+        || (vec![T::ZERO; m * tile_rows(g) * g.w], Vec::new()),
+        |(z, xt), t| {
             let p = t.rows * g.w;
-            let b = x[t.n * g.ci * sx + t.row0 * g.w..].as_ptr();
+            let (b, ldb) = input_tile(g, t, x, direct, xt);
             unsafe {
                 matmul(
                     m,
@@ -106,7 +107,7 @@ pub fn forward<T: Element>(
                     1,
                     m as isize,
                     b,
-                    sx as isize,
+                    ldb,
                     1,
                 )
             };
@@ -115,33 +116,41 @@ pub fn forward<T: Element>(
     );
 }
 
-pub fn backward_input<T: Element>(
+pub fn backward_input<T: Element, G: Stored<T>, D: Stored<T>>(
     g: &ConvTransposeGeom,
-    dy: &[T],
+    dy: &[G],
     w: &[T],
-    dx: &mut [T],
+    dx: &mut [D],
     accumulate: bool,
 ) {
     let sx = g.d * g.h * g.w;
     let m = 4 * g.co;
+    let direct = as_compute::<T, D>(dx).is_some();
     let dxp = SendPtr(dx.as_mut_ptr());
-    let dyp = SendPtr(dy.as_ptr() as *mut T);
+    let dyp = SendPtr(dy.as_ptr() as *mut G);
     tiles(g).par_iter().for_each_init(
-        || vec![T::ZERO; m * tile_rows(g) * g.w],
-        |z, t| {
+        || (vec![T::ZERO; m * tile_rows(g) * g.w], Vec::new()),
+        |(z, ct), t| {
             let (dxp, dyp) = (dxp, dyp);
             let p = t.rows * g.w;
             exchange(g, t, z, dyp.get(), false, None);
-            let c = unsafe { dxp.get().add(t.n * g.ci * sx + t.row0 * g.w) };
+            let at = t.n * g.ci * sx + t.row0 * g.w;
+            // dx in its own storage goes through a tile of T, stored row by row below.
+            let (c, ldc) = if direct {
+                (unsafe { dxp.get().add(at) as *mut T }, sx)
+            } else {
+                ct.resize(g.ci * p, T::ZERO);
+                (ct.as_mut_ptr(), p)
+            };
             unsafe {
                 matmul(
                     g.ci,
                     p,
                     m,
                     c,
-                    sx as isize,
+                    ldc as isize,
                     1,
-                    accumulate,
+                    accumulate && direct,
                     w.as_ptr(),
                     m as isize,
                     1,
@@ -150,33 +159,67 @@ pub fn backward_input<T: Element>(
                     1,
                 )
             };
+            if !direct {
+                for ci in 0..g.ci {
+                    for (k, &v) in ct[ci * p..][..p].iter().enumerate() {
+                        // SAFETY: tiles cover disjoint input rows, hence disjoint dx voxels.
+                        unsafe {
+                            let q = dxp.get().add(at + ci * sx + k);
+                            *q = D::store(if accumulate { (*q).load() + v } else { v });
+                        }
+                    }
+                }
+            }
         },
     );
 }
 
-pub fn backward_weight<T: Element>(
+/// The tile's input rows (ci x p, row stride returned) as T: the arena itself when x is stored
+/// as T, else gathered into `buf`.
+fn input_tile<T: Element, X: Stored<T>>(
     g: &ConvTransposeGeom,
-    x: &[T],
-    dy: &[T],
+    t: &Tile,
+    x: &[X],
+    direct: Option<&[T]>,
+    buf: &mut Vec<T>,
+) -> (*const T, isize) {
+    let sx = g.d * g.h * g.w;
+    let at = t.n * g.ci * sx + t.row0 * g.w;
+    if let Some(x) = direct {
+        return (x[at..].as_ptr(), sx as isize);
+    }
+    let p = t.rows * g.w;
+    buf.clear();
+    for ci in 0..g.ci {
+        buf.extend(x[at + ci * sx..][..p].iter().map(|v| v.load()));
+    }
+    (buf.as_ptr(), p as isize)
+}
+
+pub fn backward_weight<T: Element, X: Stored<T>, G: Stored<T>>(
+    g: &ConvTransposeGeom,
+    x: &[X],
+    dy: &[G],
     dw: &mut [T],
     accumulate: bool,
 ) {
-    let sx = g.d * g.h * g.w;
     let m = 4 * g.co;
     let all = tiles(g);
     let parts = 8.min(all.len()).max(1);
     let per = all.len().div_ceil(parts);
-    let dyp = SendPtr(dy.as_ptr() as *mut T);
+    let dyp = SendPtr(dy.as_ptr() as *mut G);
+    let direct = as_compute::<T, X>(x);
     // Fixed partial sums added in a fixed order: deterministic whatever the thread timing.
     let partials: Vec<Vec<T>> = all
         .par_chunks(per)
         .map(|chunk| {
             let mut acc = vec![T::ZERO; g.ci * m];
             let mut z = vec![T::ZERO; m * tile_rows(g) * g.w];
+            let mut xt = Vec::new();
             for t in chunk {
                 let p = t.rows * g.w;
                 exchange(g, t, &mut z, dyp.get(), false, None);
-                let a = x[t.n * g.ci * sx + t.row0 * g.w..].as_ptr();
+                let (a, lda) = input_tile(g, t, x, direct, &mut xt);
                 unsafe {
                     matmul(
                         g.ci,
@@ -187,7 +230,7 @@ pub fn backward_weight<T: Element>(
                         1,
                         true,
                         a,
-                        sx as isize,
+                        lda,
                         1,
                         z.as_ptr(),
                         1,

@@ -2,6 +2,7 @@
 //! check in one pass, chunks over the threads.
 
 use super::simd::wide;
+use super::storage::Stored;
 use crate::ops::coupling::{Direction, FixedPoint};
 use crate::tensor::Element;
 use rayon::prelude::*;
@@ -11,11 +12,11 @@ const CHUNK: usize = 1 << 15;
 /// One chunk: y = x (+/-) q(f), or y = q(x) without f. Returns whether any result left the range;
 /// the check is branch-free so the loop vectorises.
 #[inline(always)]
-fn chunk<T: Element>(
+fn chunk<T: Element, X: Stored<T>, F: Stored<T>, Y: Stored<T>>(
     fp: FixedPoint,
-    x: Option<&[T]>,
-    f: Option<&[T]>,
-    y: &mut [T],
+    x: Option<&[X]>,
+    f: Option<&[F]>,
+    y: &mut [Y],
     dir: Direction,
 ) -> bool {
     let (s, i, r) = (
@@ -27,20 +28,22 @@ fn chunk<T: Element>(
     wide(|| match (x, f) {
         (None, None) => {
             for v in y.iter_mut() {
-                *v = fp.quantize(*v, s, i);
-                bad |= !FixedPoint::in_range(*v, r);
+                let q = fp.quantize(v.load(), s, i);
+                *v = Y::store(q);
+                bad |= !FixedPoint::in_range(q, r);
             }
         }
         (Some(x), None) => {
             for (v, &a) in y.iter_mut().zip(x) {
-                *v = fp.quantize(a, s, i);
-                bad |= !FixedPoint::in_range(*v, r);
+                let q = fp.quantize(a.load(), s, i);
+                *v = Y::store(q);
+                bad |= !FixedPoint::in_range(q, r);
             }
         }
         (x, Some(f)) => {
             let neg = dir == Direction::Inverse;
-            let step = |a: T, b: T| {
-                let q = fp.quantize(b, s, i);
+            let step = |a: T, b: F| {
+                let q = fp.quantize(b.load(), s, i);
                 if neg {
                     a - q
                 } else {
@@ -50,14 +53,16 @@ fn chunk<T: Element>(
             match x {
                 None => {
                     for (v, &b) in y.iter_mut().zip(f) {
-                        *v = step(*v, b);
-                        bad |= !FixedPoint::in_range(*v, r);
+                        let n = step(v.load(), b);
+                        *v = Y::store(n);
+                        bad |= !FixedPoint::in_range(n, r);
                     }
                 }
                 Some(x) => {
                     for ((v, &a), &b) in y.iter_mut().zip(x).zip(f) {
-                        *v = step(a, b);
-                        bad |= !FixedPoint::in_range(*v, r);
+                        let n = step(a.load(), b);
+                        *v = Y::store(n);
+                        bad |= !FixedPoint::in_range(n, r);
                     }
                 }
             }
@@ -68,11 +73,11 @@ fn chunk<T: Element>(
 
 /// The coupling over a whole tensor; `x` None means in place (y holds x). Returns the first
 /// element out of range and its value.
-pub fn coupling<T: Element>(
+pub fn coupling<T: Element, X: Stored<T>, F: Stored<T>, Y: Stored<T>>(
     fp: FixedPoint,
-    x: Option<&[T]>,
-    f: Option<&[T]>,
-    y: &mut [T],
+    x: Option<&[X]>,
+    f: Option<&[F]>,
+    y: &mut [Y],
     dir: Direction,
 ) -> Option<(usize, f64)> {
     let bad_chunk = y
@@ -80,7 +85,7 @@ pub fn coupling<T: Element>(
         .enumerate()
         .map(|(c, yc)| {
             let r = c * CHUNK..c * CHUNK + yc.len();
-            let bad = chunk(fp, x.map(|x| &x[r.clone()]), f.map(|f| &f[r]), yc, dir);
+            let bad = chunk::<T, X, F, Y>(fp, x.map(|x| &x[r.clone()]), f.map(|f| &f[r]), yc, dir);
             bad.then_some(c)
         })
         .flatten()
@@ -89,8 +94,8 @@ pub fn coupling<T: Element>(
     let start = bad_chunk * CHUNK;
     let at = y[start..]
         .iter()
-        .position(|v| !(v.to_f64().abs() <= range))
+        .position(|v| !(v.load().to_f64().abs() <= range))
         .map(|k| start + k)
         .unwrap_or(start);
-    Some((at, y[at].to_f64()))
+    Some((at, y[at].load().to_f64()))
 }

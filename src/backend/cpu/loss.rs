@@ -1,5 +1,6 @@
 //! The weighted, masked binary cross-entropy on the CPU.
 
+use super::storage::Stored;
 use crate::ops::loss::{bce_with_logits, class_weights, sigmoid};
 use crate::tensor::{Element, Shape5};
 use rayon::prelude::*;
@@ -43,7 +44,13 @@ pub fn weights<T: Element>(s: Shape5, target: &[T], mask: &[T], weight: &mut [T]
 const CHUNK: usize = 1 << 14;
 
 /// Returns the loss; writes the gradient into `dz` when given.
-pub fn bce<T: Element>(z: &[T], t: &[T], w: &[T], m: &[T], dz: Option<&mut [T]>) -> f64 {
+pub fn bce<T: Element, D: Stored<T>>(
+    z: &[T],
+    t: &[T],
+    w: &[T],
+    m: &[T],
+    dz: Option<&mut [D]>,
+) -> f64 {
     let count: f64 = m
         .par_chunks(CHUNK)
         .map(|c| c.iter().map(|v| v.to_f64()).sum::<f64>())
@@ -76,19 +83,19 @@ pub fn bce<T: Element>(z: &[T], t: &[T], w: &[T], m: &[T], dz: Option<&mut [T]>)
             )
             .for_each(|((d, z), (t, (w, m)))| {
                 for i in 0..d.len() {
-                    d[i] = m[i] * w[i] * (sigmoid(z[i]) - t[i]) * nrm;
+                    d[i] = D::store(m[i] * w[i] * (sigmoid(z[i]) - t[i]) * nrm);
                 }
             });
     }
     partial.iter().sum::<f64>() * norm
 }
 
-pub fn sigmoid_map<T: Element>(x: &[T], y: &mut [T]) {
+pub fn sigmoid_map<T: Element, X: Stored<T>, Y: Stored<T>>(x: &[X], y: &mut [Y]) {
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| {
             for (o, &v) in y.iter_mut().zip(x) {
-                *o = sigmoid(v);
+                *o = Y::store(sigmoid(v.load()));
             }
         });
 }

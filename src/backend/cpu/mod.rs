@@ -16,8 +16,10 @@ pub(crate) mod gemm;
 pub mod loss;
 pub mod maxpool;
 pub(crate) mod mem;
+pub mod mixed;
 pub mod optim;
 pub(crate) mod simd;
+pub mod storage;
 
 use super::{Backend, BnRunning, BnStats, Region, View, Write};
 use crate::error::{Error, Result};
@@ -294,7 +296,7 @@ impl<T: Element> Backend for CpuBackend<T> {
         let fr = f.map(|f| f.region).unwrap_or_default();
         let bad = if x.region == y.region {
             let ([fs], [ys]) = split(&mut a.data, ops::Operands::new(OP, [fr], [y.region]))?;
-            coupling::coupling(fp, None, f.map(|_| &*fs), ys, dir)
+            coupling::coupling::<T, T, T, T>(fp, None, f.map(|_| &*fs), ys, dir)
         } else {
             let ([xs, fs], [ys]) = split(
                 &mut a.data,
