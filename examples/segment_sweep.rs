@@ -3,6 +3,8 @@
 //! `revseg demo --out DIR` writes) with several fragment modes, watershed settings and merge
 //! scores, scores each against `DIR/test_labels.h5:/labels` at thresholds 0.05..0.95, and does
 //! the same for the labels' own affinities with noise added (the pipeline's share of the error).
+//! Given 12 channels (`revseg predict` on an `outputs=12` checkpoint), it also runs the mutex
+//! watershed on them, alone and with the nearest or the long-range channels made perfect.
 //!
 //!     cargo run --release --example segment_sweep -- DIR
 
