@@ -22,8 +22,9 @@ pub struct DemoArgs {
     #[arg(long, default_value = "out/demo")]
     pub out: PathBuf,
     /// Training steps (about 0.1 s each on 2 cores). 2000 instead of 1200: best adapted Rand
-    /// 0.586 instead of 0.616 on the test volume, and the whole demo in 4 min 16 s on a quiet
-    /// 2-core machine (2400 steps took 5 min 22 s; docs/PERFORMANCE.md).
+    /// 0.586 instead of 0.616 on the test volume (before the Adam eps fix, which gives 0.475),
+    /// and the whole demo in 4 min 16 s on a quiet 2-core machine (2400 steps took 5 min 22 s;
+    /// docs/PERFORMANCE.md).
     #[arg(long, default_value_t = 2000)]
     pub steps: usize,
     #[arg(long, default_value_t = 1)]
