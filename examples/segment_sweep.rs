@@ -3,12 +3,15 @@
 //! `revseg demo --out DIR` writes) with several fragment modes, watershed settings and merge
 //! scores, scores each against `DIR/test_labels.h5:/labels` at thresholds 0.05..0.95, and does
 //! the same for the labels' own affinities with noise added (the pipeline's share of the error).
+//! Given 12 channels (`revseg predict` on an `outputs=12` checkpoint), it also runs the mutex
+//! watershed on them, alone and with the nearest or the long-range channels made perfect.
 //!
 //!     cargo run --release --example segment_sweep -- DIR
 
 use revseg::metrics::evaluate;
 use revseg::rng::Rng;
 use revseg::segment::agglomerate::{agglomerate, Score};
+use revseg::segment::mutex::{mutex_watershed, Signs};
 use revseg::segment::watershed::{watershed, watershed_per_section, Params};
 use revseg::segment::{affinities_from_labels, Dims};
 use revseg::train::targets::widen_borders;
@@ -60,6 +63,7 @@ fn main() {
     let all = a.read_all::<f32>().unwrap().data;
     let dims = Dims::new(shape[1], shape[2], shape[3]);
     let aff = all[..3 * dims.voxels()].to_vec();
+    let channels = shape[0];
     let labels = open_volume(&format!("{dir}/test_labels.h5:/labels"))
         .unwrap()
         .read_all::<u32>()
@@ -232,5 +236,54 @@ fn main() {
         g[..n].iter_mut().for_each(|v| *v = v.powf(gamma));
         let name = format!("predicted, z affinity ^ {gamma}, 3D, demo, mean");
         sweep(&name, &g, &labels, dims, false, &p3, mean);
+    }
+    // With 12 channels (nearest and long-range, `outputs=12`): the mutex watershed on them, and
+    // with the long-range channels replaced by the labels' own (what better long-range edges
+    // would give).
+    if channels == 12 {
+        mutex_rows(&all, &labels, dims);
+    }
+}
+
+fn mutex_rows(all: &[f32], labels: &[u32], dims: Dims) {
+    use revseg::train::targets::{affinity_targets, TargetOptions, LONG_RANGE};
+    use revseg::volume::array::Array;
+    let n = dims.voxels();
+    let lbl = Array::new(vec![dims.z, dims.y, dims.x], labels.to_vec()).unwrap();
+    let opt = TargetOptions {
+        widen_borders: false,
+    };
+    let perfect = affinity_targets(&lbl, &LONG_RANGE, opt).unwrap().0.data;
+    let mut perfect_long = all.to_vec();
+    perfect_long[3 * n..].copy_from_slice(&perfect[3 * n..]);
+    let mut perfect_near = all.to_vec();
+    perfect_near[..3 * n].copy_from_slice(&perfect[..3 * n]);
+    for c in 3..12 {
+        let r = c * n..(c + 1) * n;
+        let wrong = perfect[r.clone()]
+            .iter()
+            .zip(&all[r])
+            .filter(|(t, p)| (**t > 0.5) != (**p >= 0.5))
+            .count();
+        println!(
+            "long-range channel {c} {:?}: {:.3} of edges on the wrong side of 0.5",
+            LONG_RANGE[c],
+            wrong as f64 / n as f64
+        );
+    }
+    for (name, a) in [
+        ("predicted", all),
+        ("predicted nearest, perfect long-range", &perfect_long[..]),
+        ("perfect nearest, predicted long-range", &perfect_near[..]),
+    ] {
+        for signs in [Signs::Signed, Signs::Wolf { attractive: 3 }] {
+            let seg: Vec<u32> = mutex_watershed(a, dims, &LONG_RANGE, signs).unwrap();
+            let segments = seg.iter().max().copied().unwrap_or(0);
+            let m = evaluate(&seg, labels, dims, None).unwrap();
+            println!(
+                "| mutex watershed {signs:?}, {name} | {segments} | {:.4} | - | {:.3} | {:.3} |",
+                m.adapted_rand_error, m.voi_split, m.voi_merge
+            );
+        }
     }
 }

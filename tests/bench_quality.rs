@@ -33,6 +33,8 @@ fn table_matches_independent_recomputation() {
         "widths=8,12",
         "--set",
         "patch=4,32,32",
+        "--set",
+        "outputs=12",
         "--device",
         "cpu",
         "--out",
@@ -58,6 +60,8 @@ fn table_matches_independent_recomputation() {
             n.to_string(),
             "--patch".into(),
             "4,32,32".into(),
+            "--outputs".into(),
+            "12".into(),
             "--json".into(),
         ];
         if n == 0 {

@@ -4,6 +4,7 @@
 //! edge of channel c at voxel p joins p with p - e_c. Labels (Z, Y, X), 0 = background.
 
 pub mod agglomerate;
+pub mod mutex;
 pub mod watershed;
 
 use crate::error::{Error, Result};
