@@ -115,8 +115,8 @@ fn bench_ratio_against_f32_times_bf16_beside_f32() {
     assert_eq!(j["compared"], serde_json::json!(["bf16", "f32"]));
     // Pairs hold (bf16, f32); the byte figures follow the same order.
     let (bf, f) = (
-        j["arena_bytes_recompute"].as_u64().unwrap(),
-        j["arena_bytes_store_all"].as_u64().unwrap(),
+        j["arena_bytes_bf16"].as_u64().unwrap(),
+        j["arena_bytes_f32"].as_u64().unwrap(),
     );
     assert!(bf < f, "{bf} vs {f}");
     assert_eq!(j["measured_bytes"], serde_json::json!([bf, f]));

@@ -316,37 +316,43 @@ fn print_ratio(
     labels: (&str, &str),
 ) -> Result<()> {
     if a.json {
+        // Keys name what was compared (`gflop_recompute`, `gflop_bf16`, ...), so a reader of the
+        // JSON never has to map positions back to `compared`.
+        let key = |what: &str, label: &str| format!("{what}_{}", label.replace('-', "_"));
         let pairs = r
             .pairs
             .iter()
             .map(|&(x, y)| Json::Array(vec![Json::from(x), Json::from(y)]))
             .collect();
-        println!(
-            "{}",
-            json::obj([
-                ("device", Json::from(device)),
-                (
-                    "compared",
-                    Json::Array(vec![Json::from(labels.0), Json::from(labels.1)])
-                ),
-                ("rev_blocks", Json::from(prog.config.rev_blocks)),
-                ("patch", Json::from(a.net.patch.clone())),
-                ("pairs_seconds", Json::Array(pairs)),
-                ("ratio_of_medians", Json::from(r.ratio_of_medians())),
-                ("ratio_of_minima", Json::from(r.ratio_of_minima())),
-                ("gflop_recompute", Json::from(r.gflop.0)),
-                ("gflop_store_all", Json::from(r.gflop.1)),
-                ("arena_bytes_recompute", Json::from(r.arena_bytes.0)),
-                ("arena_bytes_store_all", Json::from(r.arena_bytes.1)),
-                (
-                    "measured_bytes",
-                    Json::Array(vec![
-                        Json::from(r.measured_bytes.0),
-                        Json::from(r.measured_bytes.1)
-                    ])
-                ),
-            ])
-        );
+        let mut out = json::obj([
+            ("device", Json::from(device)),
+            (
+                "compared",
+                Json::Array(vec![Json::from(labels.0), Json::from(labels.1)]),
+            ),
+            ("rev_blocks", Json::from(prog.config.rev_blocks)),
+            ("patch", Json::from(a.net.patch.clone())),
+            ("pairs_seconds", Json::Array(pairs)),
+            ("ratio_of_medians", Json::from(r.ratio_of_medians())),
+            ("ratio_of_minima", Json::from(r.ratio_of_minima())),
+            (
+                "measured_bytes",
+                Json::Array(vec![
+                    Json::from(r.measured_bytes.0),
+                    Json::from(r.measured_bytes.1),
+                ]),
+            ),
+        ]);
+        if let Json::Object(m) = &mut out {
+            for (label, gflop, bytes) in [
+                (labels.0, r.gflop.0, r.arena_bytes.0),
+                (labels.1, r.gflop.1, r.arena_bytes.1),
+            ] {
+                m.insert(key("gflop", label), Json::from(gflop));
+                m.insert(key("arena_bytes", label), Json::from(bytes));
+            }
+        }
+        println!("{out}");
         return Ok(());
     }
     println!(
