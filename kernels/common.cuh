@@ -70,8 +70,10 @@ struct ConvArgs {
 // conv3d on tensor cores (conv3d_mma.cu). Data kernels (forward, input gradient): src is x or dy
 // (cin channels), w the packed weights (kpad x npad, rows k = tap * cin + channel), out y or dx
 // (cout channels); `flip` negates the tap offsets (input gradient). Weight kernels: src = x (cin
-// channels), w = dy (cout channels), out = partial sums (splits x cout x cin x taps), positions
-// split into `chunk`-sized ranges. `vec`: 16-byte copies allowed (bases aligned, sp % 4 == 0).
+// channels), w = dy (cout channels), out = partial sums (slices (split, K group, parity), each
+// cout x cin x taps), positions split into `chunk`-sized ranges; `ksplit` 2 gives an M tile of 32
+// rows whose two warp pairs (K groups) take alternate K tiles, `fold` 2 pairs x-adjacent positions.
+// `vec`: 16-byte copies allowed (bases aligned, sp % 4 == 0).
 // `prec`: 0 TF32, 1 BF16 (what the weight packing rounds to).
 struct MmaConvArgs {
     const float* src;
@@ -85,11 +87,12 @@ struct MmaConvArgs {
     int vec;
     int splits, chunk;
     int prec;
-    // Data kernels: x-fold, output box, channel chunks and halo layout (conv3d_mma.rs DataPlan).
+    // x-fold, output box, channel chunks and halo layout (conv3d_mma.rs DataPlan, WeightPlan).
     int fold, bz, by, bx;
     int cc, nchunk, ktc;
     int hs, hz, hy, hx;
-    int pad_;
+    // Weight kernels: warp groups splitting each box's K tiles (1, or 2 for an M tile of 32).
+    int ksplit;
 };
 
 // conv_transpose 1x2x2 stride 1x2x2; x (n, ci, d, h, wd), w (ci, co, 1, 2, 2), y (n, co, d, 2h, 2wd).

@@ -9,9 +9,12 @@
 // conv3d_mma_pack_weights in that K order, zero padded; the input gradient is the same GEMM over
 // dy with the taps mirrored and Wp[(tap, co), ci] = W[co, ci, tap].
 // Weight kernels: dW[co, (ci, tap)] = sum over positions q of X[ci, q + off(tap)] * dY[co, q]:
-// (ci, tap) on M (64 per block), co on N, positions on K box by box (the box's input halo and dY
-// staged in shared memory), split over box ranges into partial sums that
-// conv3d_backward_weight_reduce adds in split order (deterministic, no atomics).
+// (ci, tap) on M (64 per block, or 32 with the block's two warp pairs on alternate K tiles), co on
+// N, positions on K box by box (the box's input halo and dY staged in shared memory), split over
+// box ranges into partial sums that conv3d_backward_weight_reduce adds in split order
+// (deterministic, no atomics). With a pair fold (one input channel) a K element is a pair of
+// x-adjacent positions: rows (ci, tap over kw + 1 columns), columns (parity, co), and
+// dW[co, tap] = G[tap, (0, co)] + G[tap + 1 column, (1, co)], each parity its own partial slice.
 //
 // Shared tiles are f32, k-major (As[k][m], Bs[k][n], the halo), filled by cp.async (16 bytes where
 // the source run is aligned and inside one row of the volume, else 4, zeros stored for padding),
@@ -324,46 +327,52 @@ __device__ __forceinline__ void mma_data(const MmaConvArgs& a) {
     }
 }
 
-// Weight-gradient partials: out[split][co][ci][tap]. Grid: x = (ci, tap) tiles of 64 (M), y = co
-// tiles of BN (N), z = splits of `chunk` output boxes (K = the boxes' positions, ktc tiles of 16
-// per box). Per box, the halo of the cc channels this M tile touches and the box's dY (n-major,
-// Bt[co][q]) are staged in shared memory, so an A value is one shared load at (row's channel and
-// tap offset) + (position's offset from a per-block table), and the MMA loop does no indexing.
+// Weight-gradient partials: out[slice][co][ci][tap], slice = (split, K group, parity). Grid: x =
+// (ci, tap') tiles of 64 / ksplit rows (M), y = (parity, co) tiles of BN (N), z = splits of `chunk`
+// output boxes (K = the boxes' positions, or position pairs, ktc tiles of 16 per box). Per box, the
+// halo of the cc channels this M tile touches and the box's dY (n-major, Bt[col][q]) are staged in
+// shared memory, so an A value is one shared load at (row's channel and tap offset) + (position's
+// offset from a per-block table), and the MMA loop does no indexing.
 template <int PREC, int BN>
 __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
     REVSEG_SHARED_ALIGN16(float, Hs, [MMA_WHALO]);
     REVSEG_SHARED_ALIGN16(float, Bt, [BN * MMA_QS]);
     REVSEG_SHARED(int, qoff, [MMA_BM]);
     const int hw = a.h * a.wd, sp = a.d * hw;
-    const int taps = a.kd * a.kh * a.kw;
-    const int mdim = taps * a.cin;
-    const int m0 = static_cast<int>(blockIdx.x) * MMA_BM;
+    const int kwf = a.kw + a.fold - 1;
+    const int taps = a.kd * a.kh * a.kw, tapsf = a.kd * a.kh * kwf;
+    const int mdim = tapsf * a.cin, ncol = a.fold * a.cout;
+    const int mt = MMA_BM / a.ksplit;
+    const int m0 = static_cast<int>(blockIdx.x) * mt;
     const int n0 = static_cast<int>(blockIdx.y) * BN;
     const int split = static_cast<int>(blockIdx.z);
-    const int tx = (a.wd + a.bx - 1) / a.bx, ty = (a.h + a.by - 1) / a.by;
+    const int tx = (a.wd + a.fold * a.bx - 1) / (a.fold * a.bx), ty = (a.h + a.by - 1) / a.by;
     const int total = a.n * ((a.d + a.bz - 1) / a.bz) * ty * tx;
     const int bbeg = split * a.chunk;
     const int bend = bbeg + a.chunk < total ? bbeg + a.chunk : total;
     const int tid = static_cast<int>(threadIdx.x);
     const int warp = tid / 32, lane = tid % 32;
+    // ksplit 2: warps (0, 1) and (2, 3) cover the same 32 rows, on even and odd K tiles.
+    const int wm = warp % (4 / a.ksplit), kg = warp / (4 / a.ksplit);
     const int g = lane >> 2, t = lane & 3;
-    const int c_lo = m0 / taps;
+    const int c_lo = m0 / tapsf;
     const int box = a.bz * a.by * a.bx, kq = a.ktc * MMA_BK;
 
-    // Box-local positions -> halo offsets (bytes, before the box's alignment shift).
+    // Box-local positions (pair bases with a fold) -> halo offsets (bytes, before the box's
+    // alignment shift).
     for (int q = tid; q < MMA_BM; q += MMA_THREADS) {
         const int qz = q / (a.by * a.bx), qy = (q / a.bx) % a.by, qx = q % a.bx;
-        qoff[q] = q < box ? 4 * ((qz * a.hy + qy) * a.hx + qx) : 0;
+        qoff[q] = q < box ? 4 * ((qz * a.hy + qy) * a.hx + a.fold * qx) : 0;
     }
     // This lane's two M rows (g, g + 8): their channel in the staged halo and tap offset (bytes).
     int moff[2];
     for (int r = 0; r < 2; ++r) {
-        const int m = m0 + 16 * warp + g + 8 * r;
+        const int m = m0 + 16 * wm + g + 8 * r;
         int o = 0;
         if (m < mdim) {
-            const int tap = m % taps;
-            const int tz = tap / (a.kh * a.kw), tyy = (tap / a.kw) % a.kh, txx = tap % a.kw;
-            o = (m / taps - c_lo) * a.hs + (tz * a.hy + tyy) * a.hx + txx;
+            const int tap = m % tapsf;
+            const int tz = tap / (a.kh * kwf), tyy = (tap / kwf) % a.kh, txx = tap % kwf;
+            o = (m / tapsf - c_lo) * a.hs + (tz * a.hy + tyy) * a.hx + txx;
         }
         moff[r] = 4 * o;
     }
@@ -385,16 +394,18 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
         const int g4 = (a.bx + 3) / 4, rows = a.bz * a.by;
         for (int i = tid; i < BN * rows * g4; i += MMA_THREADS) {
             const int j = i % g4, rr = (i / g4) % rows, c = i / (g4 * rows);
-            const int z = bx.z0 + rr / a.by, y = bx.y0 + rr % a.by, x = bx.x0 + 4 * j;
+            const int col = n0 + c, par = col / a.cout, co = col % a.cout;
+            const int z = bx.z0 + rr / a.by, y = bx.y0 + rr % a.by;
+            const int x = bx.x0 + a.fold * 4 * j + par;
             float* dst = Bt + c * MMA_QS + rr * a.bx + 4 * j;
-            const bool in = n0 + c < a.cout && z < a.d && y < a.h;
-            const float* src = dy_n + static_cast<long long>(n0 + c) * sp + z * hw + y * a.wd;
-            if (in && a.vec && a.bx % 4 == 0 && x + 3 < a.wd) {
+            const bool in = col < ncol && z < a.d && y < a.h;
+            const float* src = dy_n + static_cast<long long>(co) * sp + z * hw + y * a.wd;
+            if (in && a.vec && a.fold == 1 && a.bx % 4 == 0 && x + 3 < a.wd) {
                 cp_async<16>(dst, src + x);
             } else {
                 for (int e = 0; e < 4 && 4 * j + e < a.bx; ++e) {
-                    if (in && x + e < a.wd) {
-                        cp_async<4>(dst + e, src + x + e);
+                    if (in && x + a.fold * e < a.wd) {
+                        cp_async<4>(dst + e, src + x + a.fold * e);
                     } else {
                         dst[e] = 0.0f;
                     }
@@ -415,7 +426,7 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
         }
         const int shift = 4 * (bx.x0 - a.kw / 2 - bx.hx0);
         const int b0 = moff[0] + shift, b1 = moff[1] + shift;
-        for (int kt = 0; kt < a.ktc; ++kt) {
+        for (int kt = kg; kt < a.ktc; kt += a.ksplit) {
             const int* qo = qoff + kt * MMA_BK;
             const float* bq = Bt + kt * MMA_BK;
             if (PREC == kTf32) {
@@ -445,14 +456,23 @@ __device__ __forceinline__ void mma_weight(const MmaConvArgs& a) {
         }
     }
 
-    float* part = a.out + static_cast<long long>(split) * a.cout * mdim;
+    // Rows (ci, tap'), columns (parity, co) -> W's tap (tap' less the parity in x), in the slice of
+    // this split, K group and parity; every slice gets every (co, ci, tap) from some block.
+    const long long wsize = static_cast<long long>(a.cout) * a.cin * taps;
+    const int slice0 = (split * a.ksplit + kg) * a.fold;
     for (int f = 0; f < F; ++f) {
         for (int i = 0; i < 4; ++i) {
-            const int m = m0 + 16 * warp + g + (i >= 2 ? 8 : 0);
-            const int c = n0 + 8 * f + 2 * t + (i & 1);
-            if (m < mdim && c < a.cout) {
-                // Rows are (ci, tap), the partials' own order.
-                part[static_cast<long long>(c) * mdim + m] = acc[f][i];
+            const int m = m0 + 16 * wm + g + (i >= 2 ? 8 : 0);
+            const int col = n0 + 8 * f + 2 * t + (i & 1);
+            if (m < mdim && col < ncol) {
+                const int par = col / a.cout, c = col % a.cout;
+                const int ci = m / tapsf, tap = m % tapsf;
+                const int tz = tap / (a.kh * kwf), tyy = (tap / kwf) % a.kh, txx = tap % kwf - par;
+                if (txx >= 0 && txx < a.kw) {
+                    float* part = a.out + (slice0 + par) * wsize;
+                    part[(static_cast<long long>(c) * a.cin + ci) * taps +
+                         (tz * a.kh + tyy) * a.kw + txx] = acc[f][i];
+                }
             }
         }
     }

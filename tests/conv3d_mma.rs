@@ -161,7 +161,7 @@ fn worst(got: &[f64], exact: &[f64], scale: &[f64], u: f64, k: usize) -> f64 {
 }
 
 /// (n, ci, co, d, h, w, kd, kh, kw, skew)
-const SHAPES: [([usize; 9], usize); 7] = [
+const SHAPES: [([usize; 9], usize); 8] = [
     // 2 x 105 positions (two ragged position tiles each), co 5 in a tile of 8, K = 81.
     ([2, 3, 5, 3, 5, 7, 3, 3, 3], 1),
     // co 18 -> tile 24, ci 20 -> tile 24 for the input gradient, K = 180 and 162.
@@ -177,6 +177,10 @@ const SHAPES: [([usize; 9], usize); 7] = [
     ([2, 1, 7, 2, 5, 11, 1, 5, 5], 1),
     // 3x3x3 over 20 channels: two halo chunks with 16-byte copies (rows of 8), boxes over z.
     ([1, 20, 9, 3, 4, 8, 3, 3, 3], 0),
+    // embed_in's weight gradient: one input channel, 28 outputs, 1x5x5 on the pair fold with an M
+    // tile of 32 (two K groups, two parities per split); an odd width (the last pair half
+    // outside), several boxes and splits.
+    ([1, 1, 28, 2, 7, 13, 1, 5, 5], 1),
 ];
 
 /// The devices a precision is checked on: the emulator always (unless a GPU run asks for CUDA

@@ -43,7 +43,7 @@ pub struct MmaConvArgs {
     pub hz: i32,
     pub hy: i32,
     pub hx: i32,
-    pub pad_: i32,
+    pub ksplit: i32,
 }
 
 // SAFETY: #[repr(C)], u64 then i32 fields, 144 bytes without padding (asserted).
@@ -162,16 +162,21 @@ const WHALO: usize = 2048;
 /// half of them busy where the tiles alone are few, at a few MiB of partial sums.
 const BLOCKS_PER_SM: usize = 4;
 
-/// How a weight kernel covers one layer: K runs over output boxes of bz x by x bx positions
-/// (`ktc` K tiles each), the halo of the `cc` channels an M tile of (ci, tap) rows touches staged
-/// per box (hz x hy x hx floats, channel stride hs); the boxes split `splits` ways, `chunk` each.
+/// How a weight kernel covers one layer: K runs over output boxes of bz x by x bx positions (or
+/// pairs of x-adjacent positions with `fold` 2; `ktc` K tiles each), the halo of the `cc` channels
+/// an M tile of (ci, tap) rows touches staged per box (hz x hy x hx floats, channel stride hs); the
+/// boxes split `splits` ways, `chunk` each. An M tile is TILE_M / ksplit rows: with ksplit 2 the
+/// block's two warp pairs take alternate K tiles of a box, each into its own partial slice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WeightPlan {
+    pub fold: usize,
+    pub ksplit: usize,
     pub box_: [usize; 3],
     pub cc: usize,
     pub ktc: usize,
     pub halo: [usize; 3],
     pub hs: usize,
+    /// The channel tile over fold * co columns (parity, co).
     pub bn: usize,
     /// M and N tiles.
     pub tiles: [usize; 2],
@@ -182,8 +187,18 @@ pub struct WeightPlan {
 }
 
 impl WeightPlan {
+    /// Rows of an M tile.
+    pub fn tile_m(&self) -> usize {
+        TILE_M / self.ksplit
+    }
+
     pub fn issued_macs(&self) -> usize {
-        self.tiles[0] * TILE_M * self.tiles[1] * self.bn * self.boxes * self.ktc * TILE_K
+        self.tiles[0] * self.tile_m() * self.tiles[1] * self.bn * self.boxes * self.ktc * TILE_K
+    }
+
+    /// Partial-sum slices the reduction adds: one per (split, K group, parity).
+    pub fn slices(&self) -> usize {
+        self.splits * self.ksplit * self.fold
     }
 }
 
@@ -200,22 +215,19 @@ fn halo_of(bz: usize, by: usize, span: usize, [kd, kh, kw]: [usize; 3]) -> ([usi
 }
 
 /// The weight plan of least issued MACs (then least staged halo) for `n` samples of `ci -> co`
-/// over d x h x w with kernel k, split for BLOCKS_PER_SM per SM where the tiles alone are fewer;
-/// fixed by the shape and SM count alone, so the sum order (and the bits) are the same run after
-/// run on one device. None if no box's halo fits the buffer.
+/// over d x h x w with kernel k: M tiles of 64 or 32 rows, and for one input channel the pair fold
+/// (rows (tap over kw + 1 columns), columns (parity, co), as the forward's); split for
+/// BLOCKS_PER_SM per SM where the tiles alone are fewer. Fixed by the shape and SM count alone, so
+/// the sum order (and the bits) are the same run after run on one device. None if no box's halo
+/// fits the buffer.
 pub fn weight_plan(
     sm_count: usize,
     n: usize,
     ci: usize,
     co: usize,
     [d, h, w]: [usize; 3],
-    k: [usize; 3],
+    [kd, kh, kw]: [usize; 3],
 ) -> Option<WeightPlan> {
-    let taps = k.iter().product::<usize>();
-    let bn = channel_tile(co);
-    let tiles = [(taps * ci).div_ceil(TILE_M), co.div_ceil(bn)];
-    // Channels one M tile of 64 (ci, tap) rows can touch.
-    let cc = ci.min((TILE_M + 2 * taps - 2) / taps);
     let mut best: Option<(WeightPlan, usize, usize)> = None;
     // Boxes of any size up to TILE_M: a wide channel range may need a small one.
     let boxes_up_to = |m: usize| {
@@ -223,32 +235,46 @@ pub fn weight_plan(
             (1..=m / bx).flat_map(move |by| (1..=m / (bx * by)).map(move |bz| (bz, by, bx)))
         })
     };
-    for (bz, by, bx) in boxes_up_to(TILE_M) {
-        let (halo, hs) = halo_of(bz, by, bx, k);
-        if cc * hs > WHALO {
-            continue;
-        }
-        let ktc = (bz * by * bx).div_ceil(TILE_K);
-        let boxes = n * d.div_ceil(bz) * h.div_ceil(by) * w.div_ceil(bx);
-        let want = (BLOCKS_PER_SM * sm_count)
-            .div_ceil(tiles[0] * tiles[1])
-            .clamp(1, MAX_WEIGHT_SPLITS);
-        let chunk = boxes.div_ceil(want);
-        let plan = WeightPlan {
-            box_: [bz, by, bx],
-            cc,
-            ktc,
-            halo,
-            hs,
-            bn,
-            tiles,
-            boxes,
-            splits: boxes.div_ceil(chunk),
-            chunk,
-        };
-        let key = (plan.issued_macs(), boxes * cc * hs);
-        if best.is_none_or(|(_, i, t)| key < (i, t)) {
-            best = Some((plan, key.0, key.1));
+    // The fold pays for its (kw + 1)-column taps only where a channel's taps fill few rows.
+    let folds: &[usize] = if ci == 1 { &[1, 2] } else { &[1] };
+    for &fold in folds {
+        for ksplit in [1, 2] {
+            let taps = kd * kh * (kw + fold - 1);
+            let mt = TILE_M / ksplit;
+            let bn = channel_tile(fold * co);
+            let tiles = [(taps * ci).div_ceil(mt), (fold * co).div_ceil(bn)];
+            // Channels one M tile of mt (ci, tap) rows can touch.
+            let cc = ci.min((mt + 2 * taps - 2) / taps);
+            for (bz, by, bx) in boxes_up_to(TILE_M) {
+                let (halo, hs) = halo_of(bz, by, fold * bx, [kd, kh, kw]);
+                if cc * hs > WHALO {
+                    continue;
+                }
+                let ktc = (bz * by * bx).div_ceil(TILE_K);
+                let boxes = n * d.div_ceil(bz) * h.div_ceil(by) * w.div_ceil(fold * bx);
+                let want = (BLOCKS_PER_SM * sm_count)
+                    .div_ceil(tiles[0] * tiles[1])
+                    .clamp(1, MAX_WEIGHT_SPLITS);
+                let chunk = boxes.div_ceil(want);
+                let plan = WeightPlan {
+                    fold,
+                    ksplit,
+                    box_: [bz, by, bx],
+                    cc,
+                    ktc,
+                    halo,
+                    hs,
+                    bn,
+                    tiles,
+                    boxes,
+                    splits: boxes.div_ceil(chunk),
+                    chunk,
+                };
+                let key = (plan.issued_macs(), tiles[0] * boxes * cc * hs);
+                if best.is_none_or(|(_, i, t)| key < (i, t)) {
+                    best = Some((plan, key.0, key.1));
+                }
+            }
         }
     }
     best.map(|(p, _, _)| p)
@@ -343,8 +369,8 @@ impl<L: Launcher> GpuBackend<L> {
         )
     }
 
-    /// Weight gradient: partial sums per position split into the workspace, then added in split
-    /// order by conv3d.cu's reduction.
+    /// Weight gradient: partial sums per (position split, K group, parity) into the workspace,
+    /// then added in slice order by conv3d.cu's reduction.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn conv3d_mma_weight(
         &self,
@@ -368,8 +394,8 @@ impl<L: Launcher> GpuBackend<L> {
                 ))
             },
         )?;
-        int(OP, p.splits * g.co * m)?;
-        let part = self.scratch(a, p.splits * g.co * m)?;
+        int(OP, p.slices() * g.co * m)?;
+        let part = self.scratch(a, p.slices() * g.co * m)?;
         let mut args = Self::mma_args(g, g.ci, g.co)?;
         args.src = x;
         args.w = dy;
@@ -377,7 +403,8 @@ impl<L: Launcher> GpuBackend<L> {
         args.splits = p.splits as i32;
         args.chunk = int(OP, p.chunk)?;
         args.prec = prec_code(prec);
-        args.fold = 1;
+        args.fold = p.fold as i32;
+        args.ksplit = p.ksplit as i32;
         [args.bz, args.by, args.bx] = p.box_.map(|v| v as i32);
         args.cc = p.cc as i32;
         args.ktc = p.ktc as i32;
@@ -393,7 +420,7 @@ impl<L: Launcher> GpuBackend<L> {
             &args,
         )?;
         let mut red: ConvArgs = super::conv3d::conv_args(g, 0, 0, 0, part, dw, accumulate)?;
-        red.splits = p.splits as i32;
+        red.splits = int(OP, p.slices())?;
         self.launch_1d("conv3d_backward_weight_reduce", g.co * m, &red)
     }
 }
@@ -473,11 +500,20 @@ mod tests {
             assert!(p.cc * p.hs <= WHALO && p.hs % 16 == 8);
             assert!(p.box_.iter().product::<usize>() <= p.ktc * TILE_K && p.ktc * TILE_K <= 64);
             // Every M tile's rows lie in cc consecutive channels.
-            for m0 in (0..taps * ci).step_by(TILE_M) {
-                let last = (m0 + TILE_M).min(taps * ci) - 1;
+            let taps = taps / k[2] * (k[2] + p.fold - 1);
+            assert!(p.tiles[0] * p.tile_m() >= taps * ci);
+            assert!(p.tiles[1] * p.bn >= p.fold * co && p.fold * co > (p.tiles[1] - 1) * p.bn);
+            for m0 in (0..taps * ci).step_by(p.tile_m()) {
+                let last = (m0 + p.tile_m()).min(taps * ci) - 1;
                 assert!(last / taps - m0 / taps < p.cc, "{ci} {taps}: {p:?}");
             }
         }
+        // embed_in (1 -> 28, 1x5x5): the pair fold on an M tile of 32, (ky, kx') = 30 rows of 32,
+        // (parity, co) = 56 columns, 50 of 60 (kx', parity) useful: 78% of issued MACs.
+        let e = weight_plan(132, 1, 1, 28, [18, 160, 160], [1, 5, 5]).unwrap();
+        assert_eq!((e.fold, e.ksplit, e.bn, e.tiles), (2, 2, 56, [1, 1]));
+        let useful = (28 * 25 * 18 * 160 * 160) as f64 / e.issued_macs() as f64;
+        assert!(useful >= 0.70, "{useful:.3} {e:?}");
         // More SMs, more splits when the tiles alone do not fill them.
         let k = [1, 3, 3];
         assert!(
