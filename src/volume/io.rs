@@ -70,6 +70,18 @@ pub enum Format {
     Raw,
 }
 
+impl Format {
+    /// How users know the format, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Tiff => "TIFF",
+            Format::Hdf5 => "HDF5",
+            Format::Zarr => "zarr",
+            Format::Raw => "raw",
+        }
+    }
+}
+
 fn unknown(s: &str, why: &str) -> Error {
     Error::Invalid(format!("'{s}': {why}; accepted forms: {ACCEPTED_FORMS}"))
 }
@@ -402,7 +414,8 @@ fn to_dtype<T: Voxel>(data: &Array<T>, dtype: Dtype) -> Result<AnyArray> {
         Dtype::U16 => data.convert::<u16>()?.into(),
         Dtype::U32 => data.convert::<u32>()?.into(),
         Dtype::U64 => data.convert::<u64>()?.into(),
-        Dtype::F32 => data.convert::<f32>()?.into(),
+        // The zarr and raw writers round to half when they encode.
+        Dtype::F16 | Dtype::F32 => data.convert::<f32>()?.into(),
         Dtype::F64 => data.convert::<f64>()?.into(),
     })
 }
@@ -452,6 +465,12 @@ pub fn create_volume_with(
         None => default_chunks(shape),
     };
     // Everything that can fail without touching the disk first.
+    if dtype == Dtype::F16 && matches!(parsed.format(), Format::Tiff | Format::Hdf5) {
+        return Err(bad(format!(
+            "{} volumes are not written as float16; write DIR.zarr or FILE.raw for float16, or choose float32 or uint8",
+            parsed.format().name()
+        )));
+    }
     match &parsed {
         VolumeSpec::Tiff { .. } => super::tiff::check_writable(shape, dtype).map_err(bad)?,
         VolumeSpec::Hdf5 { dataset: None, .. } => {
