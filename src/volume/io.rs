@@ -19,6 +19,11 @@
 //! Signed HDF5 datasets (int32 labels) report the unsigned dtype of the same width and read where
 //! every value is non-negative, as the TIFF reader does with signed pages.
 //!
+//! float16 is stored by zarr and raw only (TIFF and HDF5 writers refuse it by name) and is held
+//! as f32 in memory: it reads exactly as f32, and writing into a float16 volume is the one
+//! conversion that rounds (to the nearest half, ties to even, beyond ±65504 to infinity), since
+//! choosing float16 is asking for it.
+//!
 //! TIFF pages are decoded whole, so a TIFF reader holds the whole stack in memory and regions are
 //! copies of it; the other formats read only what a region touches. Writers never leave a partly
 //! written volume at the target: TIFF is buffered and written at [`VolumeWriter::finish`]; raw,
