@@ -115,6 +115,28 @@ fn synth_train_resume_predict_segment_eval() {
         .zip(&q)
         .all(|(a, b)| (a * 255.0).round() as u8 == *b));
     assert!(q.iter().any(|v| *v > 128) && q.iter().any(|v| *v < 128));
+    // float16 output: the float32 affinities rounded to the nearest half, two bytes a value.
+    let aff16 = d("aff16.zarr");
+    revseg(&[
+        "predict",
+        "--checkpoint",
+        &d("run/model.safetensors"),
+        "--input",
+        &d("data/image.zarr"),
+        "--output",
+        &aff16,
+        "--dtype",
+        "float16",
+    ]);
+    let r16 = revseg::volume::io::open_volume(&aff16).unwrap();
+    assert_eq!(r16.dtype(), revseg::volume::array::Dtype::F16);
+    let h = r16.read_all::<f32>().unwrap().data;
+    assert_eq!(h.len(), f.len());
+    assert!(f
+        .iter()
+        .zip(&h)
+        .all(|(a, b)| half::f16::from_f32(*a).to_f32().to_bits() == b.to_bits()));
+    assert!(f.iter().zip(&h).any(|(a, b)| a != b));
     let seg = format!("{}:/seg", d("seg.h5"));
     revseg(&[
         "segment",

@@ -7,7 +7,7 @@ use revseg::volume::array::{Array, Dtype};
 use revseg::volume::io::{create_volume_with, open_volume, WriteOptions};
 use std::path::{Path, PathBuf};
 
-const ZARR_FIXTURES: [&str; 8] = [
+const ZARR_FIXTURES: [&str; 10] = [
     "v2_zlib_be_u2.zarr",
     "v2_zstd_f8.zarr",
     "v3_gzip_u4.zarr",
@@ -16,6 +16,8 @@ const ZARR_FIXTURES: [&str; 8] = [
     "v2_fill_f4_F.zarr",
     "v2_blosc_u2.zarr",
     "v3_sharded_f4.zarr",
+    "v2_blosc_f2.zarr",
+    "v3_gzip_f2_fill.zarr",
 ];
 
 fn fixture(name: &str) -> PathBuf {

@@ -130,7 +130,7 @@ pub fn read_image_region(
             .iter()
             .map(|&v| v as f32 / 65535.0)
             .collect(),
-        Dtype::F32 => r.read_region::<f32>(&off, &shape)?.data,
+        Dtype::F16 | Dtype::F32 => r.read_region::<f32>(&off, &shape)?.data,
         Dtype::F64 => r
             .read_region::<f64>(&off, &shape)?
             .data

@@ -18,7 +18,7 @@ pub struct PredictArgs {
     /// Image volume (FILE.tif, FILE.h5:/DATASET, DIR.zarr, FILE.raw:Z,Y,X:DTYPE).
     #[arg(long)]
     pub input: String,
-    /// Where to write the affinities, float32 (channels, Z, Y, X), in any writable format.
+    /// Where to write the affinities (channels, Z, Y, X), in any writable format.
     #[arg(long)]
     pub output: String,
     #[arg(long, default_value = "auto")]
@@ -28,7 +28,8 @@ pub struct PredictArgs {
     /// Patch D,H,W (default: the training patch).
     #[arg(long)]
     pub patch: Option<String>,
-    /// Output type: float32, or uint8 (affinity x 255, rounded; a quarter of the size).
+    /// Output type: float32; float16 (rounded to nearest half, half the size; zarr or raw);
+    /// or uint8 (affinity x 255, rounded; a quarter of the size).
     #[arg(long, default_value = "float32")]
     pub dtype: String,
     /// Voxel size Z,Y,X in nm when the input file does not record it (e.g. 30,6,6).
@@ -160,9 +161,10 @@ pub fn run(a: &PredictArgs) -> Result<()> {
 pub fn output_dtype(name: &str) -> Result<Dtype> {
     match name {
         "float32" => Ok(Dtype::F32),
+        "float16" => Ok(Dtype::F16),
         "uint8" => Ok(Dtype::U8),
         d => Err(Error::Invalid(format!(
-            "--dtype {d}: choose float32 or uint8"
+            "--dtype {d}: choose float32, float16 or uint8"
         ))),
     }
 }

@@ -13,6 +13,8 @@ pub enum Dtype {
     U16,
     U32,
     U64,
+    /// IEEE half precision, stored by zarr only and held in memory as f32 (see [`Dtype::held_as`]).
+    F16,
     F32,
     F64,
 }
@@ -36,11 +38,12 @@ impl ByteOrder {
     }
 }
 
-pub const ALL_DTYPES: [Dtype; 6] = [
+pub const ALL_DTYPES: [Dtype; 7] = [
     Dtype::U8,
     Dtype::U16,
     Dtype::U32,
     Dtype::U64,
+    Dtype::F16,
     Dtype::F32,
     Dtype::F64,
 ];
@@ -50,7 +53,7 @@ impl Dtype {
     pub fn size(self) -> usize {
         match self {
             Dtype::U8 => 1,
-            Dtype::U16 => 2,
+            Dtype::U16 | Dtype::F16 => 2,
             Dtype::U32 | Dtype::F32 => 4,
             Dtype::U64 | Dtype::F64 => 8,
         }
@@ -63,13 +66,24 @@ impl Dtype {
             Dtype::U16 => "uint16",
             Dtype::U32 => "uint32",
             Dtype::U64 => "uint64",
+            Dtype::F16 => "float16",
             Dtype::F32 => "float32",
             Dtype::F64 => "float64",
         }
     }
 
     pub fn is_float(self) -> bool {
-        matches!(self, Dtype::F32 | Dtype::F64)
+        matches!(self, Dtype::F16 | Dtype::F32 | Dtype::F64)
+    }
+
+    /// The element type values of this dtype are held in once read: float16 as f32, which
+    /// holds every half value exactly (rounding happens only when float16 is written); the
+    /// others as themselves. Keeps half out of every per-dtype match of the formats.
+    pub fn held_as(self) -> Dtype {
+        match self {
+            Dtype::F16 => Dtype::F32,
+            d => d,
+        }
     }
 
     /// Parses numpy/zarr v3 names and the short forms users type ("u8", "f32").
@@ -79,11 +93,12 @@ impl Dtype {
             "uint16" | "u16" => Dtype::U16,
             "uint32" | "u32" => Dtype::U32,
             "uint64" | "u64" => Dtype::U64,
+            "float16" | "f16" => Dtype::F16,
             "float32" | "f32" => Dtype::F32,
             "float64" | "f64" => Dtype::F64,
             other => {
                 return Err(Error::Invalid(format!(
-                    "unsupported dtype '{other}': use one of uint8, uint16, uint32, uint64, float32, float64"
+                    "unsupported dtype '{other}': use one of uint8, uint16, uint32, uint64, float16, float32, float64"
                 )))
             }
         })
@@ -106,7 +121,7 @@ impl Dtype {
     pub fn from_typestr(s: &str) -> Result<(Dtype, ByteOrder)> {
         let bad = || {
             Error::Invalid(format!(
-                "unsupported dtype '{s}': only unsigned integers (u1, u2, u4, u8) and floats (f4, f8) are read"
+                "unsupported dtype '{s}': only unsigned integers (u1, u2, u4, u8) and floats (f2, f4, f8) are read"
             ))
         };
         let mut chars = s.chars();
@@ -122,6 +137,7 @@ impl Dtype {
             "u2" => Dtype::U16,
             "u4" => Dtype::U32,
             "u8" => Dtype::U64,
+            "f2" => Dtype::F16,
             "f4" => Dtype::F32,
             "f8" => Dtype::F64,
             _ => return Err(bad()),
@@ -284,6 +300,11 @@ pub fn encode_elements<T: Voxel>(data: &[T], order: ByteOrder) -> Vec<u8> {
         let swapped: Vec<T> = data.iter().map(|x| x.swap_bytes()).collect();
         bytemuck::cast_slice(&swapped).to_vec()
     }
+}
+
+/// f32 values as IEEE half (round to nearest, ties to even; beyond the half range to infinity).
+pub fn to_f16(data: &[f32]) -> Vec<half::f16> {
+    data.iter().map(|&v| half::f16::from_f32(v)).collect()
 }
 
 /// A dense C-order (last axis fastest) n-dimensional array.
@@ -556,7 +577,7 @@ impl AnyArray {
             Dtype::U16 => Array::<u16>::filled(s, 0)?.into(),
             Dtype::U32 => Array::<u32>::filled(s, 0)?.into(),
             Dtype::U64 => Array::<u64>::filled(s, 0)?.into(),
-            Dtype::F32 => Array::<f32>::filled(s, 0.0)?.into(),
+            Dtype::F16 | Dtype::F32 => Array::<f32>::filled(s, 0.0)?.into(),
             Dtype::F64 => Array::<f64>::filled(s, 0.0)?.into(),
         })
     }
@@ -583,6 +604,11 @@ impl AnyArray {
             Dtype::U64 => AnyArray::U64(Array::new(shape, decode_elements(bytes, order)?)?),
             Dtype::F32 => AnyArray::F32(Array::new(shape, decode_elements(bytes, order)?)?),
             Dtype::F64 => AnyArray::F64(Array::new(shape, decode_elements(bytes, order)?)?),
+            Dtype::F16 => {
+                let bits: Vec<u16> = decode_elements(bytes, order)?;
+                let f = bits.into_iter().map(|b| half::f16::from_bits(b).to_f32());
+                AnyArray::F32(Array::new(shape, f.collect())?)
+            }
         })
     }
 }

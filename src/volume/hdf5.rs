@@ -712,7 +712,9 @@ impl FormatReader for Hdf5Reader {
             Dtype::U16 => Array::new(s, read_region_as::<u16>(ds, ctx, offset, shape)?)?.into(),
             Dtype::U32 => Array::new(s, read_region_as::<u32>(ds, ctx, offset, shape)?)?.into(),
             Dtype::U64 => Array::new(s, read_region_as::<u64>(ds, ctx, offset, shape)?)?.into(),
-            Dtype::F32 => Array::new(s, read_region_as::<f32>(ds, ctx, offset, shape)?)?.into(),
+            Dtype::F16 | Dtype::F32 => {
+                Array::new(s, read_region_as::<f32>(ds, ctx, offset, shape)?)?.into()
+            }
             Dtype::F64 => Array::new(s, read_region_as::<f64>(ds, ctx, offset, shape)?)?.into(),
         })
     }
@@ -829,6 +831,11 @@ fn h5_create_dataset(
         Dtype::U64 => make!(u64),
         Dtype::F32 => make!(f32),
         Dtype::F64 => make!(f64),
+        Dtype::F16 => {
+            return Err(Error::Invalid(format!(
+                "{ctx}: HDF5 volumes are not written as float16; choose float32 or uint8"
+            )))
+        }
     };
     if let Some(v) = opt.voxel_size {
         let a = ds

@@ -19,6 +19,11 @@
 //! Signed HDF5 datasets (int32 labels) report the unsigned dtype of the same width and read where
 //! every value is non-negative, as the TIFF reader does with signed pages.
 //!
+//! float16 is stored by zarr and raw only (TIFF and HDF5 writers refuse it by name) and is held
+//! as f32 in memory: it reads exactly as f32, and writing into a float16 volume is the one
+//! conversion that rounds (to the nearest half, ties to even, beyond ±65504 to infinity), since
+//! choosing float16 is asking for it.
+//!
 //! TIFF pages are decoded whole, so a TIFF reader holds the whole stack in memory and regions are
 //! copies of it; the other formats read only what a region touches. Writers never leave a partly
 //! written volume at the target: TIFF is buffered and written at [`VolumeWriter::finish`]; raw,
@@ -68,6 +73,18 @@ pub enum Format {
     Hdf5,
     Zarr,
     Raw,
+}
+
+impl Format {
+    /// How users know the format, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Tiff => "TIFF",
+            Format::Hdf5 => "HDF5",
+            Format::Zarr => "zarr",
+            Format::Raw => "raw",
+        }
+    }
 }
 
 fn unknown(s: &str, why: &str) -> Error {
@@ -402,7 +419,8 @@ fn to_dtype<T: Voxel>(data: &Array<T>, dtype: Dtype) -> Result<AnyArray> {
         Dtype::U16 => data.convert::<u16>()?.into(),
         Dtype::U32 => data.convert::<u32>()?.into(),
         Dtype::U64 => data.convert::<u64>()?.into(),
-        Dtype::F32 => data.convert::<f32>()?.into(),
+        // The zarr and raw writers round to half when they encode.
+        Dtype::F16 | Dtype::F32 => data.convert::<f32>()?.into(),
         Dtype::F64 => data.convert::<f64>()?.into(),
     })
 }
@@ -452,6 +470,12 @@ pub fn create_volume_with(
         None => default_chunks(shape),
     };
     // Everything that can fail without touching the disk first.
+    if dtype == Dtype::F16 && matches!(parsed.format(), Format::Tiff | Format::Hdf5) {
+        return Err(bad(format!(
+            "{} volumes are not written as float16; write DIR.zarr or FILE.raw for float16, or choose float32 or uint8",
+            parsed.format().name()
+        )));
+    }
     match &parsed {
         VolumeSpec::Tiff { .. } => super::tiff::check_writable(shape, dtype).map_err(bad)?,
         VolumeSpec::Hdf5 { dataset: None, .. } => {

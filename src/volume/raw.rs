@@ -2,7 +2,7 @@
 //! that volumes larger than memory can be read by region.
 
 use super::array::{
-    c_strides, check_box, decode_elements, encode_elements, io_err, shape_len, unravel,
+    c_strides, check_box, decode_elements, encode_elements, io_err, shape_len, to_f16, unravel,
     write_file_atomic, AnyArray, Array, ByteOrder, Dtype, Voxel, VoxelSize,
 };
 use super::io::{temp_beside, FormatReader, FormatWriter, Opened, WriteRequest};
@@ -351,7 +351,13 @@ impl FormatWriter for RawWriter {
             .file
             .as_ref()
             .ok_or_else(|| Error::Io(format!("{}: closed", self.path.display())))?;
-        let bytes = any_one!(data, |a| encode_elements(&a.data, ByteOrder::Little));
+        let bytes = match data {
+            AnyArray::F32(a) if self.dtype == Dtype::F16 => {
+                let bits: Vec<u16> = to_f16(&a.data).iter().map(|h| h.to_bits()).collect();
+                encode_elements(&bits, ByteOrder::Little)
+            }
+            _ => any_one!(data, |a| encode_elements(&a.data, ByteOrder::Little)),
+        };
         let es = self.dtype.size();
         let nd = self.shape.len();
         let strides = c_strides(&self.shape);

@@ -15,8 +15,8 @@
 pub mod store;
 
 use super::array::{
-    check_box, copy_box, io_err, shape_len, write_file_atomic, AnyArray, Array, ByteOrder, Dtype,
-    Scalar, Voxel, VoxelSize,
+    check_box, copy_box, io_err, shape_len, to_f16, write_file_atomic, AnyArray, Array, ByteOrder,
+    Dtype, Scalar, Voxel, VoxelSize,
 };
 use super::io::{temp_beside, FormatReader, FormatWriter, Opened, WriteRequest};
 use crate::error::{Error, Result};
@@ -159,7 +159,7 @@ fn dtype_of(name: &str, v2: bool) -> Result<(Dtype, ByteOrder, bool)> {
             None => (name.to_string(), false),
         }
     };
-    let supported = "uint8/16/32/64, int8/16/32/64, float32 and float64 are read";
+    let supported = "uint8/16/32/64, int8/16/32/64, float16, float32 and float64 are read";
     let e = |e: Error| Error::Invalid(format!("dtype '{name}': {e}; {supported}"));
     if v2 {
         let (d, o) = Dtype::from_typestr(&unsigned).map_err(e)?;
@@ -227,6 +227,7 @@ fn parse_fill(v: Option<&Json>, dtype: Dtype, signed: bool, path: &Path) -> Resu
                 let bits = u64::from_str_radix(&h[2..], 16)
                     .map_err(|_| meta_err(path, format!("fill_value '{h}' is not hex")))?;
                 match dtype {
+                    Dtype::F16 => half::f16::from_bits(bits as u16).to_f64(),
                     Dtype::F32 => f32::from_bits(bits as u32) as f64,
                     Dtype::F64 => f64::from_bits(bits),
                     _ => bits as f64,
@@ -242,7 +243,10 @@ fn parse_fill(v: Option<&Json>, dtype: Dtype, signed: bool, path: &Path) -> Resu
         Some(Json::Bool(b)) => *b as u8 as f64,
         Some(_) => return Err(meta_err(path, "fill_value not understood")),
     };
-    let s = if dtype.is_float() {
+    let s = if dtype == Dtype::F16 {
+        // What a written chunk would hold (other writers may record the unrounded value).
+        Scalar::F(half::f16::from_f64(f).to_f64())
+    } else if dtype.is_float() {
         Scalar::F(f)
     } else {
         if !(f.is_finite() && f >= 0.0 && f.fract() == 0.0) {
@@ -749,7 +753,10 @@ impl ZarrArray {
             )));
         }
         std::fs::create_dir_all(&path).map_err(|e| io_err(&path, e))?;
-        let fill_value = if dtype.is_float() {
+        let fill_value = if dtype == Dtype::F16 {
+            // What the chunks will hold, so that missing chunks read as written ones do.
+            Scalar::F(half::f16::from_f64(opt.fill_value).to_f64())
+        } else if dtype.is_float() {
             Scalar::F(opt.fill_value)
         } else {
             let f = opt.fill_value;
@@ -1032,6 +1039,13 @@ impl ZarrArray {
             (Dtype::U16, false) => get!(u16),
             (Dtype::U32, false) => get!(u32),
             (Dtype::U64, false) => get!(u64),
+            (Dtype::F16, _) => za
+                .retrieve_chunk_if_exists::<Vec<half::f16>>(&i)
+                .map_err(bad)?
+                .map(|v| {
+                    let f: Vec<f32> = v.into_iter().map(half::f16::to_f32).collect();
+                    bytemuck::allocation::cast_vec::<f32, T>(f)
+                }),
             (Dtype::F32, _) => get!(f32),
             (Dtype::F64, _) => get!(f64),
             (Dtype::U8, true) => get_signed!(i8, u8),
@@ -1055,6 +1069,7 @@ impl ZarrArray {
             Dtype::U16 => za.store_chunk(&i, bytemuck::cast_slice::<T, u16>(data)),
             Dtype::U32 => za.store_chunk(&i, bytemuck::cast_slice::<T, u32>(data)),
             Dtype::U64 => za.store_chunk(&i, bytemuck::cast_slice::<T, u64>(data)),
+            Dtype::F16 => za.store_chunk(&i, to_f16(bytemuck::cast_slice::<T, f32>(data))),
             Dtype::F32 => za.store_chunk(&i, bytemuck::cast_slice::<T, f32>(data)),
             Dtype::F64 => za.store_chunk(&i, bytemuck::cast_slice::<T, f64>(data)),
         };
@@ -1074,11 +1089,12 @@ impl ZarrArray {
     }
 
     fn check_type<T: Voxel>(&self, op: &str) -> Result<()> {
-        if T::DTYPE != self.dtype {
+        if T::DTYPE != self.dtype.held_as() {
             return Err(Error::Invalid(format!(
-                "{}: {op}: the array holds {} but {} was given; convert first",
+                "{}: {op}: the array holds {} (read and written as {}) but {} was given; convert first",
                 self.path.display(),
                 self.dtype,
+                self.dtype.held_as(),
                 T::DTYPE
             )));
         }
@@ -1155,12 +1171,12 @@ impl ZarrArray {
 
     /// Reads a box whatever the dtype.
     pub fn read_region_any(&self, offset: &[usize], shape: &[usize]) -> Result<AnyArray> {
-        Ok(match self.dtype {
+        Ok(match self.dtype.held_as() {
             Dtype::U8 => self.read_region::<u8>(offset, shape)?.into(),
             Dtype::U16 => self.read_region::<u16>(offset, shape)?.into(),
             Dtype::U32 => self.read_region::<u32>(offset, shape)?.into(),
             Dtype::U64 => self.read_region::<u64>(offset, shape)?.into(),
-            Dtype::F32 => self.read_region::<f32>(offset, shape)?.into(),
+            Dtype::F16 | Dtype::F32 => self.read_region::<f32>(offset, shape)?.into(),
             Dtype::F64 => self.read_region::<f64>(offset, shape)?.into(),
         })
     }
