@@ -8,6 +8,7 @@ pub mod bench;
 pub mod blocks;
 pub mod checkpoint;
 pub mod cli;
+pub mod curves;
 pub mod error;
 pub mod fsutil;
 pub mod gradcheck;

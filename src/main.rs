@@ -35,6 +35,8 @@ enum Cmd {
     Eval(cli::eval::EvalArgs),
     /// One section of image, ground truth, affinities and segmentation side by side as a PNG.
     Render(cli::render::RenderArgs),
+    /// Training curves of several runs (their metrics.csv) side by side on one PNG.
+    Curves(cli::curves::CurvesArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cli::bench::BenchCmd),
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Segment(a) => cli::segment::run(a).map(|_| true),
         Cmd::Eval(a) => cli::eval::run(a).map(|_| true),
         Cmd::Render(a) => cli::render::run(a).map(|_| true),
+        Cmd::Curves(a) => cli::curves::run(a).map(|_| true),
         Cmd::Bench(b) => cli::bench::run(b).map(|_| true),
         Cmd::Blocks(b) => cli::blocks::run(b, &Cli::command()).map(|_| true),
     };

@@ -409,3 +409,17 @@ pub fn bar_charts(charts: &[Bars], w: usize, h: usize) -> (usize, usize, Vec<u8>
     }
     (width, h, c.px)
 }
+
+/// Line plots side by side, each rendered at `w` x `h`: (width, height, RGB pixels).
+pub fn side_by_side(plots: &[LinePlot], w: usize, h: usize) -> (usize, usize, Vec<u8>) {
+    let width = w * plots.len().max(1);
+    let mut px = vec![255u8; width * h * 3];
+    for (k, p) in plots.iter().enumerate() {
+        let one = p.render(w, h);
+        for y in 0..h {
+            let dst = (y * width + k * w) * 3;
+            px[dst..dst + w * 3].copy_from_slice(&one[y * w * 3..(y + 1) * w * 3]);
+        }
+    }
+    (width, h, px)
+}

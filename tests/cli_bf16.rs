@@ -67,3 +67,31 @@ fn bf16_training_and_prediction_run_on_the_cpu_and_agree_with_f32() {
     assert!(diff > 0.0 && diff < 0.05, "max |bf16 - f32| = {diff}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn demo_set_precision_bf16_trains_on_the_bf16_backend() {
+    if !bf16_runs_here() {
+        eprintln!("skipped: this CPU has no bf16 convolution path");
+        return;
+    }
+    let d = std::env::temp_dir().join(format!("revseg_demo_bf16_{}", std::process::id()));
+    let run = |name: &str, extra: &[&str]| {
+        let out = d.join(name).display().to_string();
+        let mut args = vec!["demo", "--steps", "2", "--device", "cpu", "--out", &out];
+        args.extend_from_slice(extra);
+        let (code, _, err) = revseg(&args);
+        assert_eq!(code, Some(0), "{err}");
+        let ck = revseg::checkpoint::load(d.join(name).join("model.safetensors")).unwrap();
+        (err, ck.tensors)
+    };
+    let (err32, m32) = run("f32", &[]);
+    let (err16, m16) = run("bf16", &["--set", "precision=bf16"]);
+    assert!(err32.contains("in f32"), "{err32}");
+    assert!(err16.contains("in bf16"), "{err16}");
+    // Same seed and steps: only bf16 rounding can make the trained tensors differ (the
+    // checkpoint's metadata names the precision either way, so tensors are compared, not bytes).
+    assert_eq!(m32.len(), m16.len());
+    let differ = m32.iter().zip(&m16).filter(|(a, b)| a.2 != b.2).count();
+    assert!(differ > 0, "bf16 demo trained the same bits as f32");
+    let _ = std::fs::remove_dir_all(&d);
+}

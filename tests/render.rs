@@ -1,37 +1,10 @@
 //! `revseg render`'s panels: where each volume lands and with which colours.
 
+mod common;
+
+use common::decode_png as decode;
 use revseg::plot::label_color;
 use revseg::render::{write_section_panels, Section};
-
-/// Decodes an 8-bit RGB PNG written by `volume::png` (stored or deflated IDAT, filter 0 rows).
-fn decode(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
-    let mut pos = 8;
-    let (mut w, mut h, mut idat) = (0, 0, Vec::new());
-    while pos < bytes.len() {
-        let len = u32::from_be_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-        let kind = &bytes[pos + 4..pos + 8];
-        let data = &bytes[pos + 8..pos + 8 + len];
-        if kind == b"IHDR" {
-            w = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
-            h = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
-        } else if kind == b"IDAT" {
-            idat.extend_from_slice(data);
-        }
-        pos += 12 + len;
-    }
-    let mut raw = Vec::new();
-    use std::io::Read;
-    flate2::read::ZlibDecoder::new(&idat[..])
-        .read_to_end(&mut raw)
-        .unwrap();
-    let mut px = Vec::with_capacity(w * h * 3);
-    for y in 0..h {
-        let row = &raw[y * (3 * w + 1)..(y + 1) * (3 * w + 1)];
-        assert_eq!(row[0], 0, "filter type");
-        px.extend_from_slice(&row[1..]);
-    }
-    (w, h, px)
-}
 
 #[test]
 fn panels_show_each_volume_in_its_place() {

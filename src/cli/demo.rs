@@ -223,6 +223,10 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         "synthetic training volume",
     )?;
     let dev = super::select_device(&a.device)?;
+    // `--set precision=bf16` picks the backend as `revseg train` does; without this the demo
+    // would record bf16 in its config and still train in f32.
+    let precision = crate::precision::Precision::for_device(cfg.precision, dev)?;
+    eprintln!("        on {dev:?} in {precision}");
     let opt = RunOptions {
         out_dir: a.out.clone(),
         // The demo makes everything it trains on anew, so its folder is its own to replace.
@@ -230,7 +234,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         ..RunOptions::default()
     };
     let test_image: Vec<f32> = test_vol.image.iter().map(|&v| v as f32 / 255.0).collect();
-    let (summary, aff) = crate::on_device!(dev, |b| train_and_predict(
+    let (summary, aff) = crate::on_device!(dev, precision, |b| train_and_predict(
         b,
         &cfg,
         &data,

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod blocks;
+pub mod curves;
 pub mod demo;
 pub mod eval;
 pub mod gradcheck;
