@@ -279,6 +279,8 @@ fn array_tasks_under_slurm_equal_one_process() {
                     ));
                 }
             }
+            // Both sides sorted the same way: job ids are strings, and "10" sorts before "9".
+            want_tasks.sort();
             assert_eq!(tasks, want_tasks);
             let name = slurm_cmd(&cluster, "scontrol", &["show", "job", &j1]);
             assert!(name.contains(&format!("JobName={job_name}\n")), "{name}");
