@@ -283,8 +283,9 @@ fn check(precision: Precision) {
                 }
             }
             // The operands really are rounded in TF32 and BF16: the forward's error is above what
-            // f32 operands allow.
-            if precision != Precision::F32 {
+            // f32 operands allow, where that bound is well below the format's own (K 1,280 is not:
+            // its f32 bound, 1,282 u32, is two thirds of TF32's u).
+            if precision != Precision::F32 && ((case.dims[1] + 2) as f64 * U32) < u / 8.0 {
                 assert!(
                     fwd_ratio_f32 > 1.0,
                     "{dev} {precision} shape {i}: error within the f32 bound ({fwd_ratio_f32:.2}), operands not rounded?"
