@@ -67,6 +67,21 @@ struct ConvArgs {
     int chunk;
 };
 
+// conv3d 1x1x1 with few output channels on CUDA cores (conv3d_pointwise.cu): x (n, ci, sp), w
+// (co, ci), dy (n, co, sp); out y, dx, or the weight gradient's partial sums (`splits` slices of
+// co x ci, position ranges of `chunk`). `vec`: 16-byte loads (bases aligned, sp % 4 == 0).
+struct PointwiseArgs {
+    const float* x;
+    const float* w;
+    const float* bias;
+    const float* dy;
+    float* out;
+    int n, ci, co, sp;
+    int accumulate;
+    int vec;
+    int splits, chunk;
+};
+
 // conv3d on tensor cores (conv3d_mma.cu). Data kernels (forward, input gradient): src is x or dy
 // (cin channels), w the packed weights (kpad x npad, rows k = tap * cin + channel), out y or dx
 // (cout channels); `flip` negates the tap offsets (input gradient). Weight kernels: src = x (cin
@@ -176,6 +191,7 @@ struct SgdArgs {
 
 static_assert(sizeof(EwArgs) == 40, "EwArgs layout");
 static_assert(sizeof(ConvArgs) == 88, "ConvArgs layout");
+static_assert(sizeof(PointwiseArgs) == 72, "PointwiseArgs layout");
 static_assert(sizeof(ConvTArgs) == 72, "ConvTArgs layout");
 static_assert(sizeof(PoolArgs) == 40, "PoolArgs layout");
 static_assert(sizeof(ChanArgs) == 152, "ChanArgs layout");

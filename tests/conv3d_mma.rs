@@ -1,7 +1,7 @@
 //! conv3d on tensor cores (kernels/conv3d_mma.cu) on the emulator against the CPU in f64, in TF32
 //! and BF16: forward (with and without bias), input gradient and weight gradient (overwrite and
 //! accumulate), on ragged shapes (positions and channels not multiples of the tiles, K not a
-//! multiple of 16, one input channel, three output channels, an aligned volume that takes the
+//! multiple of 16, one input channel, five and six output channels, an aligned volume that takes the
 //! 16-byte copies and misaligned ones that do not), under two schedules with every check on, and on
 //! the GPU where one is found (scripts/gpu-check).
 //!
@@ -168,8 +168,8 @@ const SHAPES: [([usize; 9], usize); 8] = [
     ([1, 20, 18, 2, 6, 9, 1, 3, 3], 1),
     // One input channel, 1x5x5 (K = 25), rows of 12 (sp % 4 == 0, aligned: 16-byte copies).
     ([1, 1, 12, 1, 9, 12, 1, 5, 5], 0),
-    // The output layer's kind: 1x1x1, three output channels, K = 33.
-    ([2, 33, 3, 1, 4, 5, 1, 1, 1], 1),
+    // 1x1x1 with six output channels, K = 33 (five or fewer take conv3d_pointwise.cu).
+    ([2, 33, 6, 1, 4, 5, 1, 1, 1], 1),
     // co 75 -> tile 80 (ten n-fragments per warp), aligned; the input gradient stages its 75
     // channels in 4 chunks of 19 (the last one part zeros).
     ([1, 6, 75, 1, 7, 8, 1, 3, 3], 0),

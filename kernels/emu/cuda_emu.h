@@ -12,6 +12,10 @@
 struct uint3 {
     unsigned int x, y, z;
 };
+// CUDA's 16-byte vector type: a 16-byte load or store where the kernel casts an aligned float*.
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 struct dim3 {
     unsigned int x, y, z;
 };

@@ -61,6 +61,25 @@ pub struct ConvArgs {
     pub chunk: i32,
 }
 
+/// conv3d 1x1x1 with few output channels (conv3d_pointwise.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PointwiseArgs {
+    pub x: u64,
+    pub w: u64,
+    pub bias: u64,
+    pub dy: u64,
+    pub out: u64,
+    pub n: i32,
+    pub ci: i32,
+    pub co: i32,
+    pub sp: i32,
+    pub accumulate: i32,
+    pub vec: i32,
+    pub splits: i32,
+    pub chunk: i32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConvTArgs {
@@ -190,6 +209,7 @@ kernel_args!(
     EwArgs = 40,
     CouplingArgs = 56,
     ConvArgs = 88,
+    PointwiseArgs = 72,
     ConvTArgs = 72,
     PoolArgs = 40,
     ChanArgs = 152,

@@ -1,8 +1,10 @@
 //! Launchers of kernels/conv3d.cu: the forward and input gradient as implicit GEMMs over 64x64
 //! tiles (positions x output channels), the weight gradient as split partial GEMMs over positions
-//! plus a fixed-order reduction, and the bias gradient as a split per-channel sum.
+//! plus a fixed-order reduction, and the bias gradient as a split per-channel sum. Narrow 1x1x1
+//! layers go to conv3d_pointwise.rs and the `tf32` / `bf16` precisions to conv3d_mma.rs first.
 
 use super::args::{ChanArgs, ConvArgs};
+use super::conv3d_pointwise;
 use super::{acc, int, splits, GpuArena, GpuBackend, Launcher, MAX_CHANNEL_SPLITS, THREADS};
 use crate::backend::{Region, View, Write};
 use crate::error::Result;
@@ -64,6 +66,10 @@ pub(super) fn forward<L: Launcher>(
     }
     let [xp, wp, bp, yp] = b.ptrs(a, [x.region, w.region, operands.ins[2], y.region]);
     let bp = if bias.is_some() { bp } else { 0 };
+    // Before the precision's choice: no tensor-core tile suits these layers (conv3d_pointwise.rs).
+    if conv3d_pointwise::is_narrow(&g) {
+        return b.conv3d_pointwise_forward(&g, xp, wp, bp, yp, 0);
+    }
     if b.precision != Precision::F32 {
         return b.conv3d_mma_data(a, &g, b.precision, false, xp, wp, bp, yp, 0);
     }
@@ -92,6 +98,9 @@ pub(super) fn backward_input<L: Launcher>(
         return Ok(());
     }
     let [gy, wp, gx] = b.ptrs(a, [dy.region, w.region, dx.region]);
+    if conv3d_pointwise::is_narrow(&g) {
+        return b.conv3d_pointwise_backward_input(&g, gy, wp, gx, acc(mode));
+    }
     if b.precision != Precision::F32 {
         return b.conv3d_mma_data(a, &g, b.precision, true, gy, wp, 0, gx, acc(mode));
     }
@@ -130,6 +139,10 @@ pub(super) fn backward_weight<L: Launcher>(
     operands.check(a.len)?;
     if dw.region.len == 0 {
         return Ok(());
+    }
+    if conv3d_pointwise::is_narrow(&g) {
+        let [xp, gy, gw] = b.ptrs(a, [x.region, dy.region, dw.region]);
+        return b.conv3d_pointwise_backward_weight(a, &g, xp, gy, gw, acc(mode));
     }
     if b.precision != Precision::F32 {
         let [xp, gy, gw] = b.ptrs(a, [x.region, dy.region, dw.region]);

@@ -13,6 +13,7 @@ pub mod args;
 mod batchnorm;
 mod conv3d;
 pub mod conv3d_mma;
+pub mod conv3d_pointwise;
 mod conv_transpose;
 pub mod cuda;
 mod elementwise;
