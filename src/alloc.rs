@@ -125,3 +125,4 @@ mod tests {
         assert!(check("v", &[l / 8 + 1], 8).is_err());
     }
 }
+

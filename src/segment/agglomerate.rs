@@ -90,8 +90,8 @@ impl Edges {
 }
 
 /// Each region's neighbours as a run of (neighbour, edge) sorted by neighbour, in one arena.
-/// Runs that outgrow their room move to the arena's end (with room to grow); the arena is
-/// compacted in place when a third of it is left behind.
+/// Runs that outgrow their room move to the arena's end; the arena is compacted in place when a
+/// third of it is left behind.
 struct Adjacency {
     arena: Vec<(u32, u32)>,
     /// Per region, where its run lies: one record, so that a neighbour's run is found with one
@@ -202,6 +202,7 @@ impl Adjacency {
             let (s, l) = (run.start as usize, run.len as usize);
             run.len -= 1;
             self.arena.copy_within(s + i + 1..s + l, s + i);
+            self.dead += 1;
         }
     }
 
@@ -211,22 +212,16 @@ impl Adjacency {
         let run = self.runs[ri];
         if items.len() <= run.cap as usize {
             let s = run.start as usize;
-            // What the run no longer fills stays its room: not garbage.
             self.arena[s..s + items.len()].copy_from_slice(items);
+            self.dead += run.len as usize - items.len().min(run.len as usize);
         } else {
-            // A run that outgrew its room is likely to grow again (a region absorbing its
-            // fragments one by one): room for a quarter more saves most later moves, and with
-            // them most of the garbage that compactions copy.
-            let cap = items.len() + items.len() / 4 + 2;
             self.dead += run.cap as usize;
-            if self.arena.len() + cap > u32::MAX as usize {
+            if self.arena.len() + items.len() > u32::MAX as usize {
                 self.compact();
             }
             self.runs[ri].start = self.arena.len() as u32;
-            self.runs[ri].cap = cap as u32;
+            self.runs[ri].cap = items.len() as u32;
             self.arena.extend_from_slice(items);
-            self.arena
-                .resize(self.arena.len() + cap - items.len(), (0, 0));
         }
         self.runs[ri].len = items.len() as u32;
     }
@@ -755,7 +750,10 @@ impl Merger {
     ) -> Result<()> {
         // Endpoints are not renamed when a region merges away (that would be one more random
         // write per edge of the smaller region): they resolve to the current regions here.
-        let (a, b) = (self.find(g.stat[e as usize].a), self.find(g.b[e as usize]));
+        let (a, b) = (
+            self.find(g.stat[e as usize].a),
+            self.find(g.b[e as usize]),
+        );
         g.stat[e as usize].count = 0;
         let (keep, gone) = if adj.degree(a) >= adj.degree(b) {
             (a, b)
