@@ -125,4 +125,3 @@ mod tests {
         assert!(check("v", &[l / 8 + 1], 8).is_err());
     }
 }
-

@@ -750,10 +750,7 @@ impl Merger {
     ) -> Result<()> {
         // Endpoints are not renamed when a region merges away (that would be one more random
         // write per edge of the smaller region): they resolve to the current regions here.
-        let (a, b) = (
-            self.find(g.stat[e as usize].a),
-            self.find(g.b[e as usize]),
-        );
+        let (a, b) = (self.find(g.stat[e as usize].a), self.find(g.b[e as usize]));
         g.stat[e as usize].count = 0;
         let (keep, gone) = if adj.degree(a) >= adj.degree(b) {
             (a, b)

@@ -166,9 +166,9 @@ pub fn steepest_ascent<L: Label>(aff: &[f32], d: Dims, low: f32, high: f32) -> V
     let mut sag = vec![L::ZERO; d.voxels()];
     let sxy = (d.x * d.y).max(1);
     // Each voxel's bits depend on its own edges only: sections run in parallel, same result.
-    sag.par_chunks_mut(sxy).enumerate().for_each(|(z, section)| {
-        steepest_ascent_section(aff, d, low, high, z, section)
-    });
+    sag.par_chunks_mut(sxy)
+        .enumerate()
+        .for_each(|(z, section)| steepest_ascent_section(aff, d, low, high, z, section));
     sag
 }
 
