@@ -80,6 +80,29 @@ pub fn check_elems<T>(what: &str, n: usize) -> Result<usize> {
     check(what, &[n], std::mem::size_of::<T>())
 }
 
+/// Hands the whole pages inside `[ptr, ptr + len)` back to the operating system
+/// (`madvise(MADV_DONTNEED)`): resident memory falls at once, while the allocation stays valid
+/// and is freed as usual. Reading those pages again would give zeros, so callers release only
+/// what they will never read (a scan's consumed input, before the buffer is dropped). Elsewhere
+/// than Linux this does nothing.
+///
+/// # Safety
+/// `ptr..ptr + len` lies inside one live allocation of plain data that nothing reads again.
+pub unsafe fn release_pages(ptr: *const u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = (ptr as usize).div_ceil(PAGE) * PAGE;
+        let end = (ptr as usize + len) / PAGE * PAGE;
+        if end > start {
+            // A failure (EINVAL on an odd mapping) only means the memory stays resident.
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,8 @@
 //!   so |err| <= (2u + u^2) S + gamma_N (1 + u)^2 S (+ u |y| ... for a bf16 result).
 //!
 //! Every kernel path runs that the CPU has. The scalar and AVX512-BF16 paths give the same bits
-//! (they add the same pairs in the same order). AMX sums inside `tdpbf16ps` in an undocumented
+//! (they add the same pairs in the same order). The widened path's forward and input gradient are
+//! f32 FMA sums of exact products in (ci, tap) order: the same bound gamma_N, other bits. AMX sums inside `tdpbf16ps` in an undocumented
 //! order and rounding, so its bound takes each addition's relative error as 2^-23 (truncation)
 //! instead of 2^-24; its results are checked to repeat bit for bit from run to run.
 
@@ -66,6 +67,10 @@ fn shapes() -> Vec<Conv3dGeom> {
         geom(1, 33, 17, (2, 3, 19), (3, 3, 3)),
         geom(2, 40, 50, (2, 2, 5), (3, 3, 3)),
         geom(1, 66, 9, (1, 3, 7), (1, 3, 3)),
+        // Rows the widened path's direct kernel takes (whole 32-voxel blocks).
+        geom(2, 5, 17, (2, 3, 32), (3, 3, 3)),
+        geom(1, 14, 14, (3, 2, 64), (3, 3, 3)),
+        geom(1, 1, 6, (1, 4, 160), (1, 5, 5)),
     ]
 }
 
@@ -74,6 +79,7 @@ fn paths() -> Vec<Path> {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
         p.push(Path::Avx512Bf16);
+        p.push(Path::Widened);
     }
     if Path::best() == Path::Amx {
         p.push(Path::Amx);
@@ -288,6 +294,18 @@ fn bf16_convolutions_are_within_their_error_bounds_of_f64() {
                 "{what}: a second run differs"
             );
             if path == Path::Amx {
+                continue;
+            }
+            if path == Path::Widened {
+                // Its weight gradient is the vdpbf16ps one; its forward and input gradient sum
+                // in (ci, tap) order, inside the same bound but not in the same bits.
+                let f = first.as_ref().expect("the scalar path runs first");
+                assert!(
+                    f.dw.iter()
+                        .zip(&r.dw)
+                        .all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{what}: weight gradients differ"
+                );
                 continue;
             }
             if let Some(f) = &first {

@@ -243,10 +243,10 @@ pub fn run(d: Dims, seed: u64, thresholds: &[f64], params: &Params) -> Result<Se
     let t1 = Instant::now();
     let (frag, ws) = watershed::<u32>(&aff, d, params)?;
     let t2 = Instant::now();
-    // As `revseg segment` does: the affinities go once the region graph holds their sums.
-    let graph = RegionGraph::build(&aff, &frag, d, Score::OneMinusMean)?;
+    // As `revseg segment` does: the affinities go section by section as the region graph
+    // takes up their sums.
     let affinity_bytes = (aff.len() * 4) as u64;
-    drop(aff);
+    let graph = RegionGraph::build_consuming(aff, &frag, d, Score::OneMinusMean)?;
     let agg = graph.agglomerate(thresholds)?;
     let t3 = Instant::now();
     let peak = peak_rss();

@@ -197,8 +197,7 @@ fn segment_as<L: Label>(
     let t0 = Instant::now();
     let (frag, ws) = watershed::<L>(&aff, dims, params)?;
     let t1 = Instant::now();
-    let graph = RegionGraph::build(&aff, &frag, dims, score)?;
-    drop(aff);
+    let graph = RegionGraph::build_consuming(aff, &frag, dims, score)?;
     let agg = graph.agglomerate(thresholds)?;
     let t2 = Instant::now();
     let shape = [dims.z, dims.y, dims.x];

@@ -94,19 +94,26 @@ impl Edges {
 /// third of it is left behind.
 struct Adjacency {
     arena: Vec<(u32, u32)>,
-    start: Vec<u32>,
-    len: Vec<u32>,
-    cap: Vec<u32>,
+    /// Per region, where its run lies: one record, so that a neighbour's run is found with one
+    /// cache miss (the merge loop is bound by such random reads).
+    runs: Vec<Run>,
     dead: usize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Run {
+    start: u32,
+    len: u32,
+    cap: u32,
 }
 
 impl Adjacency {
     /// From the edges' endpoints, in edge-id order within each region, then sorted by neighbour.
     fn build(e: &Edges, n_ids: usize) -> Result<Self> {
-        let mut len = vec![0u32; n_ids];
+        let mut runs = vec![Run::default(); n_ids];
         for i in 0..e.len() {
-            len[e.stat[i].a as usize] += 1;
-            len[e.b[i] as usize] += 1;
+            runs[e.stat[i].a as usize].len += 1;
+            runs[e.b[i] as usize].len += 1;
         }
         let total = 2 * e.len();
         if total > u32::MAX as usize {
@@ -115,42 +122,55 @@ impl Adjacency {
                 e.len()
             )));
         }
-        let mut start = vec![0u32; n_ids];
         let mut acc = 0u32;
-        for r in 0..n_ids {
-            start[r] = acc;
-            acc += len[r];
+        for r in runs.iter_mut() {
+            r.start = acc;
+            r.cap = r.len;
+            acc += r.len;
+            // `len` counts the entries filled in so far.
+            r.len = 0;
         }
-        let mut fill = start.clone();
         let mut arena = vec![(0u32, 0u32); total];
         for i in 0..e.len() {
             let (a, b) = (e.stat[i].a as usize, e.b[i] as usize);
-            arena[fill[a] as usize] = (b as u32, i as u32);
-            fill[a] += 1;
-            arena[fill[b] as usize] = (a as u32, i as u32);
-            fill[b] += 1;
+            let ra = &mut runs[a];
+            arena[(ra.start + ra.len) as usize] = (b as u32, i as u32);
+            ra.len += 1;
+            let rb = &mut runs[b];
+            arena[(rb.start + rb.len) as usize] = (a as u32, i as u32);
+            rb.len += 1;
         }
-        drop(fill);
-        for r in 0..n_ids {
-            let s = start[r] as usize;
-            arena[s..s + len[r] as usize].sort_unstable();
+        for r in &runs {
+            arena[r.start as usize..(r.start + r.len) as usize].sort_unstable();
         }
         Ok(Adjacency {
             arena,
-            start,
-            cap: len.clone(),
-            len,
+            runs,
             dead: 0,
         })
     }
 
+    /// Asks for `r`'s run record and the first entries of its run to be brought into cache.
+    #[inline(always)]
+    fn prefetch_record(&self, r: u32) {
+        prefetch(&self.runs[r as usize]);
+    }
+    #[inline(always)]
+    fn prefetch_run(&self, r: u32) {
+        let run = self.runs[r as usize];
+        if run.len > 0 {
+            prefetch(&self.arena[run.start as usize]);
+            prefetch(&self.arena[(run.start + run.len - 1) as usize]);
+        }
+    }
+
     fn run(&self, r: u32) -> &[(u32, u32)] {
-        let s = self.start[r as usize] as usize;
-        &self.arena[s..s + self.len[r as usize] as usize]
+        let run = self.runs[r as usize];
+        &self.arena[run.start as usize..(run.start + run.len) as usize]
     }
 
     fn degree(&self, r: u32) -> usize {
-        self.len[r as usize] as usize
+        self.runs[r as usize].len as usize
     }
 
     /// Position of `nb` in `r`'s run.
@@ -160,8 +180,8 @@ impl Adjacency {
 
     /// In `r`'s run, the entry for `old` becomes (`new`, `edge`), kept sorted.
     fn rename(&mut self, r: u32, old: u32, new: u32, edge: u32) {
-        let s = self.start[r as usize] as usize;
-        let run = &mut self.arena[s..s + self.len[r as usize] as usize];
+        let Run { start, len, .. } = self.runs[r as usize];
+        let run = &mut self.arena[start as usize..(start + len) as usize];
         let Ok(i) = run.binary_search_by_key(&old, |&(n, _)| n) else {
             return;
         };
@@ -178,10 +198,10 @@ impl Adjacency {
     /// Removes the entry for `nb` from `r`'s run.
     fn remove(&mut self, r: u32, nb: u32) {
         if let Some(i) = self.find(r, nb) {
-            let s = self.start[r as usize] as usize;
-            let l = self.len[r as usize] as usize;
+            let run = &mut self.runs[r as usize];
+            let (s, l) = (run.start as usize, run.len as usize);
+            run.len -= 1;
             self.arena.copy_within(s + i + 1..s + l, s + i);
-            self.len[r as usize] -= 1;
             self.dead += 1;
         }
     }
@@ -189,27 +209,29 @@ impl Adjacency {
     /// Replaces `r`'s run by `items` (sorted), moving it to the arena's end when it has no room.
     fn set(&mut self, r: u32, items: &[(u32, u32)]) {
         let ri = r as usize;
-        if items.len() <= self.cap[ri] as usize {
-            let s = self.start[ri] as usize;
+        let run = self.runs[ri];
+        if items.len() <= run.cap as usize {
+            let s = run.start as usize;
             self.arena[s..s + items.len()].copy_from_slice(items);
-            self.dead += self.len[ri] as usize - items.len().min(self.len[ri] as usize);
+            self.dead += run.len as usize - items.len().min(run.len as usize);
         } else {
-            self.dead += self.cap[ri] as usize;
+            self.dead += run.cap as usize;
             if self.arena.len() + items.len() > u32::MAX as usize {
                 self.compact();
             }
-            self.start[ri] = self.arena.len() as u32;
-            self.cap[ri] = items.len() as u32;
+            self.runs[ri].start = self.arena.len() as u32;
+            self.runs[ri].cap = items.len() as u32;
             self.arena.extend_from_slice(items);
         }
-        self.len[ri] = items.len() as u32;
+        self.runs[ri].len = items.len() as u32;
     }
 
     /// Frees `r`'s run.
     fn clear(&mut self, r: u32) {
-        self.dead += self.cap[r as usize] as usize;
-        self.len[r as usize] = 0;
-        self.cap[r as usize] = 0;
+        let run = &mut self.runs[r as usize];
+        self.dead += run.cap as usize;
+        run.len = 0;
+        run.cap = 0;
     }
 
     fn maybe_compact(&mut self) {
@@ -220,30 +242,42 @@ impl Adjacency {
 
     /// In place: runs move down in the order they lie, so none is overwritten before it moves.
     fn compact(&mut self) {
-        let mut order: Vec<u32> = (0..self.start.len() as u32)
-            .filter(|&r| self.len[r as usize] > 0)
+        let mut order: Vec<u32> = (0..self.runs.len() as u32)
+            .filter(|&r| self.runs[r as usize].len > 0)
             .collect();
-        order.sort_unstable_by_key(|&r| self.start[r as usize]);
+        order.sort_unstable_by_key(|&r| self.runs[r as usize].start);
         let mut w = 0usize;
         for r in order {
-            let (s, l) = (
-                self.start[r as usize] as usize,
-                self.len[r as usize] as usize,
-            );
+            let run = &mut self.runs[r as usize];
+            let (s, l) = (run.start as usize, run.len as usize);
             self.arena.copy_within(s..s + l, w);
-            self.start[r as usize] = w as u32;
-            self.cap[r as usize] = l as u32;
+            run.start = w as u32;
+            run.cap = l as u32;
             w += l;
         }
-        for r in 0..self.start.len() {
-            if self.len[r] == 0 {
-                self.cap[r] = 0;
+        for run in self.runs.iter_mut() {
+            if run.len == 0 {
+                run.cap = 0;
             }
         }
         self.arena.truncate(w);
         self.arena.shrink_to_fit();
         self.dead = 0;
     }
+}
+
+/// A hint that `v` will be read soon (random reads of the merge loop overlap instead of
+/// queueing one after another).
+#[inline(always)]
+fn prefetch<T>(v: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint with no effect on memory, valid for any address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((v as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
 }
 
 /// Least garbage worth a compaction (small under test, so that tests compact).
@@ -338,10 +372,32 @@ pub struct RegionGraph {
 
 impl RegionGraph {
     pub fn build<L: Label>(aff: &[f32], fragments: &[L], dims: Dims, score: Score) -> Result<Self> {
+        Self::build_with(aff, fragments, dims, score, false)
+    }
+
+    /// As [`RegionGraph::build`], consuming the affinities: each section's memory goes back to
+    /// the operating system as soon as the scan has passed it, so that the growing graph takes
+    /// the place of the affinities instead of adding to them (the peak of a whole-volume run).
+    pub fn build_consuming<L: Label>(
+        aff: Vec<f32>,
+        fragments: &[L],
+        dims: Dims,
+        score: Score,
+    ) -> Result<Self> {
+        Self::build_with(&aff, fragments, dims, score, true)
+    }
+
+    fn build_with<L: Label>(
+        aff: &[f32],
+        fragments: &[L],
+        dims: Dims,
+        score: Score,
+        release: bool,
+    ) -> Result<Self> {
         check_inputs(aff, fragments, dims, score)?;
         let t0 = std::time::Instant::now();
         let n_ids = max_id(fragments)? + 1;
-        let edges = build_edges(aff, fragments, dims, n_ids, score)?;
+        let edges = build_edges(aff, fragments, dims, n_ids, score, release)?;
         Ok(RegionGraph {
             edges,
             n_ids,
@@ -524,6 +580,7 @@ fn build_edges<L: Label>(
     d: Dims,
     n_ids: usize,
     score: Score,
+    release: bool,
 ) -> Result<Edges> {
     let n = d.voxels();
     let sxy = d.x * d.y;
@@ -574,6 +631,16 @@ fn build_edges<L: Label>(
                     });
                     add_affinity(&mut g, e, a[i], quantile)?;
                 }
+            }
+        }
+        if release {
+            for c in 0..3 {
+                let section = &aff[c * n + z * sxy..c * n + (z + 1) * sxy];
+                // SAFETY: section z of every channel has been read for the last time (later
+                // sections read only their own), and the caller gave up the affinities.
+                unsafe {
+                    crate::alloc::release_pages(section.as_ptr().cast(), size_of_val(section))
+                };
             }
         }
         // Edges whose fragments cannot reach section z + 1 are complete.
@@ -670,8 +737,8 @@ impl Merger {
             .collect()
     }
 
-    /// Merges the two regions of edge `e` (both are roots: edges always join roots). The region
-    /// with more neighbours keeps its id and the other is folded into it; the edges whose
+    /// Merges the two regions of edge `e` (its endpoints as stored may be regions merged away
+    /// since; they resolve to roots). The region with more neighbours keeps its id and the other is folded into it; the edges whose
     /// statistics changed are appended to `changed`.
     fn merge(
         &mut self,
@@ -681,7 +748,9 @@ impl Merger {
         merged: &mut Vec<(u32, u32)>,
         changed: &mut Vec<u32>,
     ) -> Result<()> {
-        let (a, b) = (g.stat[e as usize].a, g.b[e as usize]);
+        // Endpoints are not renamed when a region merges away (that would be one more random
+        // write per edge of the smaller region): they resolve to the current regions here.
+        let (a, b) = (self.find(g.stat[e as usize].a), self.find(g.b[e as usize]));
         g.stat[e as usize].count = 0;
         let (keep, gone) = if adj.degree(a) >= adj.degree(b) {
             (a, b)
@@ -694,6 +763,16 @@ impl Merger {
         self.merges += 1;
         // keep's new run: both runs merged by neighbour, without each other; where both have a
         // neighbour, gone's edge is combined into keep's.
+        // The walk below reads, for each neighbour of `gone`, its run record, its run and the
+        // edge's statistics, all at random places: ask for them all first so that the misses
+        // overlap.
+        for &(gn, e2) in adj.run(gone) {
+            adj.prefetch_record(gn);
+            prefetch(&g.stat[e2 as usize]);
+        }
+        for &(gn, _) in adj.run(gone) {
+            adj.prefetch_run(gn);
+        }
         merged.clear();
         let (mut i, mut j) = (0, 0);
         let (kl, gl) = (adj.degree(keep), adj.degree(gone));
@@ -722,11 +801,6 @@ impl Merger {
                     i += 1;
                 }
                 (_, Some((gn, e2))) => {
-                    if g.stat[e2 as usize].a == gone {
-                        g.stat[e2 as usize].a = keep;
-                    } else {
-                        g.b[e2 as usize] = keep;
-                    }
                     adj.rename(gn, gone, keep, e2);
                     merged.push((gn, e2));
                     j += 1;

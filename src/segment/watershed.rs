@@ -9,6 +9,7 @@
 
 use super::{check_affinities, Dims, Label};
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -71,7 +72,8 @@ pub struct Stats {
     pub merge: Vec<(u64, f64)>,
     pub basins: usize,
     pub background_before_merge: u64,
-    pub region_graph_edges: usize,
+    /// Edges of the basins' region graph; None when no size merge or dust removal needed it.
+    pub region_graph_edges: Option<usize>,
     pub segments: usize,
     pub background: u64,
     /// Dust sets kept by Watershed.jl's renumbering quirk (see [`merge_regions`]).
@@ -91,16 +93,24 @@ pub fn watershed<L: Label>(aff: &[f32], dims: Dims, p: &Params) -> Result<(Vec<L
     let mut seg: Vec<L> = steepest_ascent(aff, dims, low, high);
     divide_plateaus(&mut seg, dims);
     let (counts, background_before_merge) = find_basins(&mut seg, dims);
-    let rg = region_graph(aff, &seg, dims);
     let mut stats = Stats {
         low,
         high,
         merge: merge.clone(),
         basins: counts.len() - 1,
         background_before_merge,
-        region_graph_edges: rg.len(),
         ..Stats::default()
     };
+    if merge.is_empty() && p.dust == 0 {
+        // Nothing to merge and no dust: renumbering would map every basin to itself (ids are
+        // already 1..=basins in scan order), so the region graph, the largest structure of the
+        // watershed with millions of basins, is not built at all.
+        stats.segments = stats.basins;
+        stats.background = background_before_merge;
+        return Ok((seg, stats));
+    }
+    let rg = region_graph(aff, &seg, dims);
+    stats.region_graph_edges = Some(rg.len());
     let m = merge_regions(&mut seg, &rg, counts, &merge, p.dust);
     stats.segments = m.segments;
     stats.revived_dust = m.revived_dust;
@@ -153,12 +163,30 @@ fn offsets(d: Dims) -> [isize; 6] {
 /// best edge is at or below `low`. Edges out of the volume never get a bit (Watershed.jl gives
 /// them the value `low`, which can only matter if `low >= high`).
 pub fn steepest_ascent<L: Label>(aff: &[f32], d: Dims, low: f32, high: f32) -> Vec<L> {
+    let mut sag = vec![L::ZERO; d.voxels()];
+    let sxy = (d.x * d.y).max(1);
+    // Each voxel's bits depend on its own edges only: sections run in parallel, same result.
+    sag.par_chunks_mut(sxy)
+        .enumerate()
+        .for_each(|(z, section)| steepest_ascent_section(aff, d, low, high, z, section));
+    sag
+}
+
+/// [`steepest_ascent`] of section `z` into `out` (that section's voxels).
+fn steepest_ascent_section<L: Label>(
+    aff: &[f32],
+    d: Dims,
+    low: f32,
+    high: f32,
+    z: usize,
+    out: &mut [L],
+) {
     let n = d.voxels();
     let (az, ay, ax) = (&aff[..n], &aff[n..2 * n], &aff[2 * n..3 * n]);
     let (sx, sxy) = (d.x, d.x * d.y);
-    let mut sag = vec![L::ZERO; n];
-    for (i, out) in sag.iter_mut().enumerate() {
-        let (z, y, x) = (i / sxy, i / sx % d.y, i % sx);
+    for (j, out) in out.iter_mut().enumerate() {
+        let i = z * sxy + j;
+        let (y, x) = (j / sx, j % sx);
         let e = [
             (x > 0).then(|| ax[i]),
             (y > 0).then(|| ay[i]),
@@ -184,7 +212,6 @@ pub fn steepest_ascent<L: Label>(aff: &[f32], d: Dims, low: f32, high: f32) -> V
         }
         *out = L::from_usize(bits as usize);
     }
-    sag
 }
 
 #[inline]
@@ -728,6 +755,36 @@ mod tests {
         let (counts, _) = find_basins(&mut seg, dims);
         assert_eq!(seg, vec![1; 5]);
         assert_eq!(counts, vec![0, 5]);
+    }
+
+    /// Without size merges and dust the watershed skips its region graph: the result must be
+    /// what building it and renumbering would give, on noisy affinities with many basins and
+    /// some background.
+    #[test]
+    fn no_merge_no_dust_equals_the_full_renumbering() {
+        let dims = d(6, 17, 19);
+        let mut rng = crate::rng::Rng::new(11);
+        let aff: Vec<f32> = (0..3 * dims.voxels())
+            .map(|_| rng.uniform() as f32)
+            .collect();
+        let p = Params {
+            low: 0.3,
+            high: 0.97,
+            merge: vec![],
+            dust: 0,
+            relative: false,
+        };
+        let (fast, st) = watershed::<u32>(&aff, dims, &p).unwrap();
+        let mut seg: Vec<u32> = steepest_ascent(&aff, dims, 0.3, 0.97);
+        divide_plateaus(&mut seg, dims);
+        let (counts, bg) = find_basins(&mut seg, dims);
+        let rg = region_graph(&aff, &seg, dims);
+        assert!(counts.len() > 50 && bg > 0 && !rg.is_empty());
+        let m = merge_regions(&mut seg, &rg, counts, &[], 0);
+        assert_eq!(fast, seg);
+        assert_eq!((st.segments, st.region_graph_edges), (m.segments, None));
+        let zeros = seg.iter().filter(|&&l| l == 0).count() as u64;
+        assert_eq!(st.background, zeros);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! they differ from the im2col path only by rounding (tests hold both to a naive reference).
 
 use super::mem::SendPtr;
+use super::storage::{as_compute, Stored};
 use crate::ops::conv3d::Conv3dGeom;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -37,12 +38,16 @@ pub fn worthwhile(g: &Conv3dGeom) -> bool {
 
 /// y = conv(x, w) (+ bias), or y += ... with `accumulate`; w is (Co, Ci, kd, kh, kw).
 /// Panics if `supported(g)` is false (callers check it).
-pub fn forward(
+///
+/// x and y may be stored as bf16 (conv3d_bf16.rs's `Path::Widened`): input rows are widened to
+/// f32 as they are packed, and each output row is computed into an f32 row buffer, then rounded
+/// into y. The sums are the f32 path's, in the same order.
+pub fn forward<X: Stored<f32>, O: Stored<f32>>(
     g: &Conv3dGeom,
-    x: &[f32],
+    x: &[X],
     w: &[f32],
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [O],
     accumulate: bool,
 ) {
     assert!(supported(g), "conv3d_avx512 called where it cannot run");
@@ -61,6 +66,7 @@ pub fn forward(
     }
     let blocks = co_blocks(g.co);
     let stride = pack_stride(g);
+    let direct = std::any::TypeId::of::<O>() == std::any::TypeId::of::<f32>();
     let yp = SendPtr(y.as_mut_ptr());
     let rows = g.d * g.h;
     (0..g.n * rows)
@@ -69,20 +75,61 @@ pub fn forward(
         .for_each_init(
             || {
                 let buf = AlignedBuf::zeroed(g.ci * g.kd * g.kh * stride);
-                (buf, Vec::with_capacity(g.ci * taps))
+                let out = if direct {
+                    Vec::new()
+                } else {
+                    vec![0f32; g.co * g.w]
+                };
+                (buf, Vec::with_capacity(g.ci * taps), out)
             },
-            |(buf, steps), task| {
+            |(buf, steps, out), task| {
                 let (n, row) = (task / rows, task % rows);
                 let xn = &x[n * g.ci * sp..(n + 1) * g.ci * sp];
                 pack_rows(g, xn, row, stride, buf.as_mut_slice(), steps);
                 for &(co0, cb) in &blocks {
                     // SAFETY: avx512f was detected in `supported`; this task alone writes output
                     // row `row` of sample n; the packed rows have PAD_L + round_up(W, 32) + PAD_R
-                    // readable elements, which covers every load below.
+                    // readable elements, which covers every load below. With `direct`, O is f32.
                     unsafe {
-                        let yrow = yp.get().add((n * g.co + co0) * sp + row * g.w);
                         let b = bias.map(|b| b.as_ptr().add(co0));
-                        dispatch(buf.as_slice(), steps, &wr, co0, cb, yrow, b, accumulate, g);
+                        if direct {
+                            let yrow =
+                                (yp.get() as *mut f32).add((n * g.co + co0) * sp + row * g.w);
+                            dispatch(
+                                buf.as_slice(),
+                                steps,
+                                &wr,
+                                co0,
+                                cb,
+                                yrow,
+                                sp,
+                                b,
+                                accumulate,
+                                g,
+                            );
+                        } else {
+                            let orow = out.as_mut_ptr().add(co0 * g.w);
+                            dispatch(buf.as_slice(), steps, &wr, co0, cb, orow, g.w, b, false, g);
+                        }
+                    }
+                }
+                if !direct {
+                    for co in 0..g.co {
+                        // SAFETY: as above, this task alone writes this row.
+                        let yr = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                yp.get().add((n * g.co + co) * sp + row * g.w),
+                                g.w,
+                            )
+                        };
+                        let src = &out[co * g.w..(co + 1) * g.w];
+                        if accumulate {
+                            yr.iter_mut()
+                                .zip(src)
+                                .for_each(|(o, &v)| *o = O::store(o.load() + v));
+                        } else {
+                            yr.iter_mut().zip(src).for_each(|(o, &v)| *o = O::store(v));
+                        }
                     }
                 }
             },
@@ -134,7 +181,7 @@ const PREFETCH_AHEAD: usize = 4;
 /// streams, more than the hardware prefetchers follow. Measured at 14 channels, 18x160x160:
 /// 158-160 GFLOP/s without, 169-173 with 4 rows ahead into L2 (four alternated runs); into L1 or
 /// 16 rows ahead is slower.
-fn prefetch_rows(g: &Conv3dGeom, xn: &[f32], row: usize) {
+fn prefetch_rows<X>(g: &Conv3dGeom, xn: &[X], row: usize) {
     if row >= g.d * g.h {
         return;
     }
@@ -157,9 +204,9 @@ fn prefetch_rows(g: &Conv3dGeom, xn: &[f32], row: usize) {
 /// one in three crosses a cache line (reading the arena directly, every load can). Fills `steps`
 /// with the kernel's steps: for each (ci, kd, kh, kw) whose input row lies inside the volume, the offset
 /// of its first input in `buf` (before the left margin shift) and of its weights in [ci][tap][co].
-fn pack_rows(
+fn pack_rows<X: Stored<f32>>(
     g: &Conv3dGeom,
-    xn: &[f32],
+    xn: &[X],
     row: usize,
     stride: usize,
     buf: &mut [f32],
@@ -173,7 +220,14 @@ fn pack_rows(
         for &(ab, start) in &rows {
             let dst = &mut buf[(ci * khw + ab) * stride..][..stride];
             // The margins stay zero from allocation: only [PAD_L, PAD_L + w) is ever written.
-            dst[PAD_L..PAD_L + w].copy_from_slice(&xn[ci * sp + start..][..w]);
+            let src = &xn[ci * sp + start..][..w];
+            match as_compute::<f32, X>(src) {
+                Some(src) => dst[PAD_L..PAD_L + w].copy_from_slice(src),
+                None => dst[PAD_L..PAD_L + w]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(d, &v)| *d = v.load()),
+            }
         }
     }
     prefetch_rows(g, xn, row + PREFETCH_AHEAD);
@@ -211,6 +265,7 @@ unsafe fn dispatch(
     co0: usize,
     cb: usize,
     yrow: *mut f32,
+    ystride: usize,
     bias: Option<*const f32>,
     accumulate: bool,
     g: &Conv3dGeom,
@@ -218,7 +273,7 @@ unsafe fn dispatch(
     macro_rules! arms {
         ($($n:literal)*) => {
             match cb {
-                $($n => row_block::<$n>(g, buf, steps, wr, co0, yrow, bias, accumulate),)*
+                $($n => row_block::<$n>(g, buf, steps, wr, co0, yrow, ystride, bias, accumulate),)*
                 _ => unreachable!("channel block of {cb}"),
             }
         };
@@ -239,7 +294,7 @@ fn lane_mask(start: isize, w: usize) -> u16 {
 }
 
 /// One output row of CB channels starting at `co0` from the packed input rows in `buf`;
-/// `yrow` points at (co0, row, x = 0).
+/// `yrow` points at (co0, row, x = 0), the next channel's row `ystride` further.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn row_block<const CB: usize>(
@@ -249,10 +304,11 @@ unsafe fn row_block<const CB: usize>(
     wr: &[f32],
     co0: usize,
     yrow: *mut f32,
+    ystride: usize,
     bias: Option<*const f32>,
     accumulate: bool,
 ) {
-    let (w, sp) = (g.w, g.spatial());
+    let w = g.w;
     let bp = buf.as_ptr().add(PAD_L - g.kw / 2);
     let wp = wr.as_ptr().add(co0);
     for x0 in (0..w).step_by(16 * VB) {
@@ -274,7 +330,7 @@ unsafe fn row_block<const CB: usize>(
             }
         }
         for (k, acc_k) in acc.iter().enumerate() {
-            let yk = yrow.add(k * sp + x0);
+            let yk = yrow.add(k * ystride + x0);
             for (v, &a) in acc_k.iter().enumerate() {
                 let m = lane_mask((x0 + 16 * v) as isize, w);
                 if m == 0 {

@@ -3,10 +3,12 @@
 //! Every product of two bf16 values is exact in f32 (8 + 8 significand bits), so the only rounding
 //! inside a convolution is that of the f32 sums (and of the result, when it is stored as bf16).
 //! Where the CPU has AMX-BF16 and the OS grants the tile state, conv3d_amx.rs computes all three
-//! passes (`Path::Amx`, the fastest by far). Otherwise, on a CPU with AVX512-BF16, `vdpbf16ps`
-//! does 32 such multiply-adds per instruction (two per f32 lane, the pair along the summed
-//! dimension), as laid out below; elsewhere a scalar loop computes the same sums in the same pairs
-//! (`Path::Scalar`).
+//! passes (`Path::Amx`, the fastest by far). Otherwise, on a CPU with AVX512-BF16, the forward and
+//! input gradient widen bf16 rows into conv3d_avx512.rs's direct f32 kernel (`Path::Widened`),
+//! and the weight gradient (and what that kernel does not take) runs on `vdpbf16ps`, 32 such
+//! multiply-adds per instruction (two per f32 lane, the pair along the summed dimension), as laid
+//! out below (`Path::Avx512Bf16` runs every pass that way); elsewhere a scalar loop computes the
+//! same sums in the same pairs (`Path::Scalar`).
 //!
 //! Layouts, per tile of whole output rows of one sample (as conv3d.rs):
 //! - forward and input gradient: the im2col tile interleaves pairs of the summed index k
@@ -42,6 +44,14 @@ pub enum Path {
     Amx,
     /// `vdpbf16ps` (AVX512-BF16), detected at run time.
     Avx512Bf16,
+    /// Forward and input gradient by conv3d_avx512.rs's direct f32 kernel on bf16 operands
+    /// widened to f32 as it packs its input rows (products of bf16 values are exact in f32, so
+    /// only the f32 sums round, in (ci, tap) order); the weight gradient and the shapes that
+    /// kernel does not take (`conv3d_avx512::worthwhile`) on `vdpbf16ps`. Without AMX this is the
+    /// faster one: `vdpbf16ps` issues at most as many multiply-adds per cycle as two FMA ports
+    /// on the Intel cores measured, and its im2col tiles cost as much again (docs/PERFORMANCE.md,
+    /// "bf16 without AMX").
+    Widened,
     /// Plain f32 arithmetic on the same pairs.
     Scalar,
 }
@@ -55,9 +65,18 @@ impl Path {
         }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {
-            return Path::Avx512Bf16;
+            return Path::Widened;
         }
         Path::Scalar
+    }
+
+    /// Whether this path runs `g`'s forward (or input gradient, with `g` transposed) on the
+    /// widened direct kernel.
+    fn widened(self, g: &Conv3dGeom) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self == Path::Widened && super::conv3d_avx512::worthwhile(g);
+        #[cfg(not(target_arch = "x86_64"))]
+        return false;
     }
 }
 
@@ -337,7 +356,9 @@ fn convolve<O: Store>(
                 match path {
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: this path is chosen only where the CPU has the features.
-                    Path::Avx512Bf16 => unsafe { forward_tile_avx(wp, kp, co0, col, cols, a) },
+                    Path::Avx512Bf16 | Path::Widened => unsafe {
+                        forward_tile_avx(wp, kp, co0, col, cols, a)
+                    },
                     _ => forward_tile_scalar(wp, kp, co0, col, cols, a),
                 }
                 for m in 0..MR.min(g.co - co0) {
@@ -391,6 +412,11 @@ pub fn forward<O: Store>(
             accumulate,
         );
     }
+    #[cfg(target_arch = "x86_64")]
+    if path.widened(g) {
+        let wf: Vec<f32> = w[..g.co * k].iter().map(|v| v.to_f32()).collect();
+        return super::conv3d_avx512::forward(g, x, &wf, bias, y, accumulate);
+    }
     let (wp, kp) = pack_weights(g.co, k, |o, j| w[o * k + j]);
     convolve(path, g, x, &wp, kp, bias, y, accumulate);
 }
@@ -421,6 +447,20 @@ pub fn backward_input<O: Store>(
             dx,
             accumulate,
         );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if path.widened(&gt) {
+        // w'[ci][co][tap] = w[co][ci][taps - 1 - tap], laid out (Ci, Co, taps) as w is.
+        let mut wt = vec![0f32; g.ci * g.co * taps];
+        for co in 0..g.co {
+            for ci in 0..g.ci {
+                for t in 0..taps {
+                    wt[(ci * g.co + co) * taps + (taps - 1 - t)] =
+                        w[(co * g.ci + ci) * taps + t].to_f32();
+                }
+            }
+        }
+        return super::conv3d_avx512::forward(&gt, dy, &wt, None, dx, accumulate);
     }
     // w'[ci][co][tap] = w[co][ci][taps - 1 - tap]: the kernel flipped in every dimension.
     let (wp, kp) = pack_weights(g.ci, g.co * taps, |ci, j| {
@@ -560,7 +600,7 @@ pub fn backward_weight(
                         match path {
                             #[cfg(target_arch = "x86_64")]
                             // SAFETY: this path is chosen only where the CPU has the features.
-                            Path::Avx512Bf16 => unsafe {
+                            Path::Avx512Bf16 | Path::Widened => unsafe {
                                 weight_tile_avx(&dyt, &col, cols, co0, k0, g.co, k, &mut part)
                             },
                             _ => weight_tile_scalar(&dyt, &col, cols, co0, k0, g.co, k, &mut part),
