@@ -6,7 +6,7 @@
 //!     cargo run --release --example coupling_range -- N STEPS EVERY [D,H,W]
 //!
 //! Prints per probe: the largest |state| (and where), the 99.99th percentile of |state|, and the
-//! share of F/G outputs that a 2^-8 grid rounds to zero (|f| < 2^-9).
+//! share of F/G outputs that the 16-bit state's grid rounds to zero (|f| < 2^-(S+1)).
 
 use revseg::backend::cpu::mixed::CpuMixedBackend;
 use revseg::backend::Backend;
@@ -56,11 +56,14 @@ fn main() {
     ex.poison = false;
     (ex.adam.lr, ex.adam.eps, ex.bn.momentum) = (cfg.lr, cfg.adam_eps, cfg.bn_momentum);
     t.ex = ex;
+    let fp = FixedPoint::fix16();
     println!(
-        "N = {n}, patch {:?}, {steps} steps; S = 8 range 127.996",
-        cfg.patch
+        "N = {n}, patch {:?}, {steps} steps; 16-bit state: S = {}, range {}",
+        cfg.patch,
+        fp.frac_bits,
+        fp.range()
     );
-    println!("step\tloss\tmax|state|\tat\tp99.99|state|\tshare |f|<2^-9\tmax|f|");
+    println!("step\tloss\tmax|state|\tat\tp99.99|state|\tshare |f| < grid/2\tmax|f|");
     let mut rng = Rng::new(77);
     let mut loss = f64::NAN;
     for step in 0..=steps {
@@ -114,7 +117,8 @@ fn probe<B: Backend<Elem = f32>>(
     }
     states.sort_by(f32::total_cmp);
     let p = states[((states.len() as f64) * 0.9999) as usize];
-    let small = fs.iter().filter(|&&v| v < 1.0 / 512.0).count() as f64 / fs.len() as f64;
+    let half = (FixedPoint::fix16().resolution() / 2.0) as f32;
+    let small = fs.iter().filter(|&&v| v < half).count() as f64 / fs.len() as f64;
     let fmax = fs.iter().fold(0.0f32, |a, &x| a.max(x));
     println!(
         "{step}\t{loss:.4}\t{:.3}\t{}\t{p:.3}\t{small:.4}\t{fmax:.3}",

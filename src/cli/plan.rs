@@ -28,7 +28,7 @@ pub struct PlanArgs {
     #[arg(long)]
     pub precision: Option<String>,
     /// Reversible chains in exact (fixed-point) coupling: their state in the f32 container
-    /// (k x 2^-16), or in 16 bits (k x 2^-8) with bf16 activations.
+    /// (k x 2^-16), or in 16 bits (k x 2^-7) with bf16 activations.
     #[arg(long)]
     pub exact_coupling: bool,
     /// Write the live bytes over the plan's steps as a PNG plot.

@@ -104,7 +104,8 @@ pub fn coupling<T: Element, X: Stored<T>, F: Stored<T>, Y: Stored<T>>(
 /// so the loop vectorises) and are stored once the block's range check has run.
 const BLOCK: usize = 2048;
 
-/// Stores a block of results: in range as i16, the others as `Fix16::NAN`, never wrapped.
+/// Stores a block of results: in range as i16, the others as `Fix16::NAN`, never wrapped (so
+/// after an overflow every bad element of the tensor reads as NaN).
 /// Returns the index of the first one out of range.
 #[inline(always)]
 fn store_block(n: &[i32], y: &mut [Fix16]) -> Option<usize> {
@@ -156,6 +157,8 @@ pub fn entry_fix16<X: Stored<f32>>(x: &[X], y: &mut [Fix16]) -> Option<(usize, f
     over_chunks(y, |start, yc| {
         let xc = &x[start..start + yc.len()];
         let mut n = [0i32; BLOCK];
+        // Every block is written, so each bad element is marked whatever comes first.
+        let mut first = None;
         for (b, (xb, yb)) in xc.chunks(BLOCK).zip(yc.chunks_mut(BLOCK)).enumerate() {
             let n = &mut n[..xb.len()];
             wide(|| {
@@ -166,10 +169,10 @@ pub fn entry_fix16<X: Stored<f32>>(x: &[X], y: &mut [Fix16]) -> Option<(usize, f
             if let Some(j) = store_block(n, yb) {
                 let s = FIX_SCALE as f64;
                 let v = (xb[j].load() as f64 * s).round_ties_even() / s;
-                return Some((start + b * BLOCK + j, v));
+                first = first.or(Some((start + b * BLOCK + j, v)));
             }
         }
-        None
+        first
     })
 }
 
@@ -204,6 +207,7 @@ pub fn step_fix16<F: Stored<f32>>(
         let fc = &f[start..start + yc.len()];
         let xc = x.map(|x| &x[start..start + yc.len()]);
         let mut n = [0i32; BLOCK];
+        let mut first = None;
         for (b, (fb, yb)) in fc.chunks(BLOCK).zip(yc.chunks_mut(BLOCK)).enumerate() {
             let n = &mut n[..fb.len()];
             let xb = xc.map(|xc| &xc[b * BLOCK..b * BLOCK + fb.len()]);
@@ -220,9 +224,9 @@ pub fn step_fix16<F: Stored<f32>>(
             let reported = bad.map(|j| value(xb.unwrap_or(yb)[j].0, fb[j]));
             store_block(n, yb);
             if let (Some(j), Some(v)) = (bad, reported) {
-                return Some((start + b * BLOCK + j, v));
+                first = first.or(Some((start + b * BLOCK + j, v)));
             }
         }
-        None
+        first
     })
 }
