@@ -221,7 +221,15 @@ fn exact_coupling_in_bf16_keeps_chain_state_in_16_bits() {
     )
     .unwrap();
     assert!(wide.bufs.iter().all(|b| b.storage != Storage::Fix16));
-    assert!(plain.arena_bytes < h.arena_bytes && h.arena_bytes < wide.arena_bytes);
+    // The state's copies for F and G and the entry's second buffer fall outside the peak, which
+    // the plain plan shares; the f32 container costs 2 bytes more per kept chain output.
+    assert!(
+        plain.arena_bytes <= h.arena_bytes && h.arena_bytes < wide.arena_bytes,
+        "plain {}, 16-bit {}, f32 container {}",
+        plain.arena_bytes,
+        h.arena_bytes,
+        wide.arena_bytes
+    );
     check_layout(&wide);
 }
 
