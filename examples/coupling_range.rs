@@ -3,7 +3,10 @@
 //! chain in bf16, the state in the wide f32-container format (range +-256), and every few steps
 //! runs one more forward that reads every coupling's result and every F/G output.
 //!
-//!     cargo run --release --example coupling_range -- N STEPS EVERY [D,H,W]
+//!     cargo run --release --example coupling_range -- N STEPS EVERY [D,H,W [S]]
+//!
+//! S: the fraction bits of the f32-container state trained with (16, range +-256, by default;
+//! fewer widen the range, for chains that outgrow it).
 //!
 //! Prints per probe: the largest |state| (and where), the 99.99th percentile of |state|, and the
 //! share of F/G outputs that the 16-bit state's grid rounds to zero (|f| < 2^-(S+1)).
@@ -29,6 +32,10 @@ fn main() {
         let v: Vec<usize> = p.split(',').map(|x| x.parse().unwrap()).collect();
         cfg.patch = (v[0], v[1], v[2]);
     }
+    let wide = match args.get(5) {
+        Some(s) => FixedPoint::new(s.parse().unwrap()).unwrap(),
+        None => FixedPoint::default(),
+    };
     let (train, _) = volumes(DEMO_TRAIN_SIZE, DEMO_TEST_SIZE, 1).unwrap();
     let image: Vec<f32> = train.image.iter().map(|&v| v as f32 / 255.0).collect();
     let data = Dataset::new(
@@ -47,7 +54,7 @@ fn main() {
             strategy: Strategy::Recompute,
             inference: false,
             check_reconstruction: false,
-            exact_coupling: Some(FixedPoint::default()),
+            exact_coupling: Some(wide),
             precision: Precision::Bf16,
         },
     )
@@ -58,8 +65,10 @@ fn main() {
     t.ex = ex;
     let fp = FixedPoint::fix16();
     println!(
-        "N = {n}, patch {:?}, {steps} steps; 16-bit state: S = {}, range {}",
+        "N = {n}, patch {:?}, {steps} steps, trained with the f32 container at range {}; 16-bit \
+         state: S = {}, range {}",
         cfg.patch,
+        wide.range(),
         fp.frac_bits,
         fp.range()
     );

@@ -231,7 +231,7 @@ impl<'a> Builder<'a> {
             .is_some_and(|fp| fp.storage == Storage::F32)
     }
     /// The input of a convolution in the activation storage: `x` itself, or a copy converted
-    /// into it (an exact chain's f32 state read by F and G in bf16).
+    /// into it (an exact chain's fixed-point state, read by F and G in bf16).
     fn conv_operand(&mut self, x: Opd, name: &str, class: Class) -> Opd {
         let storage = self.opt.precision.activation_storage();
         if self.bufs[x.buf].storage == storage {
