@@ -98,19 +98,23 @@ pub enum Storage {
     #[default]
     F32,
     Bf16,
+    /// A reversible chain's exact-coupling state in 16 bits: i16 k, the value k * 2^-S
+    /// (`ops::coupling::Fix16`). Only the coupling writes it; a few ops read it.
+    Fix16,
 }
 
 impl Storage {
     pub fn bytes(self) -> usize {
         match self {
             Storage::F32 => 4,
-            Storage::Bf16 => 2,
+            Storage::Bf16 | Storage::Fix16 => 2,
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             Storage::F32 => "f32",
             Storage::Bf16 => "bf16",
+            Storage::Fix16 => "fix16",
         }
     }
 }

@@ -45,7 +45,7 @@ fn options(strategy: Strategy, precision: Precision, exact: bool) -> PlanOptions
         strategy,
         inference: false,
         check_reconstruction: false,
-        exact_coupling: exact.then(FixedPoint::default),
+        exact_coupling: exact.then(|| FixedPoint::for_precision(precision)),
         precision,
     }
 }
@@ -197,6 +197,13 @@ fn bf16_high_water_equals_the_plan_byte_for_byte() {
                     s.ex.plan.bufs.iter().any(|b| b.storage == Storage::Bf16),
                     "{what}: no bf16 buffer"
                 );
+                // Exact chains hold their state in 16 bits in a bf16 plan.
+                assert_eq!(
+                    s.ex.plan.bufs.iter().any(|b| b.storage == Storage::Fix16),
+                    exact && rev > 0,
+                    "{what}"
+                );
+                assert!(s.loss.is_finite(), "{what}");
                 assert_eq!(s.ex.high_water.get(), s.ex.plan.arena_bytes, "{what}");
                 // Smaller than the same plan in f32.
                 let f32_plan =

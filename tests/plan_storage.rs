@@ -19,7 +19,7 @@ fn plan(prog: &Program, strategy: Strategy, precision: Precision, exact: bool) -
             strategy,
             inference: false,
             check_reconstruction: false,
-            exact_coupling: exact.then(FixedPoint::default),
+            exact_coupling: exact.then(|| FixedPoint::for_precision(precision)),
             precision,
         },
     )
@@ -159,37 +159,100 @@ fn bf16_memory_plan_at_18x160x160() {
     );
 }
 
-/// Exact coupling keeps each chain's state in the f32 fixed-point format whatever the precision;
-/// F and G read a bf16 copy of it. The plan counts both.
+/// Exact coupling in a bf16 plan keeps each chain's state in 16 bits (fix16); F and G read a
+/// bf16 copy of it, and the chain's input (ELU's bf16 output) is rounded into a state buffer of
+/// its own. The f32-container format still plans in bf16, its state in f32.
 #[test]
-fn exact_coupling_in_bf16_keeps_chain_state_in_f32() {
+fn exact_coupling_in_bf16_keeps_chain_state_in_16_bits() {
     let prog = model::build(&NetConfig::superhuman(2), (4, 32, 32)).unwrap();
-    let h = plan(&prog, Strategy::Recompute, Precision::Bf16, true);
-    let coupled: Vec<usize> = h
-        .instrs
-        .iter()
-        .filter_map(|(_, i)| match i {
-            scheduler::instr::Instr::Coupling { y, .. } => Some(y.buf),
-            _ => None,
-        })
-        .collect();
-    assert!(!coupled.is_empty());
-    for b in coupled {
-        assert_eq!(h.bufs[b].storage, Storage::F32, "{}", h.bufs[b].name);
+    for strategy in [Strategy::Recompute, Strategy::StoreAll] {
+        let h = plan(&prog, strategy, Precision::Bf16, true);
+        let coupled: Vec<usize> = h
+            .instrs
+            .iter()
+            .filter_map(|(_, i)| match i {
+                scheduler::instr::Instr::Coupling { y, .. } => Some(y.buf),
+                _ => None,
+            })
+            .collect();
+        assert!(!coupled.is_empty());
+        for b in coupled {
+            assert_eq!(h.bufs[b].storage, Storage::Fix16, "{}", h.bufs[b].name);
+            assert_eq!(h.bufs[b].bytes(), 2 * h.bufs[b].len);
+        }
+        // Nothing is f32 but master state, statistics and the loss's inputs.
+        for b in &h.bufs {
+            if b.storage == Storage::F32 && !b.persistent {
+                assert!(
+                    matches!(
+                        b.class,
+                        Class::Weights | Class::Gradients | Class::Optimizer
+                    ) || ["target", "mask", "class_weights", "output"]
+                        .iter()
+                        .any(|n| b.name == *n),
+                    "{strategy:?}: {} is f32",
+                    b.name
+                );
+            }
+        }
+        let copies = h
+            .bufs
+            .iter()
+            .filter(|b| b.name.ends_with(".input"))
+            .inspect(|b| assert_eq!(b.storage, Storage::Bf16, "{}", b.name))
+            .count();
+        assert!(
+            copies > 0,
+            "F and G read their 16-bit input through a bf16 copy"
+        );
+        check_layout(&h);
     }
-    let copies = h
-        .bufs
-        .iter()
-        .filter(|b| b.name.ends_with(".input"))
-        .inspect(|b| assert_eq!(b.storage, Storage::Bf16, "{}", b.name))
-        .count();
-    assert!(
-        copies > 0,
-        "F and G read their f32 input through a bf16 copy"
-    );
-    check_layout(&h);
+    let h = plan(&prog, Strategy::Recompute, Precision::Bf16, true);
     let plain = plan(&prog, Strategy::Recompute, Precision::Bf16, false);
-    assert!(plain.arena_bytes < h.arena_bytes);
+    let wide = scheduler::plan_with(
+        &prog,
+        &PlanOptions {
+            strategy: Strategy::Recompute,
+            inference: false,
+            check_reconstruction: false,
+            exact_coupling: Some(FixedPoint::default()),
+            precision: Precision::Bf16,
+        },
+    )
+    .unwrap();
+    assert!(wide.bufs.iter().all(|b| b.storage != Storage::Fix16));
+    // The state's copies for F and G and the entry's second buffer fall outside the peak, which
+    // the plain plan shares; the f32 container costs 2 bytes more per kept chain output.
+    assert!(
+        plain.arena_bytes <= h.arena_bytes && h.arena_bytes < wide.arena_bytes,
+        "plain {}, 16-bit {}, f32 container {}",
+        plain.arena_bytes,
+        h.arena_bytes,
+        wide.arena_bytes
+    );
+    check_layout(&wide);
+}
+
+/// RevNet n = 2 at 18x160x160 in bf16 with exact coupling (16-bit state): at most 55% of the f32
+/// plan and 22% of the store-all f32 base network.
+#[test]
+fn exact_bf16_memory_plan_at_18x160x160() {
+    let peak = |n: usize, s: Strategy, p: Precision, exact| {
+        let prog = model::build(&NetConfig::superhuman(n), PATCH).unwrap();
+        plan(&prog, s, p, exact).arena_bytes as f64
+    };
+    let base = peak(0, Strategy::StoreAll, Precision::F32, false);
+    let f2 = peak(2, Strategy::Recompute, Precision::F32, false);
+    let h2 = peak(2, Strategy::Recompute, Precision::Bf16, true);
+    assert!(
+        h2 <= 0.55 * f2 && h2 <= 0.22 * base,
+        "exact bf16 N=2 {:.1} MiB: {:.1}% of f32 {:.1} MiB, {:.1}% of the base {:.1} MiB",
+        h2 / MIB,
+        100.0 * h2 / f2,
+        f2 / MIB,
+        100.0 * h2 / base,
+        base / MIB
+    );
 }
 
 /// The element-typed backends run f32 plans only; a bf16 plan is refused by name, not misread.

@@ -30,7 +30,7 @@ pub fn bench_step<B: Backend>(
     label: &str,
     steps: usize,
 ) -> Result<StepBench> {
-    bench_step_profiled(b, prog, strategy, label, steps, false).map(|r| r.0)
+    bench_step_profiled(b, prog, strategy, label, steps, false, false).map(|r| r.0)
 }
 
 /// Time per op name over the timed steps, largest first.
@@ -48,14 +48,27 @@ pub struct StepRunner<'a, B: Backend> {
 
 impl<'a, B: Backend> StepRunner<'a, B> {
     pub fn new(b: &'a B, prog: &Program, strategy: Strategy) -> Result<Self> {
+        Self::with_coupling(b, prog, strategy, false)
+    }
+
+    /// `new`, with the reversible chains in exact coupling (the state format of the backend's
+    /// storage: 16 bits in bf16) when `exact`.
+    pub fn with_coupling(
+        b: &'a B,
+        prog: &Program,
+        strategy: Strategy,
+        exact: bool,
+    ) -> Result<Self> {
+        let precision = scheduler::storage_precision(b);
         let plan = scheduler::plan_with(
             prog,
             &scheduler::PlanOptions {
                 strategy,
                 inference: false,
                 check_reconstruction: false,
-                exact_coupling: None,
-                precision: scheduler::storage_precision(b),
+                exact_coupling: exact
+                    .then(|| crate::ops::coupling::FixedPoint::for_precision(precision)),
+                precision,
             },
         )?;
         let summary = PlanSummary::new(&plan, prog.param_count());
@@ -102,8 +115,9 @@ pub fn bench_step_profiled<B: Backend>(
     label: &str,
     steps: usize,
     profile: bool,
+    exact_coupling: bool,
 ) -> Result<(StepBench, OpProfile)> {
-    let mut run = StepRunner::new(b, prog, strategy)?;
+    let mut run = StepRunner::with_coupling(b, prog, strategy, exact_coupling)?;
     let mut err = None;
     if profile {
         run.ex.profile = Some(Default::default());

@@ -86,6 +86,9 @@ pub struct StepArgs {
     /// Also print the time spent in each op.
     #[arg(long)]
     pub profile: bool,
+    /// Reversible chains in exact (fixed-point) coupling: the state in 16 bits in bf16.
+    #[arg(long)]
+    pub exact_coupling: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -389,8 +392,24 @@ fn step_on<B: Backend>(b: &B, a: &StepArgs) -> Result<()> {
     } else {
         Strategy::Recompute
     };
-    let label = format!("{} rev blocks, {strategy:?}", prog.config.rev_blocks);
-    let (r, prof) = step::bench_step_profiled(b, &prog, strategy, &label, a.steps, a.profile)?;
+    let label = format!(
+        "{} rev blocks, {strategy:?}{}",
+        prog.config.rev_blocks,
+        if a.exact_coupling {
+            ", exact coupling"
+        } else {
+            ""
+        }
+    );
+    let (r, prof) = step::bench_step_profiled(
+        b,
+        &prog,
+        strategy,
+        &label,
+        a.steps,
+        a.profile,
+        a.exact_coupling,
+    )?;
     if a.json {
         println!("{}", step::json(&[r], &b.name()));
     } else {

@@ -27,7 +27,8 @@ pub struct PlanArgs {
     /// on every device.
     #[arg(long)]
     pub precision: Option<String>,
-    /// Reversible chains in exact (fixed-point) coupling, their state in f32.
+    /// Reversible chains in exact (fixed-point) coupling: their state in the f32 container
+    /// (k x 2^-16), or in 16 bits (k x 2^-7) with bf16 activations.
     #[arg(long)]
     pub exact_coupling: bool,
     /// Write the live bytes over the plan's steps as a PNG plot.
@@ -52,7 +53,9 @@ pub fn run(a: &PlanArgs) -> Result<()> {
             strategy,
             inference: false,
             check_reconstruction: false,
-            exact_coupling: a.exact_coupling.then(FixedPoint::default),
+            exact_coupling: a
+                .exact_coupling
+                .then(|| FixedPoint::for_precision(precision)),
             precision,
         },
     )?;

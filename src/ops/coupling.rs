@@ -3,11 +3,17 @@
 //! any number of blocks (MacKay et al. 2018, "Reversible recurrent neural networks").
 //!
 //! Representation: every value of the chain's two halves is an integer k times 2^-S (S =
-//! `frac_bits`), with |k| <= 2^24, held in an f32 (or f64) container. Every such value is exactly
-//! representable in f32 (24-bit significand), and so is the sum or difference of two of them
-//! whenever the result is again within |k| <= 2^24: float addition of grid values in range is
-//! exact integer addition on k. F and G read the state as ordinary floats (no conversion), and
-//! their outputs are rounded to the grid (ties to even) before they are added:
+//! `frac_bits`), with |k| at most the format's limit. Two formats, one arithmetic:
+//! - f32 container (`Storage::F32`): |k| <= 2^24, held in an f32 (or f64). Every such value is
+//!   exactly representable in f32 (24-bit significand), and so is the sum or difference of two of
+//!   them whenever the result is again within the limit: float addition of grid values in range is
+//!   exact integer addition on k. Default S = 16: resolution 2^-16, range +-256.
+//! - 16-bit (`Storage::Fix16`, the state of bf16 plans): k an i16, |k| <= 2^15 - 1 (i16::MIN is
+//!   never a value: it marks a freed or invalid element and reads as NaN), S = `FIX16_FRAC_BITS`.
+//!   The coupling adds k in i32 and checks the limit before it stores.
+//!
+//! F and G read the state as ordinary floats, and their outputs are rounded to the grid (ties to
+//! even) before they are added:
 //!
 //!   forward  y1 = x1 + q(F(x2)),  y2 = x2 + q(G(y1))
 //!   inverse  x2 = y2 - q(G(y1)),  x1 = y1 - q(F(x2))
@@ -17,29 +23,41 @@
 //! input is rounded to the grid once when it enters. The gradient treats q as the identity
 //! (straight-through), as the rounding is below the resolution the network learns at.
 //!
-//! Range: |value| <= 2^(24 - S); with the default S = 16, resolution 2^-16 (1.5e-5) and range
-//! +-256. A result outside it (or not finite) is an error naming the value and the block, never a
-//! wrapped or rounded result.
+//! Range: |value| <= limit * 2^-S. A result outside it (or not finite) is an error naming the
+//! value and the block, never a wrapped or rounded result.
 
 use crate::error::{Error, Result};
+use crate::precision::{Precision, Storage};
 use crate::tensor::Element;
 
-/// The fixed-point format of a reversible chain's state: values k * 2^-frac_bits, |k| <= 2^24.
+/// The fixed-point format of a reversible chain's state: values k * 2^-frac_bits, |k| at most
+/// the limit of `storage` (2^24 in an f32 container, 2^15 - 1 in 16 bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedPoint {
     pub frac_bits: u32,
+    /// The state buffers' storage: `F32` or `Fix16`.
+    pub storage: Storage,
 }
 
 /// Bits of the integer k that f32's significand holds exactly.
 pub const SIGNIFICAND_BITS: u32 = 24;
 
+/// S of the 16-bit state: resolution 2^-7 (7.8e-3), range +-255.99. Trained chains of 16 blocks
+/// reach |state| 129 within 200 steps, past a 2^-8 grid's +-128 (docs/ARCHITECTURE.md,
+/// "Storage per buffer", has the measurements).
+pub const FIX16_FRAC_BITS: u32 = 7;
+
 impl Default for FixedPoint {
     fn default() -> Self {
-        FixedPoint { frac_bits: 16 }
+        FixedPoint {
+            frac_bits: 16,
+            storage: Storage::F32,
+        }
     }
 }
 
 impl FixedPoint {
+    /// The f32-container format with S fraction bits.
     pub fn new(frac_bits: u32) -> Result<Self> {
         if frac_bits > 40 {
             return Err(Error::Invalid(format!(
@@ -47,15 +65,40 @@ impl FixedPoint {
                  (16 is the default)"
             )));
         }
-        Ok(FixedPoint { frac_bits })
+        Ok(FixedPoint {
+            frac_bits,
+            storage: Storage::F32,
+        })
+    }
+    /// The 16-bit format (i16 k, S = `FIX16_FRAC_BITS`).
+    pub const fn fix16() -> Self {
+        FixedPoint {
+            frac_bits: FIX16_FRAC_BITS,
+            storage: Storage::Fix16,
+        }
+    }
+    /// The state format of a plan in `p`: 16 bits beside bf16 activations (a 4-byte state would
+    /// double the bytes of every chain output kept for the backward), the f32 container otherwise.
+    pub fn for_precision(p: Precision) -> Self {
+        match p.activation_storage() {
+            Storage::Bf16 => Self::fix16(),
+            _ => Self::default(),
+        }
     }
     /// 2^S: multiplying by it is exact (a power of two).
     pub fn scale(self) -> f64 {
         (2.0f64).powi(self.frac_bits as i32)
     }
-    /// The largest magnitude a state value may take: 2^(24 - S).
+    /// The largest |k|.
+    pub fn limit(self) -> f64 {
+        match self.storage {
+            Storage::Fix16 => i16::MAX as f64,
+            _ => (2.0f64).powi(SIGNIFICAND_BITS as i32),
+        }
+    }
+    /// The largest magnitude a state value may take: limit * 2^-S.
     pub fn range(self) -> f64 {
-        (2.0f64).powi(SIGNIFICAND_BITS as i32 - self.frac_bits as i32)
+        self.limit() / self.scale()
     }
     /// The grid spacing 2^-S.
     pub fn resolution(self) -> f64 {
@@ -80,12 +123,58 @@ impl FixedPoint {
             what: what.into(),
             detail: format!(
                 "exact coupling overflow: element {at} is {value:e}, outside the fixed-point \
-                 range +-{} (scale 2^-{}); the chain's activations grew too large (lower the \
-                 learning rate, or train without exact coupling)",
+                 range +-{} (scale 2^-{}, {} state); the chain's activations grew too large \
+                 (lower the learning rate, or train without exact coupling)",
                 self.range(),
-                self.frac_bits
+                self.frac_bits,
+                self.storage.name()
             ),
         }
+    }
+}
+
+/// One element of a 16-bit chain state: the value k * 2^-FIX16_FRAC_BITS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(transparent)]
+pub struct Fix16(pub i16);
+
+impl Fix16 {
+    /// Outside the symmetric range +-(2^15 - 1), so no coupling ever stores it as a value: it
+    /// marks a poisoned (freed) or invalid element and reads as NaN, so that a read after free
+    /// shows up as it does in float buffers.
+    pub const NAN: Fix16 = Fix16(i16::MIN);
+    pub const LIMIT: i32 = i16::MAX as i32;
+    const RES: f32 = 1.0 / (1u32 << FIX16_FRAC_BITS) as f32;
+    const SCALE: f32 = (1u32 << FIX16_FRAC_BITS) as f32;
+
+    /// The value, exact in f32 (15 bits times a power of two).
+    #[inline(always)]
+    pub fn to_f32(self) -> f32 {
+        let v = self.0 as f32 * Self::RES;
+        if self.0 == i16::MIN {
+            f32::NAN
+        } else {
+            v
+        }
+    }
+    /// v rounded to the grid (ties to even); `NAN` when the result is out of range or v is not
+    /// finite: never a wrapped value.
+    #[inline(always)]
+    pub fn quantize(v: f32) -> Fix16 {
+        let q = (v * Self::SCALE).round_ties_even();
+        if q.abs() <= Self::LIMIT as f32 {
+            Fix16(q as i16)
+        } else {
+            Self::NAN
+        }
+    }
+    /// v when it lies on the grid and in range (NaN gives `NAN`); None otherwise.
+    pub fn exact(v: f32) -> Option<Fix16> {
+        if v.is_nan() {
+            return Some(Self::NAN);
+        }
+        let q = Self::quantize(v);
+        (q != Self::NAN && q.to_f32() == v).then_some(q)
     }
 }
 
@@ -161,5 +250,46 @@ mod tests {
         assert_eq!(bad, Some(1));
         assert!(FixedPoint::new(41).is_err());
         assert_eq!(FixedPoint::new(12).unwrap().range(), 4096.0);
+    }
+
+    #[test]
+    fn the_16_bit_format_by_hand() {
+        let fp = FixedPoint::fix16();
+        assert_eq!(fp.storage, Storage::Fix16);
+        assert_eq!(fp.frac_bits, 7);
+        // (2^15 - 1) / 2^7
+        assert_eq!(fp.range(), 255.992_187_5);
+        assert_eq!(fp.resolution(), 1.0 / 128.0);
+        assert_eq!(FixedPoint::for_precision(Precision::Bf16), fp);
+        assert_eq!(
+            FixedPoint::for_precision(Precision::F32),
+            FixedPoint::default()
+        );
+        // 1.5 = 192 / 128; 0.001 rounds to 0; 3/256 is a tie and goes to the even k = 2.
+        assert_eq!(Fix16::quantize(1.5), Fix16(192));
+        assert_eq!(Fix16::quantize(0.001), Fix16(0));
+        assert_eq!(Fix16::quantize(3.0 / 256.0), Fix16(2));
+        assert_eq!(Fix16::quantize(-255.992_187_5), Fix16(-32767));
+        // Just past the range, and not finite: the NaN mark, never a wrapped k.
+        assert_eq!(Fix16::quantize(256.0), Fix16::NAN);
+        assert_eq!(Fix16::quantize(f32::INFINITY), Fix16::NAN);
+        assert_eq!(Fix16::quantize(f32::NAN), Fix16::NAN);
+        assert!(Fix16::NAN.to_f32().is_nan());
+        assert_eq!(Fix16(-32767).to_f32(), -255.992_187_5);
+        assert_eq!(Fix16::exact(0.25), Some(Fix16(32)));
+        assert_eq!(Fix16::exact(0.001), None);
+        assert_eq!(Fix16::exact(300.0), None);
+        // The reference on the 16-bit grid in f32 containers: the same k arithmetic.
+        // 27.99 * 128 = 3582.72 -> 3583; 0.0051 * 128 = 0.65 -> 1.
+        let (y, bad) = reference(
+            fp,
+            &[100.0f32, -3.0],
+            Some(&[27.99, 0.0051]),
+            Direction::Forward,
+        );
+        assert_eq!(bad, None);
+        assert_eq!(y, vec![127.992_187_5, -2.992_187_5]);
+        let (_, bad) = reference(fp, &[250.0f32], Some(&[6.0]), Direction::Forward);
+        assert_eq!(bad, Some(0));
     }
 }

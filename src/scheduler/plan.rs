@@ -216,15 +216,22 @@ impl<'a> Builder<'a> {
         self.fwd[t] = Some(o);
         o
     }
-    /// Marks a reversible chain's state buffer: with exact coupling it holds the f32 fixed-point
-    /// format (ops/coupling.rs) in every precision, since a 16-bit grid would be too coarse.
+    /// Marks a reversible chain's state buffer: with exact coupling it holds the format's
+    /// storage (ops/coupling.rs): the f32 container, or 16 bits beside bf16 activations.
     fn chain_state(&mut self, o: Opd) {
-        if self.opt.exact_coupling.is_some() {
-            self.bufs[o.buf].storage = Storage::F32;
+        if let Some(fp) = self.opt.exact_coupling {
+            self.bufs[o.buf].storage = fp.storage;
         }
     }
+    /// Whether the chains' state is an f32 container the chain's input is rounded into in place
+    /// (a 16-bit state is a buffer of its own, written from the float input).
+    fn state_in_place(&self) -> bool {
+        self.opt
+            .exact_coupling
+            .is_some_and(|fp| fp.storage == Storage::F32)
+    }
     /// The input of a convolution in the activation storage: `x` itself, or a copy converted
-    /// into it (an exact chain's f32 state read by F and G in bf16).
+    /// into it (an exact chain's fixed-point state, read by F and G in bf16).
     fn conv_operand(&mut self, x: Opd, name: &str, class: Class) -> Opd {
         let storage = self.opt.precision.activation_storage();
         if self.bufs[x.buf].storage == storage {
@@ -451,10 +458,11 @@ impl<'a> Builder<'a> {
                     self.fwd[*y] = Some(xo);
                     xo
                 } else {
-                    // An exact chain's input is its f32 state, which a Recompute plan computes in
-                    // place on the BN output: the BN output is f32 here too, so that both plans
-                    // round the same values (their gradients are equal bit for bit).
-                    if self.opt.exact_coupling.is_some() && self.chain_input(*y) {
+                    // An exact chain's f32-container state is its input itself, which a Recompute
+                    // plan computes in place on the BN output: the BN output is f32 here too, so
+                    // that both plans round the same values (their gradients are equal bit for
+                    // bit). A 16-bit state is rounded from the ELU output in both plans alike.
+                    if self.state_in_place() && self.chain_input(*y) {
                         self.bufs[xo.buf].storage = Storage::F32;
                     }
                     self.act(*y)
@@ -609,18 +617,28 @@ impl<'a> Builder<'a> {
 
     fn rev_forward(&mut self, x: TensorId, blocks: &[crate::model::RevBlock], y: TensorId) {
         let name = self.prog.tensors[y].name.clone();
-        let xo = self.fwd[x].unwrap();
-        self.chain_state(xo);
+        let mut xo = self.fwd[x].unwrap();
         if let Some(fp) = self.opt.exact_coupling {
-            // The chain's input onto the grid, in place: every later use reads the rounded value
-            // (the backward's rebuilt input is rounded too), whichever the strategy.
+            // The chain's input onto the grid: every later use reads the rounded value (the
+            // backward's rebuilt input is rounded too), whichever the strategy. The f32 container
+            // rounds in place; a 16-bit state is a new buffer, and the float input dies here.
+            let state = if self.state_in_place() {
+                self.chain_state(xo);
+                xo
+            } else {
+                let s = self.tmp(format!("{name}.state"), xo.shape, Class::Activations);
+                self.chain_state(s);
+                s
+            };
             self.emit(Instr::Coupling {
                 x: xo,
                 f: None,
-                y: xo,
+                y: state,
                 dir: Direction::Forward,
                 fp,
             });
+            xo = state;
+            self.fwd[x] = Some(state);
         }
         if self.recompute() {
             if self.opt.check_reconstruction {

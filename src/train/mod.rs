@@ -92,6 +92,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         } else {
             Strategy::Recompute
         };
+        let precision = scheduler::storage_precision(b);
         let plan = scheduler::plan_with(
             &prog,
             &scheduler::PlanOptions {
@@ -100,8 +101,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 check_reconstruction: false,
                 exact_coupling: cfg
                     .exact_coupling
-                    .then(crate::ops::coupling::FixedPoint::default),
-                precision: scheduler::storage_precision(b),
+                    .then(|| crate::ops::coupling::FixedPoint::for_precision(precision)),
+                precision,
             },
         )?;
         let mut ex = Executor::new(b, &prog, plan, cfg.seed)?;

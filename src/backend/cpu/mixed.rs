@@ -9,7 +9,7 @@ use super::{batchnorm, conv3d, conv3d_bf16, conv_transpose, coupling, elementwis
 use super::{loss, maxpool, optim};
 use crate::backend::{Backend, BnRunning, BnStats, Region, View, Write};
 use crate::error::{Error, Result};
-use crate::ops::coupling::{Direction, FixedPoint};
+use crate::ops::coupling::{Direction, Fix16, FixedPoint};
 use crate::ops::elementwise::AddForm;
 use crate::ops::{self, batchnorm::BatchNormArgs, Operands};
 use crate::ops::{optim::AdamParams, optim::SgdParams};
@@ -33,24 +33,45 @@ impl MixedArena {
 }
 
 /// A region's elements, typed by its storage.
-pub enum Typed<A, B> {
+pub enum Typed<A, B, C> {
     F32(A),
     Bf16(B),
+    Fix16(C),
 }
 
-type In<'a> = Typed<&'a [f32], &'a [bf16]>;
-type Out<'a> = Typed<&'a mut [f32], &'a mut [bf16]>;
+type In<'a> = Typed<&'a [f32], &'a [bf16], &'a [Fix16]>;
+type Out<'a> = Typed<&'a mut [f32], &'a mut [bf16], &'a mut [Fix16]>;
 
-/// Expands `body` once per storage combination of the named typed slices, each name rebound to
-/// its plain slice.
+/// Expands `body` once per float storage combination of the named typed slices, each name
+/// rebound to its plain slice. A 16-bit chain state among them returns an error: only the
+/// operands named in `typed_fix!` read one.
 macro_rules! typed {
     (=> $body:block) => { $body };
     ($v:ident $(, $rest:ident)* => $body:block) => {
         match $v {
             Typed::F32($v) => typed!($($rest),* => $body),
             Typed::Bf16($v) => typed!($($rest),* => $body),
+            Typed::Fix16(_) => return Err(fix16_refused(stringify!($v))),
         }
     };
+}
+
+/// `typed!` that also expands a 16-bit chain state (read through `Stored`, exact).
+macro_rules! typed_fix {
+    ($v:ident => $body:block) => {
+        match $v {
+            Typed::F32($v) => $body,
+            Typed::Bf16($v) => $body,
+            Typed::Fix16($v) => $body,
+        }
+    };
+}
+
+fn fix16_refused(what: &str) -> Error {
+    Error::Invalid(format!(
+        "operand {what} is a reversible chain's 16-bit fixed-point state (fix16), which only the \
+         coupling writes and only copies, downloads, BatchNorm's input and ELU's backward read"
+    ))
 }
 
 fn acc(mode: Write) -> bool {
@@ -77,8 +98,32 @@ fn overlap(a: &Region, b: &Region) -> bool {
 }
 
 /// `mem::split` over byte regions: bounds and alignment of every region, outputs disjoint from
-/// each other and from the inputs, then each region as a slice of its storage.
+/// each other and from the inputs, then each region as a slice of its storage. A 16-bit chain
+/// state is refused by name (see `split_fix`).
 fn split<const I: usize, const O: usize>(
+    a: &mut MixedArena,
+    operands: Operands<I, O>,
+) -> Result<([In<'_>; I], [Out<'_>; O])> {
+    let op = operands.op;
+    if let Some(r) = operands
+        .ins
+        .iter()
+        .chain(&operands.outs)
+        .find(|r| r.len > 0 && r.storage == Storage::Fix16)
+    {
+        return Err(Error::Invalid(format!(
+            "{op}: the region of {} elements at byte {} is a reversible chain's 16-bit \
+             fixed-point state (fix16); only the coupling writes it, and only copies, downloads, \
+             BatchNorm's input and ELU's backward read it",
+            r.len, r.offset
+        )));
+    }
+    split_fix(a, operands)
+}
+
+/// `split` for the ops that take a 16-bit chain state in some operand (`typed_fix!` there,
+/// `typed!`'s error on the others).
+fn split_fix<const I: usize, const O: usize>(
     a: &mut MixedArena,
     operands: Operands<I, O>,
 ) -> Result<([In<'_>; I], [Out<'_>; O])> {
@@ -105,6 +150,7 @@ fn split<const I: usize, const O: usize>(
         match r.storage {
             Storage::F32 => Typed::F32(std::slice::from_raw_parts(p as *const f32, r.len)),
             Storage::Bf16 => Typed::Bf16(std::slice::from_raw_parts(p as *const bf16, r.len)),
+            Storage::Fix16 => Typed::Fix16(std::slice::from_raw_parts(p as *const Fix16, r.len)),
         }
     });
     let outs = operands.outs.map(|r| unsafe {
@@ -112,6 +158,7 @@ fn split<const I: usize, const O: usize>(
         match r.storage {
             Storage::F32 => Typed::F32(std::slice::from_raw_parts_mut(p as *mut f32, r.len)),
             Storage::Bf16 => Typed::Bf16(std::slice::from_raw_parts_mut(p as *mut bf16, r.len)),
+            Storage::Fix16 => Typed::Fix16(std::slice::from_raw_parts_mut(p as *mut Fix16, r.len)),
         }
     });
     Ok((ins, outs))
@@ -122,8 +169,8 @@ fn split<const I: usize, const O: usize>(
 fn f32_in<'a>(op: &str, what: &str, s: In<'a>) -> Result<&'a [f32]> {
     match s {
         Typed::F32(s) => Ok(s),
-        Typed::Bf16(_) => Err(Error::Invalid(format!(
-            "{op}: {what} is stored bf16; it stays f32 in every precision"
+        Typed::Bf16(_) | Typed::Fix16(_) => Err(Error::Invalid(format!(
+            "{op}: {what} is stored in 16 bits; it stays f32 in every precision"
         ))),
     }
 }
@@ -131,8 +178,8 @@ fn f32_in<'a>(op: &str, what: &str, s: In<'a>) -> Result<&'a [f32]> {
 fn f32_out<'a>(op: &str, what: &str, s: Out<'a>) -> Result<&'a mut [f32]> {
     match s {
         Typed::F32(s) => Ok(s),
-        Typed::Bf16(_) => Err(Error::Invalid(format!(
-            "{op}: {what} is stored bf16; it stays f32 in every precision"
+        Typed::Bf16(_) | Typed::Fix16(_) => Err(Error::Invalid(format!(
+            "{op}: {what} is stored in 16 bits; it stays f32 in every precision"
         ))),
     }
 }
@@ -141,8 +188,8 @@ fn f32_out<'a>(op: &str, what: &str, s: Out<'a>) -> Result<&'a mut [f32]> {
 fn bf16_in<'a>(op: &str, what: &str, s: In<'a>) -> Result<&'a [bf16]> {
     match s {
         Typed::Bf16(s) => Ok(s),
-        Typed::F32(_) => Err(Error::Invalid(format!(
-            "{op}: {what} is stored f32; convolutions of a bf16 plan read bf16 operands"
+        Typed::F32(_) | Typed::Fix16(_) => Err(Error::Invalid(format!(
+            "{op}: {what} is not stored bf16; convolutions of a bf16 plan read bf16 operands"
         ))),
     }
 }
@@ -187,7 +234,11 @@ impl Backend for CpuMixedBackend {
 
     fn upload(&self, a: &mut MixedArena, dst: Region, src: &[f32]) -> Result<()> {
         transfer_len("upload", dst, src.len())?;
-        let ([], [d]) = split(a, Operands::new("upload", [], [dst]))?;
+        let ([], [d]) = split_fix(a, Operands::new("upload", [], [dst]))?;
+        if let Typed::Fix16(d) = d {
+            // Only values the state can hold exactly: anything else would be rounded or lost.
+            return fill_fix16("upload", d, src);
+        }
         typed!(d => { elementwise::convert::<f32, _, _>(src, d) });
         Ok(())
     }
@@ -207,21 +258,43 @@ impl Backend for CpuMixedBackend {
                     std::slice::from_raw_parts(p as *const bf16, src.len),
                     dst,
                 ),
+                Storage::Fix16 => elementwise::convert::<f32, _, _>(
+                    std::slice::from_raw_parts(p as *const Fix16, src.len),
+                    dst,
+                ),
             }
         }
         Ok(())
     }
 
     fn fill(&self, a: &mut MixedArena, dst: Region, value: f32) -> Result<()> {
-        let ([], [d]) = split(a, ops::elementwise::check_fill(dst)?)?;
+        let ([], [d]) = split_fix(a, ops::elementwise::check_fill(dst)?)?;
+        if let Typed::Fix16(d) = d {
+            // NaN (the poison of freed buffers) becomes the state's NaN mark.
+            return fill_fix16("fill", d, &[value]);
+        }
         typed!(d => { d.fill(Stored::store(value)) });
         Ok(())
     }
 
     fn copy(&self, a: &mut MixedArena, src: Region, dst: Region) -> Result<()> {
-        let ([s], [d]) = split(a, ops::elementwise::check_copy(src, dst)?)?;
-        typed!(s, d => { elementwise::convert::<f32, _, _>(s, d) });
-        Ok(())
+        let ([s], [d]) = split_fix(a, ops::elementwise::check_copy(src, dst)?)?;
+        match (s, d) {
+            // The state into bf16 (what F and G read) or into another state buffer (exact).
+            (Typed::Fix16(s), d) => {
+                typed_fix!(d => { elementwise::convert::<f32, _, _>(s, d) });
+                Ok(())
+            }
+            (_, Typed::Fix16(_)) => Err(Error::Invalid(
+                "copy: only a 16-bit chain state copies into a 16-bit chain state; floats enter \
+                 it through the coupling, which rounds them and checks the range"
+                    .into(),
+            )),
+            (s, d) => {
+                typed!(s, d => { elementwise::convert::<f32, _, _>(s, d) });
+                Ok(())
+            }
+        }
     }
 
     fn conv3d_forward(
@@ -378,12 +451,17 @@ impl Backend for CpuMixedBackend {
         mode: Write,
     ) -> Result<()> {
         let operands = ops::elementwise::check_elu_backward(y, dy, dx, mode)?;
-        let ([ys, gy], [gx]) = split(a, operands)?;
+        // y may be a chain's 16-bit state: the input of a chain is ELU's output.
+        let ([ys, gy], [gx]) = split_fix(a, operands)?;
         if ops::elementwise::elu_backward_in_place(dy, dx, mode) {
-            typed!(ys, gx => { elementwise::elu_backward_inplace::<f32, _, _>(ys, gx) });
+            typed_fix!(ys => {
+                typed!(gx => { elementwise::elu_backward_inplace::<f32, _, _>(ys, gx) })
+            });
         } else {
-            typed!(ys, gy, gx => {
-                elementwise::elu_backward::<f32, _, _, _>(ys, gy, gx, acc(mode))
+            typed_fix!(ys => {
+                typed!(gy, gx => {
+                    elementwise::elu_backward::<f32, _, _, _>(ys, gy, gx, acc(mode))
+                })
             });
         }
         Ok(())
@@ -428,6 +506,9 @@ impl Backend for CpuMixedBackend {
         if let Some(f) = f {
             ops::same_shape(OP, "f vs x", f.shape, x.shape)?;
         }
+        if fp.storage == Storage::Fix16 || y.region.storage == Storage::Fix16 {
+            return coupling_fix16(a, x, f, y, dir, fp);
+        }
         let fr = f.map(|f| f.region).unwrap_or_default();
         let in_place = x.region == y.region;
         let xr = if in_place {
@@ -465,7 +546,7 @@ impl Backend for CpuMixedBackend {
     ) -> Result<()> {
         const OP: &str = "batchnorm_forward_train";
         let operands = ops::batchnorm::check_train(x, gamma, beta, y, stats, running)?;
-        let ([xs, g, b], [ys, mo, io, rm, rv]) = split(a, operands)?;
+        let ([xs, g, b], [ys, mo, io, rm, rv]) = split_fix(a, operands)?;
         let (g, b) = (f32_in(OP, "gamma", g)?, f32_in(OP, "beta", b)?);
         let (mo, io) = (f32_out(OP, "mean", mo)?, f32_out(OP, "invstd", io)?);
         let run = match running {
@@ -475,8 +556,10 @@ impl Backend for CpuMixedBackend {
             )),
             None => None,
         };
-        typed!(xs, ys => {
-            batchnorm::forward_train::<f32, _, _>(x.shape, xs, g, b, ys, mo, io, run, args)
+        typed_fix!(xs => {
+            typed!(ys => {
+                batchnorm::forward_train::<f32, _, _>(x.shape, xs, g, b, ys, mo, io, run, args)
+            })
         });
         Ok(())
     }
@@ -517,14 +600,14 @@ impl Backend for CpuMixedBackend {
     ) -> Result<()> {
         const OP: &str = "batchnorm_forward_infer";
         let operands = ops::batchnorm::check_infer(x, gamma, beta, running, y)?;
-        let ([xs, g, b, rm, rv], [ys]) = split(a, operands)?;
+        let ([xs, g, b, rm, rv], [ys]) = split_fix(a, operands)?;
         let (g, b) = (f32_in(OP, "gamma", g)?, f32_in(OP, "beta", b)?);
         let (rm, rv) = (
             f32_in(OP, "running mean", rm)?,
             f32_in(OP, "running var", rv)?,
         );
-        typed!(xs, ys => {
-            batchnorm::forward_infer::<f32, _, _>(x.shape, xs, g, b, rm, rv, ys, eps)
+        typed_fix!(xs => {
+            typed!(ys => { batchnorm::forward_infer::<f32, _, _>(x.shape, xs, g, b, rm, rv, ys, eps) })
         });
         Ok(())
     }
@@ -543,12 +626,14 @@ impl Backend for CpuMixedBackend {
     ) -> Result<()> {
         const OP: &str = "batchnorm_backward";
         let operands = ops::batchnorm::check_backward(x, dy, gamma, stats, dx, dgamma, dbeta)?;
-        let ([xs, gy, g, mu, is], [gx, dg, db]) = split(a, operands)?;
+        let ([xs, gy, g, mu, is], [gx, dg, db]) = split_fix(a, operands)?;
         let g = f32_in(OP, "gamma", g)?;
         let (mu, is) = (f32_in(OP, "mean", mu)?, f32_in(OP, "invstd", is)?);
         let (dg, db) = (f32_out(OP, "dgamma", dg)?, f32_out(OP, "dbeta", db)?);
-        typed!(xs, gy, gx => {
-            batchnorm::backward::<f32, _, _, _>(x.shape, xs, gy, g, mu, is, gx, dg, db, acc(mode))
+        typed_fix!(xs => {
+            typed!(gy, gx => {
+                batchnorm::backward::<f32, _, _, _>(x.shape, xs, gy, g, mu, is, gx, dg, db, acc(mode))
+            })
         });
         Ok(())
     }
@@ -665,9 +750,95 @@ fn bn_apply(
         "batchnorm_apply"
     };
     let operands = ops::batchnorm::check_apply(op, x, gamma, beta, stats, y)?;
-    let ([xs, g, b, m, i], [ys]) = split(a, operands)?;
+    let ([xs, g, b, m, i], [ys]) = split_fix(a, operands)?;
     let (g, b) = (f32_in(op, "gamma", g)?, f32_in(op, "beta", b)?);
     let (m, i) = (f32_in(op, "mean", m)?, f32_in(op, "invstd", i)?);
-    typed!(xs, ys => { batchnorm::apply_saved::<f32, _, _>(x.shape, xs, g, b, m, i, ys, then_elu) });
+    typed_fix!(xs => {
+        typed!(ys => { batchnorm::apply_saved::<f32, _, _>(x.shape, xs, g, b, m, i, ys, then_elu) })
+    });
     Ok(())
+}
+
+/// Values into a 16-bit state buffer (`src` of one value: a fill): each must lie on the grid and
+/// in range, or be NaN (the mark of a freed element).
+fn fill_fix16(op: &str, d: &mut [Fix16], src: &[f32]) -> Result<()> {
+    let conv = |i: usize, v: f32| {
+        Fix16::exact(v).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{op}: value {v:e} (element {i}) is not on the 16-bit chain state's grid \
+                 (k x 2^-{}, |k| <= {})",
+                crate::ops::coupling::FIX16_FRAC_BITS,
+                Fix16::LIMIT
+            ))
+        })
+    };
+    if let [v] = src {
+        let k = conv(0, *v)?;
+        d.fill(k);
+        return Ok(());
+    }
+    for (i, (o, &v)) in d.iter_mut().zip(src).enumerate() {
+        *o = conv(i, v)?;
+    }
+    Ok(())
+}
+
+/// The coupling on a 16-bit state (ops/coupling.rs): the entry y = q(x) from a float tensor into
+/// a new state buffer, or a step on the state (in place or not) with F's or G's float output.
+fn coupling_fix16(
+    a: &mut MixedArena,
+    x: View,
+    f: Option<View>,
+    y: View,
+    dir: Direction,
+    fp: FixedPoint,
+) -> Result<()> {
+    const OP: &str = "coupling";
+    if fp != FixedPoint::fix16() || y.region.storage != Storage::Fix16 {
+        return Err(Error::Invalid(format!(
+            "{OP}: a 16-bit state is written in the 16-bit format (2^-{} grid) into a fix16 \
+             buffer; got the format {fp:?} and a {} output",
+            crate::ops::coupling::FIX16_FRAC_BITS,
+            y.region.storage.name()
+        )));
+    }
+    let bad = match f {
+        None => {
+            if x.region.storage == Storage::Fix16 {
+                return Err(Error::Invalid(format!(
+                    "{OP}: a chain's entry rounds a float tensor onto the 16-bit grid; its input \
+                     is already a 16-bit state"
+                )));
+            }
+            let ([xs], [ys]) = split_fix(a, Operands::new(OP, [x.region], [y.region]))?;
+            let Typed::Fix16(ys) = ys else { unreachable!() };
+            typed!(xs => { coupling::entry_fix16(xs, ys) })
+        }
+        Some(f) => {
+            if x.region.storage != Storage::Fix16 {
+                return Err(Error::Invalid(format!(
+                    "{OP}: a step on a 16-bit state adds to a fix16 buffer; x is {}",
+                    x.region.storage.name()
+                )));
+            }
+            let in_place = x.region == y.region;
+            let xr = if in_place {
+                Region::default()
+            } else {
+                x.region
+            };
+            let ([xs, fs], [ys]) = split_fix(a, Operands::new(OP, [xr, f.region], [y.region]))?;
+            let Typed::Fix16(ys) = ys else { unreachable!() };
+            let xs = match xs {
+                Typed::Fix16(xs) => Some(xs),
+                _ if in_place => None,
+                _ => unreachable!(),
+            };
+            typed!(fs => { coupling::step_fix16(xs, fs, ys, dir) })
+        }
+    };
+    match bad {
+        None => Ok(()),
+        Some((at, v)) => Err(fp.overflow(OP, at, v)),
+    }
 }

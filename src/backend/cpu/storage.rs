@@ -2,6 +2,7 @@
 //! the kernel computes in; bf16 buffers are widened to f32 on load and rounded (to nearest even)
 //! on store, one element at a time in registers, so no wider copy of a bf16 tensor ever exists.
 
+use crate::ops::coupling::Fix16;
 use crate::tensor::Element;
 use half::bf16;
 
@@ -29,6 +30,20 @@ impl Stored<f32> for bf16 {
     #[inline(always)]
     fn store(v: f32) -> Self {
         bf16::from_f32(v)
+    }
+}
+
+/// A 16-bit chain state read by the ops that take one (BatchNorm's input, ELU's backward, copies):
+/// exact on load. Only copies and fills store it (values already on the grid, or the NaN mark);
+/// the coupling writes it with its own range check (coupling.rs).
+impl Stored<f32> for Fix16 {
+    #[inline(always)]
+    fn load(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn store(v: f32) -> Self {
+        Fix16::quantize(v)
     }
 }
 
