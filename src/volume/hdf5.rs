@@ -211,6 +211,10 @@ fn probe(file: &Path, dataset: &str) -> Result<()> {
         }
         Ok(())
     };
+    let probed = std::fs::metadata(file).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.dev(), m.ino())
+    });
     // Forking while holding the library's (reentrant) lock means no other thread is inside
     // libhdf5 at that moment, so the child's copy of its state is consistent, and the child's
     // one thread owns the lock. SAFETY: the child only runs the lookup and leaves with _exit (no
@@ -218,6 +222,11 @@ fn probe(file: &Path, dataset: &str) -> Result<()> {
     let pid = hdf5::sync::sync(|| {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            // The child inherits every open file of the parent, and with them the parent's
+            // HDF5 file locks (flock belongs to the shared open file): while it ran, another
+            // thread's reopen of a file it had just written failed with EAGAIN. Only the
+            // probed file's descriptors stay (libhdf5 may reuse its open handle of it).
+            close_inherited_files_except(probed);
             // The parent holds its file lock; the child only reads.
             std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
             let _ = look();
@@ -252,6 +261,32 @@ fn probe(file: &Path, dataset: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// In a forked child: closes every descriptor above stderr that is not open on `keep` (device,
+/// inode). Only fstat and close, both async-signal-safe.
+fn close_inherited_files_except(keep: Option<(u64, u64)>) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process's own descriptors.
+    unsafe {
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur.min(1 << 16) as i32
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut st) != 0 {
+                continue;
+            }
+            if keep != Some((st.st_dev, st.st_ino)) {
+                libc::close(fd);
+            }
+        }
+    }
 }
 
 fn open_dataset(f: &hdf5::File, file: &Path, dataset: &str) -> Result<hdf5::Dataset> {
