@@ -66,8 +66,7 @@ impl<'a, B: Backend> StepRunner<'a, B> {
                 strategy,
                 inference: false,
                 check_reconstruction: false,
-                exact_coupling: exact
-                    .then(|| crate::ops::coupling::FixedPoint::for_precision(precision)),
+                exact_coupling: crate::ops::coupling::FixedPoint::for_plan(exact, precision),
                 precision,
             },
         )?;

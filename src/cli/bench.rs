@@ -86,7 +86,7 @@ pub struct StepArgs {
     /// Also print the time spent in each op.
     #[arg(long)]
     pub profile: bool,
-    /// Reversible chains in exact (fixed-point) coupling: the state in 16 bits in bf16.
+    /// Reversible chains in exact (fixed-point) coupling (always on in bf16, the state in 16 bits).
     #[arg(long)]
     pub exact_coupling: bool,
     #[arg(long)]
@@ -395,7 +395,12 @@ fn step_on<B: Backend>(b: &B, a: &StepArgs) -> Result<()> {
     let label = format!(
         "{} rev blocks, {strategy:?}{}",
         prog.config.rev_blocks,
-        if a.exact_coupling {
+        if crate::ops::coupling::FixedPoint::for_plan(
+            a.exact_coupling,
+            crate::scheduler::storage_precision(b),
+        )
+        .is_some()
+        {
             ", exact coupling"
         } else {
             ""

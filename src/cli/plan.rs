@@ -28,7 +28,7 @@ pub struct PlanArgs {
     #[arg(long)]
     pub precision: Option<String>,
     /// Reversible chains in exact (fixed-point) coupling: their state in the f32 container
-    /// (k x 2^-16), or in 16 bits (k x 2^-7) with bf16 activations.
+    /// (k x 2^-16); always on with bf16 activations, in 16 bits (k x 2^-7).
     #[arg(long)]
     pub exact_coupling: bool,
     /// Write the live bytes over the plan's steps as a PNG plot.
@@ -53,9 +53,7 @@ pub fn run(a: &PlanArgs) -> Result<()> {
             strategy,
             inference: false,
             check_reconstruction: false,
-            exact_coupling: a
-                .exact_coupling
-                .then(|| FixedPoint::for_precision(precision)),
+            exact_coupling: FixedPoint::for_plan(a.exact_coupling, precision),
             precision,
         },
     )?;

@@ -63,7 +63,8 @@ pub struct TrainArgs {
     /// device's, see `revseg info`).
     #[arg(long)]
     pub precision: Option<String>,
-    /// Reversible chains rebuild their inputs bit for bit (exact coupling arithmetic).
+    /// Reversible chains rebuild their inputs bit for bit (exact coupling arithmetic); always
+    /// on with `--precision bf16`.
     #[arg(long)]
     pub exact_coupling: bool,
     /// Any other setting, as key=value (repeatable).

@@ -85,6 +85,12 @@ impl FixedPoint {
             _ => Self::default(),
         }
     }
+    /// The exact coupling of a training plan in `p`, if any: asked for, or always with bf16
+    /// activations, where x1 = y1 - F(x2) in bf16 would lose the low bits of every rebuilt input
+    /// and the error would grow with each block.
+    pub fn for_plan(requested: bool, p: Precision) -> Option<Self> {
+        (requested || p.activation_storage() == Storage::Bf16).then(|| Self::for_precision(p))
+    }
     /// 2^S: multiplying by it is exact (a power of two).
     pub fn scale(self) -> f64 {
         (2.0f64).powi(self.frac_bits as i32)
@@ -124,7 +130,7 @@ impl FixedPoint {
             detail: format!(
                 "exact coupling overflow: element {at} is {value:e}, outside the fixed-point \
                  range +-{} (scale 2^-{}, {} state); the chain's activations grew too large \
-                 (lower the learning rate, or train without exact coupling)",
+                 (lower the learning rate, or train in f32 without exact coupling)",
                 self.range(),
                 self.frac_bits,
                 self.storage.name()

@@ -99,9 +99,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 strategy,
                 inference: false,
                 check_reconstruction: false,
-                exact_coupling: cfg
-                    .exact_coupling
-                    .then(|| crate::ops::coupling::FixedPoint::for_precision(precision)),
+                exact_coupling: crate::ops::coupling::FixedPoint::for_plan(
+                    cfg.exact_coupling,
+                    precision,
+                ),
                 precision,
             },
         )?;
