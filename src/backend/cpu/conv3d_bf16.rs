@@ -4,8 +4,9 @@
 //! inside a convolution is that of the f32 sums (and of the result, when it is stored as bf16).
 //! Where the CPU has AMX-BF16 and the OS grants the tile state, conv3d_amx.rs computes all three
 //! passes (`Path::Amx`, the fastest by far). Otherwise, on a CPU with AVX512-BF16, the forward and
-//! input gradient widen bf16 rows into conv3d_avx512.rs's direct f32 kernel (`Path::Widened`),
-//! and the weight gradient (and what that kernel does not take) runs on `vdpbf16ps`, 32 such
+//! input gradient widen bf16 rows into conv3d_avx512.rs's direct f32 kernel and the weight
+//! gradient widens its tiles into conv3d_backward_weight_avx512.rs's (`Path::Widened`); what the
+//! direct kernel does not take runs on `vdpbf16ps`, 32 such
 //! multiply-adds per instruction (two per f32 lane, the pair along the summed dimension), as laid
 //! out below (`Path::Avx512Bf16` runs every pass that way); elsewhere a scalar loop computes the
 //! same sums in the same pairs (`Path::Scalar`).
@@ -46,8 +47,9 @@ pub enum Path {
     Avx512Bf16,
     /// Forward and input gradient by conv3d_avx512.rs's direct f32 kernel on bf16 operands
     /// widened to f32 as it packs its input rows (products of bf16 values are exact in f32, so
-    /// only the f32 sums round, in (ci, tap) order); the weight gradient and the shapes that
-    /// kernel does not take (`conv3d_avx512::worthwhile`) on `vdpbf16ps`. Without AMX this is the
+    /// only the f32 sums round, in (ci, tap) order), the shapes that kernel does not take
+    /// (`conv3d_avx512::worthwhile`) on `vdpbf16ps`; the weight gradient on widened tiles by
+    /// conv3d_backward_weight_avx512.rs's f32 dot products. Without AMX this is the
     /// faster one: `vdpbf16ps` issues at most as many multiply-adds per cycle as two FMA ports
     /// on the Intel cores measured, and its im2col tiles cost as much again (docs/PERFORMANCE.md,
     /// "bf16 without AMX").
@@ -179,6 +181,30 @@ impl Row<'_> {
         } else {
             for (o, &v) in out[lo * stride..].iter_mut().step_by(stride).zip(s) {
                 *o = v;
+            }
+        }
+    }
+}
+
+impl Row<'_> {
+    /// The row widened to f32 into out[0..W] (zeros at the edges), for `Path::Widened`.
+    #[inline(always)]
+    fn write_f32(self, out: &mut [f32], w: usize) {
+        let wi = w as isize;
+        let (lo, hi) = match self.src {
+            Some(_) => (
+                (-self.shift).clamp(0, wi) as usize,
+                (wi - self.shift).clamp(0, wi) as usize,
+            ),
+            None => (0, 0),
+        };
+        let hi = hi.max(lo);
+        out[..lo].fill(0.0);
+        out[hi..w].fill(0.0);
+        if let Some(src) = self.src.filter(|_| hi > lo) {
+            let s = &src[(lo as isize + self.shift) as usize..][..hi - lo];
+            for (o, v) in out[lo..hi].iter_mut().zip(s) {
+                *o = v.to_f32();
             }
         }
     }
@@ -568,6 +594,10 @@ pub fn backward_weight(
     if path == Path::Amx {
         return super::conv3d_amx::weight_gradient(g, x, dy, dw, accumulate);
     }
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Widened && super::conv3d_backward_weight_avx512::supported() {
+        return backward_weight_widened(g, x, dy, dw, accumulate);
+    }
     let k = g.ci * g.taps();
     let t = tiling(g, k);
     let sp = g.spatial();
@@ -607,6 +637,73 @@ pub fn backward_weight(
                         }
                     }
                 }
+            }
+            part
+        })
+        .collect();
+    for (i, v) in dw.iter_mut().enumerate() {
+        let mut s = 0f32;
+        for p in &parts {
+            s += p[i];
+        }
+        *v = if accumulate { *v + s } else { s };
+    }
+}
+
+/// `Path::Widened`'s weight gradient: each tile's im2col rows and dY rows widened to f32 (exact),
+/// then conv3d_backward_weight_avx512's f32 dot products, tiles summed into the same fixed
+/// partials, added in a fixed order, as the other paths.
+#[cfg(target_arch = "x86_64")]
+fn backward_weight_widened(
+    g: &Conv3dGeom,
+    x: &[bf16],
+    dy: &[bf16],
+    dw: &mut [f32],
+    accumulate: bool,
+) {
+    let k = g.ci * g.taps();
+    let t = tiling(g, k);
+    let sp = g.spatial();
+    let tasks = g.n * t.tiles_per_sample;
+    let p_max = t.rows * g.w;
+    let parts: Vec<Vec<f32>> = (0..WEIGHT_GRAD_PARTS)
+        .into_par_iter()
+        .map(|part_i| {
+            let mut part = vec![0f32; g.co * k];
+            let mut col = vec![0f32; k * p_max];
+            let mut dyt = vec![0f32; g.co * p_max];
+            let lo = tasks * part_i / WEIGHT_GRAD_PARTS;
+            let hi = tasks * (part_i + 1) / WEIGHT_GRAD_PARTS;
+            for task in lo..hi {
+                let (n, tile) = (task / t.tiles_per_sample, task % t.tiles_per_sample);
+                let row0 = tile * t.rows;
+                let rows = t.rows.min(g.d * g.h - row0);
+                let p = rows * g.w;
+                let xn = &x[n * g.ci * sp..(n + 1) * g.ci * sp];
+                let w = g.w;
+                im2col(g, xn, row0, rows, |kk, p0, row| {
+                    row.write_f32(&mut col[kk * p + p0..], w);
+                });
+                for o in 0..g.co {
+                    let src = &dy[n * g.co * sp + o * sp + row0 * g.w..][..p];
+                    for (d, v) in dyt[o * p..(o + 1) * p].iter_mut().zip(src) {
+                        *d = v.to_f32();
+                    }
+                }
+                // SAFETY: the kernel's CPU check passed (caller); dyt holds co rows and col k
+                // rows of p elements at stride p; part has co * k elements.
+                unsafe {
+                    super::conv3d_backward_weight_avx512::dot_tile(
+                        g.co,
+                        k,
+                        p,
+                        dyt.as_ptr(),
+                        p,
+                        col.as_ptr(),
+                        p,
+                        &mut part,
+                    )
+                };
             }
             part
         })
