@@ -156,10 +156,9 @@ struct Row<'a> {
 }
 
 impl Row<'_> {
-    /// The row written as out[i * stride] for i in 0..W: zeros at the edges, one plain copy (or
-    /// strided copy) of the part inside, no branch per element.
+    /// The outputs lo..hi whose input exists (lo == hi when none does).
     #[inline(always)]
-    fn write(self, out: &mut [bf16], w: usize, stride: usize) {
+    fn inside(self, w: usize) -> (usize, usize) {
         let wi = w as isize;
         let (lo, hi) = match self.src {
             Some(_) => (
@@ -168,7 +167,14 @@ impl Row<'_> {
             ),
             None => (0, 0),
         };
-        let hi = hi.max(lo);
+        (lo, hi.max(lo))
+    }
+
+    /// The row written as out[i * stride] for i in 0..W: zeros at the edges, one plain copy (or
+    /// strided copy) of the part inside, no branch per element.
+    #[inline(always)]
+    fn write(self, out: &mut [bf16], w: usize, stride: usize) {
+        let (lo, hi) = self.inside(w);
         for i in (0..lo).chain(hi..w) {
             out[i * stride] = bf16::ZERO;
         }
@@ -184,21 +190,11 @@ impl Row<'_> {
             }
         }
     }
-}
 
-impl Row<'_> {
     /// The row widened to f32 into out[0..W] (zeros at the edges), for `Path::Widened`.
     #[inline(always)]
     fn write_f32(self, out: &mut [f32], w: usize) {
-        let wi = w as isize;
-        let (lo, hi) = match self.src {
-            Some(_) => (
-                (-self.shift).clamp(0, wi) as usize,
-                (wi - self.shift).clamp(0, wi) as usize,
-            ),
-            None => (0, 0),
-        };
-        let hi = hi.max(lo);
+        let (lo, hi) = self.inside(w);
         out[..lo].fill(0.0);
         out[hi..w].fill(0.0);
         if let Some(src) = self.src.filter(|_| hi > lo) {
