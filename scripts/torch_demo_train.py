@@ -7,8 +7,10 @@
 # the network, steps and data.
 #
 #   python3 scripts/torch_demo_train.py DEMO_DIR OUT [--steps N] [--widths 12,16,24] [--threads 2]
-import argparse, os, shutil, time
+import argparse, os, shutil, sys, time
 import h5py, numpy as np, torch, torch.nn as nn
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_net import Net
 
 p = argparse.ArgumentParser()
 p.add_argument("demo"); p.add_argument("out")
@@ -21,36 +23,6 @@ p.add_argument("--seed", type=int, default=1)
 a = p.parse_args()
 torch.set_num_threads(a.threads); torch.manual_seed(a.seed); rng = np.random.default_rng(a.seed)
 W = [int(w) for w in a.widths.split(",")]; PZ, PY, PX = (int(v) for v in a.patch.split(","))
-
-def bn_elu(c): return nn.Sequential(nn.BatchNorm3d(c, momentum=0.05), nn.ELU())
-class ResMod(nn.Module):
-    def __init__(s, ci, c):
-        super().__init__()
-        s.c1 = nn.Conv3d(ci, c, (1, 3, 3), padding=(0, 1, 1), bias=False); s.b1 = bn_elu(c)
-        s.c2 = nn.Conv3d(c, c, 3, padding=1, bias=False); s.b2 = bn_elu(c)
-        s.c3 = nn.Conv3d(c, c, 3, padding=1, bias=False); s.b3 = bn_elu(c)
-    def forward(s, x):
-        h = s.b1(s.c1(x))
-        return s.b3(s.c3(s.b2(s.c2(h))) + h)
-class Net(nn.Module):
-    def __init__(s):
-        super().__init__()
-        s.inp = nn.Conv3d(1, W[0], (1, 5, 5), padding=(0, 2, 2))
-        s.enc = nn.ModuleList([ResMod(W[max(i - 1, 0)], c) for i, c in enumerate(W)])
-        s.pool = nn.MaxPool3d((1, 2, 2))
-        s.up = nn.ModuleList([nn.ConvTranspose3d(W[i + 1], W[i], (1, 2, 2), (1, 2, 2)) for i in range(len(W) - 1)])
-        s.dbn = nn.ModuleList([bn_elu(W[i]) for i in range(len(W) - 1)])
-        s.dec = nn.ModuleList([ResMod(W[i], W[i]) for i in range(len(W) - 1)])
-        s.outc = nn.Conv3d(W[0], W[0], (1, 5, 5), padding=(0, 2, 2))
-        s.out = nn.Conv3d(W[0], 3, 1)
-    def forward(s, x):
-        x = nn.functional.elu(s.inp(x)); skips = []
-        for i, m in enumerate(s.enc):
-            if i > 0: x = s.pool(x)
-            x = m(x); skips.append(x)
-        for i in reversed(range(len(W) - 1)):
-            x = s.dec[i](s.dbn[i](s.up[i](x) + skips[i]))
-        return s.out(nn.functional.elu(s.outc(x)))
 
 img = h5py.File(os.path.join(a.demo, "train.h5"))["image"][:].astype(np.float32) / 255.0
 lab = h5py.File(os.path.join(a.demo, "train_labels.h5"))["labels"][:].astype(np.int64)
@@ -83,7 +55,7 @@ def loss_fn(logit, t, m):
         else: w[c] = m[c] * 0.5
     return (nn.functional.binary_cross_entropy_with_logits(logit, t, reduction="none") * w).sum() / m.sum()
 
-net = Net(); opt = torch.optim.Adam(net.parameters(), lr=a.lr, eps=1e-8)
+net = Net(outputs=3, widths=W, momentum=0.05); opt = torch.optim.Adam(net.parameters(), lr=a.lr, eps=1e-8)
 t0 = time.time()
 for step in range(1, a.steps + 1):
     i, t, m = sample(0, ztr)
